@@ -1,0 +1,206 @@
+"""The classifier wrapper and the interpretable system (classifier + interpreter).
+
+Contract (DESIGN §1): every tensor that crosses this boundary is an image batch
+``B x C x H x W`` in [0, 1]. Mean/std normalisation lives inside
+:class:`Classifier`, so an epsilon of 8/255 always means 8/255 of pixel range.
+
+A raw network is split into a *body* (normalised image -> last convolutional
+feature map ``A``, ``B x K x h x w``) and a *head* (``A`` -> logits ``B x N``).
+CAM and Grad-CAM work on ``A``; when the head is global-average-pool + linear,
+:attr:`Classifier.linear` exposes the linear layer that CAM needs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from idls.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a wrapped classifier knows about itself."""
+
+    name: str
+    num_classes: int
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = ()
+    gap_linear_head: bool = True
+    weights: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
+
+
+class Classifier(nn.Module):
+    """An image classifier on [0, 1] pixels with an explicit body/head split.
+
+    Args:
+        net: the raw network (holds all parameters; kept as ``self.net``).
+        body: ``body(net, z) -> A``, z the *normalised* image, A ``B x K x h x w``.
+        head: ``head(net, A) -> logits`` ``B x N``.
+        info: :class:`ModelInfo`.
+        linear: the ``nn.Linear`` after global average pooling, if the head is GAP + linear.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        body: Callable[[nn.Module, Tensor], Tensor],
+        head: Callable[[nn.Module, Tensor], Tensor],
+        info: ModelInfo,
+        linear: Callable[[nn.Module], nn.Linear] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self._body = body
+        self._head = head
+        self._linear = linear
+        self.info = info
+        self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
+
+    # -- forward passes -------------------------------------------------------------
+    def normalize(self, x: Tensor) -> Tensor:
+        """``B x C x H x W`` pixels in [0, 1] -> the network's input space."""
+        return (x - self.mean) / self.std
+
+    def features(self, x: Tensor) -> Tensor:
+        """Last convolutional feature map ``A`` (``B x K x h x w``) of pixels ``x``."""
+        return self._body(self.net, self.normalize(x))
+
+    def logits_from_features(self, a: Tensor) -> Tensor:
+        """Head: feature map ``B x K x h x w`` -> logits ``B x N``."""
+        return self._head(self.net, a)
+
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass returning both ``A`` and the logits."""
+        a = self.features(x)
+        return a, self.logits_from_features(a)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``B x N`` for pixels ``x`` in [0, 1]."""
+        return self.logits_from_features(self.features(x))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """Predicted classes ``B`` (long), evaluated in chunks without gradients."""
+        out = [self(chunk).argmax(1) for chunk in x.split(batch_size)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+
+    # -- head access ----------------------------------------------------------------
+    @property
+    def linear(self) -> nn.Linear:
+        """The linear layer after global average pooling (CAM's class weights)."""
+        if self._linear is None or not self.info.gap_linear_head:
+            raise UserError(
+                f"model {self.info.name!r} has no global-average-pool + linear head, so CAM does not apply; "
+                "use --interpreter gradcam instead"
+            )
+        return self._linear(self.net)
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def input_size(self) -> int:
+        return self.info.input_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+# ---------------------------------------------------------------------------------
+# Smooth-ReLU surrogate (DESIGN §4, GRAD): same forward, smooth derivative.
+# ---------------------------------------------------------------------------------
+def _smooth_relu_primitive(z: Tensor, tau: float) -> Tensor:
+    """r(z) = z + sqrt(z^2 + tau) for z < 0 and sqrt(z^2 + tau) for z >= 0.
+
+    Its derivative is the smooth ReLU gradient h(z) of ADV² (paper 001 §3.2).
+    """
+    root = torch.sqrt(z * z + tau)
+    return torch.where(z < 0, z + root, root)
+
+
+class SmoothGradReLU(nn.Module):
+    """ReLU whose forward value is exact but whose derivatives (all orders) are smooth.
+
+    ``y = relu(z) + r(z) - stopgrad(r(z))``: the value is ``relu(z)``; the first
+    derivative is ``r'(z)`` and second derivatives no longer vanish, which is what
+    a double back-propagation through a gradient interpreter needs.
+    """
+
+    def __init__(self, tau: float = 1e-4) -> None:
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, z: Tensor) -> Tensor:
+        r = _smooth_relu_primitive(z, self.tau)
+        return torch.relu(z).detach() + (r - r.detach()) if z.requires_grad else torch.relu(z)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"
+
+
+def smooth_surrogate(classifier: Classifier, tau: float = 1e-4) -> Classifier:
+    """A copy of ``classifier`` whose ReLUs have smooth derivatives (forward unchanged).
+
+    The original model is untouched; parameters are copied, not shared, so the
+    surrogate can be moved or put in another mode independently.
+    """
+    surrogate = copy.deepcopy(classifier)
+
+    def replace(module: nn.Module) -> None:
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, child_name, SmoothGradReLU(tau))
+            else:
+                replace(child)
+
+    replace(surrogate.net)
+    surrogate.info = ModelInfo(**{**surrogate.info.__dict__, "name": surrogate.info.name + "+smooth"})
+    surrogate.eval()
+    return surrogate
+
+
+# ---------------------------------------------------------------------------------
+# The interpretable deep learning system.
+# ---------------------------------------------------------------------------------
+@dataclass
+class System:
+    """Classifier ``f`` + interpreter ``g`` (+ optional smooth surrogate of ``f``).
+
+    Interpreters explain the class the classifier predicts unless told otherwise:
+    the human sees the prediction and its explanation.
+    """
+
+    classifier: Classifier
+    interpreter: nn.Module
+    surrogate: Classifier | None = None
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.classifier.predict(x)
+
+    def explain(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        """Maps ``B x h x w`` in [0, 1] for the predicted (or given) classes."""
+        return self.interpreter.attribute(x, target)
+
+
+def upsample_maps(maps: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinearly upsample maps ``B x h x w`` to ``B x H x W`` for display."""
+    if isinstance(size, int):
+        size = (size, size)
+    return torch.nn.functional.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
