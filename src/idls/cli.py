@@ -1,1 +1,293 @@
-def main(): pass
+"""The ``idls`` command: list, explain, train-rts, attack, demo.
+
+User mistakes raise :class:`~idls.errors.UserError`; :func:`main` prints its one
+line and exits with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from idls.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Attack and defend interpretable deep learning systems (classifier + interpreter).",
+    pretty_exceptions_enable=False,
+)
+
+# -- shared options ---------------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="registered model name (see `idls list`)")]
+WeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(help="'pretrained', a torchvision weights name, a local checkpoint file, or 'random'"),
+]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option(help="'embedded', a folder with labels.csv or class sub-folders, or 'cifar10'"),
+]
+NOpt = Annotated[int, typer.Option("--n", help="number of correctly classified images to use")]
+InterpOpt = Annotated[
+    Optional[list[str]], typer.Option("--interpreter", "-i", help="interpreter name; repeat for several (default: all that apply)")
+]
+BatchOpt = Annotated[int, typer.Option(help="images per batch")]
+DeviceOpt = Annotated[str, typer.Option(help="'cpu', 'cuda', 'cuda:1', ...")]
+SeedOpt = Annotated[int, typer.Option(help="seed for data selection, targets and random starts")]
+OutOpt = Annotated[Path, typer.Option(help="output directory")]
+RtsOpt = Annotated[Optional[Path], typer.Option("--rts", help="trained RTS checkpoint (from `idls train-rts`)")]
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def _classifier(model: str, weights: str | None, device):
+    from idls.models import MODELS, create_model
+
+    entry = MODELS.get(model)
+    if weights is None:
+        if entry.family == "embedded":
+            weights = "pretrained"
+        else:
+            raise UserError(
+                f"model {model!r} needs --weights (a checkpoint file, 'pretrained', or 'random' for random weights)"
+            )
+    return create_model(model, weights=None if weights == "random" else weights, device=device)
+
+
+def _data(classifier, data: str | None, n: int, seed: int, *, correct_only: bool = True):
+    from idls.data.datasets import load_images, select_correct
+
+    if data is None:
+        if classifier.info.name != "embedded_cnn":
+            raise UserError(f"model {classifier.info.name!r} needs --data (a folder with labels.csv or class sub-folders)")
+        data = "embedded"
+    images = load_images(data, input_size=classifier.input_size, seed=seed)
+    if int(images.labels.max()) >= classifier.num_classes:
+        raise UserError(
+            f"labels in {data!r} go up to {int(images.labels.max())} but {classifier.info.name} has "
+            f"{classifier.num_classes} classes; use a model trained on these classes"
+        )
+    return select_correct(classifier, images, n) if correct_only else images
+
+
+def _default_interpreters(classifier, rts: Path | None) -> list[str]:
+    from idls.interpreters import list_interpreters
+
+    names = [n for n in ("grad", "ig", "cam", "gradcam", "rts", "mask") if n in list_interpreters()]
+    if not classifier.info.gap_linear_head:
+        names.remove("cam")
+    if rts is None and classifier.info.name != "embedded_cnn" and "rts" in names:
+        names.remove("rts")
+    return names
+
+
+def _interpreter_options(names: list[str], rts: Path | None, mask_iterations: int | None) -> dict:
+    options: dict = {}
+    if rts is not None and "rts" in names:
+        options["rts"] = {"checkpoint": str(rts)}
+    if mask_iterations is not None and "mask" in names:
+        options["mask"] = {"iterations": mask_iterations}
+    return options
+
+
+# -- commands ---------------------------------------------------------------------------
+@app.command("list")
+def list_command() -> None:
+    """List registered models, interpreters and attacks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from idls.attacks import list_attacks
+    from idls.interpreters import list_interpreters
+    from idls.models import MODELS
+
+    console = Console()
+    table = Table(title="models")
+    for col in ("name", "input", "classes", "weights", "description"):
+        table.add_column(col)
+    for name in MODELS.names():
+        e = MODELS.get(name)
+        table.add_row(name, f"{e.input_size}px", str(e.num_classes), ", ".join(e.weights_names), e.description)
+    console.print(table)
+    console.print("interpreters: " + ", ".join(list_interpreters()))
+    console.print("attacks: " + ", ".join(list_attacks()))
+
+
+@app.command()
+def explain(
+    model: ModelOpt = "embedded_cnn",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    n: NOpt = 8,
+    interpreter: InterpOpt = None,
+    rts: RtsOpt = None,
+    batch_size: BatchOpt = 32,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("runs/explain"),
+) -> None:
+    """Compute attribution maps; write maps.safetensors and PNG overlays."""
+    import torch
+    from safetensors.torch import save_file
+
+    from idls.report.figures import overlay_png
+    from idls.runner import build_interpreters
+
+    classifier = _classifier(model, weights, _device(device))
+    images = _data(classifier, data, n, seed, correct_only=False)
+    images_x = images.images[:n].to(classifier.device)
+    names = interpreter or _default_interpreters(classifier, rts)
+    interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, None))
+    out.mkdir(parents=True, exist_ok=True)
+    preds = classifier.predict(images_x)
+    tensors = {"images": images_x.cpu().contiguous(), "pred": preds.cpu()}
+    for name, interp in interpreters.items():
+        maps = torch.cat([interp.attribute(c) for c in images_x.split(batch_size)])
+        tensors[f"map/{name}"] = maps.cpu().contiguous()
+        for i in range(maps.shape[0]):
+            title = f"{name}: {classifier.info.class_name(int(preds[i]))}"
+            (out / f"{i:04d}_{name}.png").write_bytes(overlay_png(images_x[i], maps[i], title))
+    save_file(tensors, str(out / "maps.safetensors"))
+    typer.echo(f"wrote maps of {len(interpreters)} interpreters for {images_x.shape[0]} images to {out}")
+
+
+@app.command("train-rts")
+def train_rts_command(
+    model: ModelOpt = "embedded_cnn",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    n: Annotated[int, typer.Option("--n", help="training images (0 = all)")] = 0,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="checkpoint path (.safetensors)")] = Path("runs/rts.safetensors"),
+) -> None:
+    """Train the RTS masking model for a classifier (two phases: class selector, then decoder)."""
+    from idls.interpreters.rts_training import save_rts, train_rts
+
+    classifier = _classifier(model, weights, _device(device))
+    images = _data(classifier, data, n, seed, correct_only=False)
+    x, y = (images.images, images.labels) if n <= 0 else (images.images[:n], images.labels[:n])
+    masker = train_rts(classifier, x.to(classifier.device), y.to(classifier.device), epochs=epochs, batch_size=batch_size, seed=seed)
+    save_rts(masker, out)
+    typer.echo(f"saved RTS for {model} to {out}")
+
+
+@app.command()
+def attack(
+    attack: Annotated[str, typer.Option(help="attack name (see `idls list`)")] = "pgd",
+    model: ModelOpt = "embedded_cnn",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    n: NOpt = 64,
+    interpreter: InterpOpt = None,
+    rts: RtsOpt = None,
+    epsilon: Annotated[float, typer.Option(help="perturbation budget on the [0,1] pixel scale")] = 8 / 255,
+    step_size: Annotated[Optional[float], typer.Option(help="step size (default: the attack's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="iterations (default: the attack's)")] = None,
+    norm: Annotated[str, typer.Option(help="linf or l2")] = "linf",
+    mode: Annotated[str, typer.Option(help="targeted, untargeted or least_likely")] = "targeted",
+    random_start: Annotated[bool, typer.Option(help="start from a random point in the ball")] = False,
+    mask_iterations: Annotated[Optional[int], typer.Option(help="MASK optimisation steps")] = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("runs/attack"),
+) -> None:
+    """Attack correctly classified images; write results.jsonl, summary.json and report.html."""
+    from idls.evaluate import group_summaries
+    from idls.report.run_report import write_run_report
+    from idls.runner import attack_and_evaluate, build_interpreters, write_json, write_records
+
+    if not 0 < epsilon <= 1:
+        raise UserError(f"--epsilon {epsilon} is outside (0, 1]; it is on the [0,1] pixel scale (8/255 = 0.031)")
+    classifier = _classifier(model, weights, _device(device))
+    images = _data(classifier, data, n, seed)
+    names = interpreter or _default_interpreters(classifier, rts)
+    interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, mask_iterations))
+    options: dict = {"epsilon": epsilon, "norm": norm, "random_start": random_start}
+    if step_size is not None:
+        options["step_size"] = step_size
+    if steps is not None:
+        options["steps"] = steps
+    run = attack_and_evaluate(
+        classifier, interpreters, attack, options, images.images, images.labels, images.ids,
+        mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model,
+    )
+    per_attack = group_summaries(run.records)
+    write_records(out / "results.jsonl", run.records)
+    write_json(out / "summary.json", {"model": model, "attacks": per_attack, "config": {"n": images.images.shape[0], "mode": mode, **options}})
+    write_run_report(out, title=f"idls attack: {attack} on {model}", per_attack=per_attack, showcases={attack: run.showcase},
+                     class_names=classifier.info.class_names)
+    _print_summary(per_attack)
+    typer.echo(f"wrote {len(run.records)} records, summary.json and report.html to {out}")
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option(help="fewer images and steps (about a minute once cached)")] = False,
+    n: Annotated[Optional[int], typer.Option("--n", help="images to attack")] = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("runs/demo"),
+) -> None:
+    """End to end on the embedded default: train (cached), validity table, attacks, report."""
+    from idls.demo import run_demo
+
+    run_demo(out=out, quick=quick, n=n, device=_device(device), seed=seed)
+
+
+def _print_summary(per_attack) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="summary")
+    cols = ("attack", "interpreter", "n", "success", "confidence", "map_l1", "map_iou", "noise_rate", "seconds")
+    for col in cols:
+        table.add_column(col)
+    for a, by_int in per_attack.items():
+        for i, s in by_int.items():
+            table.add_row(a, i, *[f"{s.get(c, float('nan')):.3f}" if isinstance(s.get(c), float) else str(s.get(c)) for c in cols[2:]])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``idls`` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The embedded synthetic data set: coloured shapes on textured backgrounds.
+
+Procedurally generated, deterministic by seed, no download. Each image holds one
+object whose *silhouette* is the class (disc, square, triangle, cross, ring,
+star), drawn with a random colour, scale, position and rotation on a random
+background (smooth noise, stripes or a gradient between two random colours),
+together with a few distractors (small elongated blobs and thin lines that are
+no class shape, sometimes in the object's colour) so that neither colour nor
+"the only thing in the picture" gives the answer away. Ground-truth object masks
+come with the images, so explanations can be scored against them.
+
+Rendering is batched: all random parameters of a chunk of :data:`CHUNK` images
+are drawn at once from a generator seeded by ``(seed, chunk index)`` and the
+chunk is rasterised with whole-batch tensor ops (2x supersampling for smooth
+edges). Hence ``make_synthetic(n, s)`` equals the first ``n`` images of
+``make_synthetic(m, s)`` for any ``m >= n``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CLASS_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "cross", "ring", "star")
+IMAGE_SIZE = 64
+#: images per independently seeded chunk (a multiple of the class count: balanced chunks)
+CHUNK = 240
+#: seeds of the two splits (the training split uses consecutive seeds from TRAIN_SEED)
+TRAIN_SEED = 1_000
+TEST_SEED = 7_777_777
+#: bump when the rendering changes, so cached models trained on older data are retrained
+GENERATOR_VERSION = 1
+
+_SUPERSAMPLE = 2
+_MAX_DISTRACTORS = 4
+_OBJECT_RADIUS = (0.17, 0.30)  # bounding-circle radius as a fraction of the image side
+_MARGIN = 1.06  # every shape lies inside 1.06 x its bounding radius
+
+
+@dataclass
+class SyntheticSet:
+    """A batch of synthetic images.
+
+    Attributes:
+        images: ``N x 3 x S x S`` float32 in [0, 1].
+        labels: ``N`` long, indices into ``class_names``.
+        masks: ``N x S x S`` bool, the object's pixels.
+        class_names: the class names.
+    """
+
+    images: Tensor
+    labels: Tensor
+    masks: Tensor
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# ---------------------------------------------------------------------------------
+# Shapes: indicator functions on local coordinates (u, v), bounding radius ~1.
+# ---------------------------------------------------------------------------------
+def _disc(u: Tensor, v: Tensor) -> Tensor:
+    return u * u + v * v <= 0.9**2
+
+
+def _square(u: Tensor, v: Tensor) -> Tensor:
+    return torch.maximum(u.abs(), v.abs()) <= 0.72
+
+
+def _triangle(u: Tensor, v: Tensor) -> Tensor:
+    inside = torch.ones_like(u, dtype=torch.bool)
+    for k in range(3):  # three half-planes of an equilateral triangle, circumradius 1
+        angle = math.pi / 2 + 2 * math.pi * k / 3 + math.pi
+        inside &= u * math.cos(angle) + v * math.sin(angle) <= 0.5
+    return inside
+
+
+def _cross(u: Tensor, v: Tensor) -> Tensor:
+    au, av = u.abs(), v.abs()
+    return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+
+
+def _ring(u: Tensor, v: Tensor) -> Tensor:
+    r2 = u * u + v * v
+    return (r2 <= 0.95**2) & (r2 >= 0.5**2)
+
+
+def _star(u: Tensor, v: Tensor, points: int = 5, inner: float = 0.45) -> Tensor:
+    """Regular star polygon: fold the angle into one half-spike, test one edge."""
+    sector = 2 * math.pi / points
+    a = torch.remainder(torch.atan2(v, u), sector)
+    b = torch.minimum(a, sector - a)  # 0 at a tip, sector / 2 at an inner vertex
+    rho = torch.sqrt(u * u + v * v)
+    px, py = rho * torch.cos(b), rho * torch.sin(b)
+    tip_x, tip_y = 1.0, 0.0
+    in_x, in_y = inner * math.cos(sector / 2), inner * math.sin(sector / 2)
+    ex, ey = in_x - tip_x, in_y - tip_y
+    # Same side of the tip->inner-vertex edge as the origin (whose cross product is negative).
+    return ex * (py - tip_y) - ey * (px - tip_x) <= 0
+
+
+_SHAPES: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (_disc, _square, _triangle, _cross, _ring, _star)
+assert len(_SHAPES) == len(CLASS_NAMES)
+
+
+# ---------------------------------------------------------------------------------
+# Random parameters of one chunk.
+# ---------------------------------------------------------------------------------
+@dataclass
+class _ChunkParams:
+    labels: Tensor  # C
+    centre: Tensor  # C x 2, in units of the image side
+    radius: Tensor  # C, in units of the image side
+    angle: Tensor  # C
+    object_rgb: Tensor  # C x 3
+    shade: Tensor  # C x 2, a gentle linear shading across the object
+    bg_kind: Tensor  # C, 0 noise / 1 stripes / 2 gradient
+    bg_rgb: Tensor  # C x 2 x 3, the two background colours
+    noise_coarse: Tensor  # C x 1 x 4 x 4
+    noise_fine: Tensor  # C x 1 x 8 x 8
+    noise_mix: Tensor  # C
+    stripe: Tensor  # C x 4: direction angle, cycles per image, phase, sharpness
+    ramp_angle: Tensor  # C
+    d_active: Tensor  # C x D bool
+    d_line: Tensor  # C x D bool (line or blob)
+    d_centre: Tensor  # C x D x 2
+    d_size: Tensor  # C x D x 2 (half length, half width), in units of the image side
+    d_angle: Tensor  # C x D
+    d_rgb: Tensor  # C x D x 3
+    pixel_noise: Tensor  # C
+
+
+def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * torch.rand(shape, generator=g)
+
+
+def _farthest_colour(candidates: Tensor, palette: Tensor) -> Tensor:
+    """Per sample, the candidate colour farthest from its nearest palette colour.
+
+    candidates: ``C x K x 3``; palette: ``C x P x 3`` -> ``C x 3``.
+    """
+    gap = torch.cdist(candidates, palette).min(dim=2).values  # C x K
+    best = gap.argmax(dim=1)
+    return candidates[torch.arange(candidates.shape[0]), best]
+
+
+def _draw_params(seed: int, chunk_index: int) -> _ChunkParams:
+    g = torch.Generator().manual_seed((seed * 1_000_003 + chunk_index * 7_919 + 12_345) % (2**63))
+    c, d, k = CHUNK, _MAX_DISTRACTORS, len(CLASS_NAMES)
+    labels = (torch.arange(c) % k)[torch.randperm(c, generator=g)]
+    radius = _uniform(g, (c,), *_OBJECT_RADIUS)
+    reach = radius * _MARGIN
+    centre = reach[:, None] + torch.rand((c, 2), generator=g) * (1 - 2 * reach[:, None])
+    bg_rgb = torch.rand((c, 2, 3), generator=g)
+    # Object colour: of 6 random candidates, the one farthest from both background colours.
+    object_rgb = _farthest_colour(torch.rand((c, 6, 3), generator=g), bg_rgb)
+    d_rgb = torch.rand((c, d, 3), generator=g)
+    same_colour = torch.rand((c, d, 1), generator=g) < 0.35
+    d_rgb = torch.where(same_colour, object_rgb[:, None, :].expand(-1, d, -1), d_rgb)
+    d_line = torch.rand((c, d), generator=g) < 0.5
+    d_half_length = torch.where(d_line, _uniform(g, (c, d), 0.09, 0.20), _uniform(g, (c, d), 0.035, 0.075))
+    d_half_width = torch.where(d_line, _uniform(g, (c, d), 0.008, 0.018), d_half_length * _uniform(g, (c, d), 0.3, 0.5))
+    return _ChunkParams(
+        labels=labels,
+        centre=centre,
+        radius=radius,
+        angle=_uniform(g, (c,), 0, 2 * math.pi),
+        object_rgb=object_rgb,
+        shade=_uniform(g, (c, 2), -0.12, 0.12),
+        bg_kind=torch.randint(0, 3, (c,), generator=g),
+        bg_rgb=bg_rgb,
+        noise_coarse=torch.rand((c, 1, 4, 4), generator=g),
+        noise_fine=torch.rand((c, 1, 8, 8), generator=g),
+        noise_mix=torch.rand((c,), generator=g),
+        stripe=torch.stack(
+            [
+                _uniform(g, (c,), 0, math.pi),
+                _uniform(g, (c,), 2, 7),
+                _uniform(g, (c,), 0, 2 * math.pi),
+                _uniform(g, (c,), 1, 6),
+            ],
+            dim=1,
+        ),
+        ramp_angle=_uniform(g, (c,), 0, 2 * math.pi),
+        d_active=torch.rand((c, d), generator=g) < 0.7,
+        d_line=d_line,
+        d_centre=torch.rand((c, d, 2), generator=g),
+        d_size=torch.stack([d_half_length, d_half_width], dim=2),
+        d_angle=_uniform(g, (c, d), 0, 2 * math.pi),
+        d_rgb=d_rgb,
+        pixel_noise=_uniform(g, (c,), 0.0, 0.04),
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Rendering.
+# ---------------------------------------------------------------------------------
+def _grid(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pixel-centre coordinates ``size x size`` in units of the image side (x: columns, y: rows)."""
+    t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+    return t[None, :].expand(size, size), t[:, None].expand(size, size)
+
+
+def _local(x: Tensor, y: Tensor, centre: Tensor, angle: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate/scale image coordinates into shape-local ones.
+
+    x, y: ``S x S``; centre ``B x 2``; angle, scale ``B`` -> u, v ``B x S x S``.
+    """
+    dx = x[None] - centre[:, 0, None, None]
+    dy = y[None] - centre[:, 1, None, None]
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    s = scale[:, None, None]
+    return (cos * dx + sin * dy) / s, (-sin * dx + cos * dy) / s
+
+
+def _coverage(inside: Tensor) -> Tensor:
+    """Supersampled ``B x S' x S'`` bool -> ``B x S x S`` fractional coverage."""
+    return F.avg_pool2d(inside.float()[:, None], _SUPERSAMPLE)[:, 0]
+
+
+def _object_alpha(p: _ChunkParams, size: int, device: torch.device) -> Tensor:
+    """Object coverage ``C x S x S`` in [0, 1]: one pass per class, not per image."""
+    x, y = _grid(size * _SUPERSAMPLE, device)
+    u, v = _local(x, y, p.centre, p.angle, p.radius)
+    inside = torch.zeros_like(u, dtype=torch.bool)
+    for cls, shape in enumerate(_SHAPES):
+        rows = (p.labels == cls).nonzero().squeeze(1)
+        if rows.numel():
+            inside[rows] = shape(u[rows], v[rows])
+    return _coverage(inside)
+
+
+def _background(p: _ChunkParams, size: int, device: torch.device) -> Tensor:
+    """Backgrounds ``C x 3 x S x S``: a two-colour blend driven by one texture field."""
+    x, y = _grid(size, device)
+    up = lambda z: F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)[:, 0]  # noqa: E731
+    mix = p.noise_mix[:, None, None]
+    noise = mix * up(p.noise_coarse) + (1 - mix) * up(p.noise_fine)
+    lo = noise.flatten(1).min(1).values[:, None, None]
+    hi = noise.flatten(1).max(1).values[:, None, None]
+    noise = (noise - lo) / (hi - lo + 1e-6)
+    direction, cycles, phase, sharpness = (p.stripe[:, i, None, None] for i in range(4))
+    along = torch.cos(direction) * x + torch.sin(direction) * y
+    stripes = torch.sigmoid(sharpness * torch.sin(2 * math.pi * cycles * along + phase))
+    ramp_dir = p.ramp_angle[:, None, None]
+    ramp = torch.cos(ramp_dir) * (x - 0.5) + torch.sin(ramp_dir) * (y - 0.5)
+    ramp = (ramp / math.sqrt(2) + 0.5).clamp(0, 1)
+    kind = p.bg_kind[:, None, None]
+    field = torch.where(kind == 0, noise, torch.where(kind == 1, stripes, ramp))[:, None]  # C x 1 x S x S
+    a, b = p.bg_rgb[:, 0, :, None, None], p.bg_rgb[:, 1, :, None, None]
+    return a + (b - a) * field
+
+
+def _composite_distractors(canvas: Tensor, p: _ChunkParams, size: int) -> Tensor:
+    """Paint the active distractors (blobs: ellipses; lines: thin rectangles) onto ``canvas``."""
+    x, y = _grid(size * _SUPERSAMPLE, canvas.device)
+    for slot in range(p.d_active.shape[1]):
+        half_length, half_width = p.d_size[:, slot, 0], p.d_size[:, slot, 1]
+        u, v = _local(x, y, p.d_centre[:, slot], p.d_angle[:, slot], torch.ones_like(half_length))
+        hl, hw = half_length[:, None, None], half_width[:, None, None]
+        ellipse = (u / hl) ** 2 + (v / hw) ** 2 <= 1
+        line = (u.abs() <= hl) & (v.abs() <= hw)
+        inside = torch.where(p.d_line[:, slot, None, None], line, ellipse) & p.d_active[:, slot, None, None]
+        alpha = _coverage(inside)[:, None]
+        canvas = canvas * (1 - alpha) + p.d_rgb[:, slot, :, None, None] * alpha
+    return canvas
+
+
+def _render_chunk(p: _ChunkParams, size: int, device: torch.device, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Images ``C x 3 x S x S`` in [0, 1] and masks ``C x S x S`` of one chunk."""
+    canvas = _composite_distractors(_background(p, size, device), p, size)
+    alpha = _object_alpha(p, size, device)
+    x, y = _grid(size, device)
+    shading = p.shade[:, 0, None, None] * (x - 0.5) + p.shade[:, 1, None, None] * (y - 0.5)
+    colour = (p.object_rgb[:, :, None, None] + shading[:, None]).clamp(0, 1)
+    canvas = canvas * (1 - alpha[:, None]) + colour * alpha[:, None]
+    noise = torch.randn(canvas.shape, generator=g).to(device) * p.pixel_noise[:, None, None, None]
+    return (canvas + noise).clamp(0, 1), alpha >= 0.5
+
+
+def make_synthetic(n: int, seed: int, size: int = IMAGE_SIZE, device: str | torch.device = "cpu") -> SyntheticSet:
+    """Generate ``n`` synthetic images (deterministic in ``seed``; same on any device).
+
+    Args:
+        n: number of images.
+        seed: any non-negative integer; the training split uses :data:`TRAIN_SEED`
+            onwards, the test split :data:`TEST_SEED`.
+        size: image side in pixels (shapes scale with it).
+        device: where to render (random parameters are always drawn on the CPU).
+
+    Returns:
+        :class:`SyntheticSet` with images ``n x 3 x size x size``, labels ``n``, masks ``n x size x size``.
+    """
+    if n < 0 or seed < 0 or size < 8:
+        raise ValueError(f"make_synthetic needs n >= 0, seed >= 0, size >= 8 (got n={n}, seed={seed}, size={size})")
+    device = torch.device(device)
+    images, labels, masks = [], [], []
+    for chunk in range(math.ceil(n / CHUNK)):
+        params = _draw_params(seed, chunk)
+        noise_gen = torch.Generator().manual_seed((seed * 7_654_321 + chunk * 104_729 + 99) % (2**63))
+        img, mask = _render_chunk(params, size, device, noise_gen)
+        images.append(img)
+        labels.append(params.labels.to(device))
+        masks.append(mask)
+    if not images:
+        empty = torch.empty(0, 3, size, size, device=device)
+        return SyntheticSet(empty, torch.empty(0, dtype=torch.long, device=device), torch.empty(0, size, size, dtype=torch.bool, device=device))
+    return SyntheticSet(torch.cat(images)[:n].contiguous(), torch.cat(labels)[:n].contiguous(), torch.cat(masks)[:n].contiguous())

@@ -1,0 +1,121 @@
+"""Turn attack outputs into per-image result records (DESIGN §1 "Results").
+
+One record per attacked image and interpreter: ids, true / target / predicted
+class, success, confidence, perturbation norms, map distances, noise rate and
+time. The same definitions (``idls.metrics``) are used everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from idls import metrics
+from idls.interpreters.base import Interpreter
+
+DEFAULT_IOU_KS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+
+
+@dataclass
+class MapPair:
+    """Benign and adversarial maps of one interpreter, ``B x h x w`` each."""
+
+    benign: Tensor
+    adversarial: Tensor
+
+
+def explain_pair(interpreter: Interpreter, x: Tensor, x_adv: Tensor, benign_maps: Tensor | None = None) -> MapPair:
+    """Maps of the benign and adversarial images, each explaining its own prediction (the IDLS workflow)."""
+    benign = interpreter.attribute(x) if benign_maps is None else benign_maps
+    return MapPair(benign=benign.detach(), adversarial=interpreter.attribute(x_adv).detach())
+
+
+def image_records(
+    *,
+    ids: Sequence[str],
+    x: Tensor,
+    x_adv: Tensor,
+    labels: Tensor,
+    targets: Tensor,
+    preds: Tensor,
+    success: Tensor,
+    confidence: Tensor,
+    seconds_per_image: float,
+    iterations_to_success: Tensor | None = None,
+) -> list[dict]:
+    """Prediction-side fields of the records of one batch (no interpreter yet)."""
+    linf = metrics.linf_norm(x_adv, x)
+    l2 = metrics.l2_norm(x_adv, x)
+    noise = metrics.noise_rate(x, x_adv)
+    its = iterations_to_success if iterations_to_success is not None else torch.full_like(labels, -1)
+    return [
+        {
+            "image_id": str(ids[i]),
+            "true_label": int(labels[i]),
+            "target_label": int(targets[i]),
+            "pred_label": int(preds[i]),
+            "success": bool(success[i]),
+            "confidence": float(confidence[i]),
+            "linf": float(linf[i]),
+            "l2": float(l2[i]),
+            "noise_rate": float(noise[i]),
+            "seconds": float(seconds_per_image),
+            "iterations_to_success": int(its[i]),
+        }
+        for i in range(len(ids))
+    ]
+
+
+def map_fields(pair: MapPair, ks: Sequence[float] = DEFAULT_IOU_KS) -> list[dict]:
+    """Map-side fields (L1, L2, IoU@k, Kendall's tau) per image of one interpreter."""
+    l1 = metrics.map_l1(pair.benign, pair.adversarial)
+    l2 = metrics.map_l2(pair.benign, pair.adversarial)
+    ious = {k: metrics.topk_iou(pair.benign, pair.adversarial, k) for k in ks}
+    tau = metrics.kendall_tau(pair.benign, pair.adversarial)
+    out = []
+    for i in range(pair.benign.shape[0]):
+        row = {"map_l1": float(l1[i]), "map_l2": float(l2[i]), "map_iou": float(ious.get(0.2, ious[ks[0]])[i])}
+        row.update({f"map_iou@{int(round(k * 100))}": float(v[i]) for k, v in ious.items()})
+        row["kendall_tau"] = float(tau[i])
+        out.append(row)
+    return out
+
+
+MEAN_FIELDS = ("confidence", "linf", "l2", "noise_rate", "seconds", "map_l1", "map_l2", "map_iou", "kendall_tau")
+
+
+def summarize(records: Sequence[Mapping]) -> dict:
+    """Aggregate records with the same field names: rates and means (confidence over successes)."""
+    if not records:
+        return {"n": 0}
+    n = len(records)
+    successes = [r for r in records if r["success"]]
+    summary: dict = {"n": n, "success": len(successes) / n, "attack_success_rate": len(successes) / n}
+    for key in MEAN_FIELDS:
+        pool = successes if key == "confidence" else records
+        values = [float(r[key]) for r in pool if key in r and r[key] == r[key]]
+        summary[key] = sum(values) / len(values) if values else float("nan")
+    iou_keys = sorted({k for r in records for k in r if k.startswith("map_iou@")})
+    for key in iou_keys:
+        summary[key] = sum(float(r[key]) for r in records) / n
+    its = [r["iterations_to_success"] for r in records if r.get("iterations_to_success", -1) >= 0]
+    summary["iterations_to_success"] = sum(its) / len(its) if its else float("nan")
+    return summary
+
+
+def group_summaries(records: Sequence[Mapping], keys: Sequence[str] = ("attack", "interpreter")) -> dict:
+    """Nested ``{attack: {interpreter: summary}}`` over records."""
+    groups: dict = {}
+    for r in records:
+        node = groups
+        for key in keys[:-1]:
+            node = node.setdefault(str(r[key]), {})
+        node.setdefault(str(r[keys[-1]]), []).append(r)
+
+    def reduce(node):
+        return summarize(node) if isinstance(node, list) else {k: reduce(v) for k, v in node.items()}
+
+    return reduce(groups)

@@ -1,0 +1,56 @@
+"""Grad-CAM (Selvaraju et al. 2017), DESIGN §3.
+
+    alpha_k = mean_{i,j} d logit_c / d A_k[i, j]          A = classifier.features(x)
+    map     = minmax( ReLU( sum_k alpha_k * A_k ) )        B x h x w (native resolution)
+
+Works for any registered model (no GAP head needed, e.g. VGG-16). With
+``create_graph=True`` the channel weights are themselves differentiated
+(double back-propagation), so the map is differentiable w.r.t. x.
+pytorch-grad-cam computes the same map and then resizes it to the input size;
+here it stays at the feature map's resolution (upsample with
+:func:`idls.system.upsample_maps` for display).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from idls.interpreters import INTERPRETERS
+from idls.interpreters.base import Interpreter, minmax_normalize
+from idls.interpreters.cam import weighted_feature_sum
+from idls.interpreters.grad import class_indices, class_score
+from idls.system import Classifier
+
+
+def gradcam_map(
+    classifier: Classifier, x: Tensor, target: Tensor | int, *, normalize: bool = True, create_graph: bool = False
+) -> Tensor:
+    """Grad-CAM ``B x h x w`` of the explained classes' logits.
+
+    Args:
+        classifier: any classifier (body/head split at the last conv feature map).
+        x: images ``B x C x H x W`` in [0, 1].
+        target: explained classes (``B`` long or int).
+        normalize: min-max to [0, 1] per sample (``False``: the raw ReLU'd map).
+        create_graph: keep the map differentiable w.r.t. ``x``.
+    """
+    cls = class_indices(target, x, classifier.num_classes)
+    with torch.enable_grad():
+        features = classifier.features(x)
+        if not features.requires_grad:  # frozen parameters and a constant input
+            features = features.detach().requires_grad_(True)
+        score = class_score(classifier.logits_from_features(features), cls, "logit")
+        (grad,) = torch.autograd.grad(score, features, create_graph=create_graph)
+    cam = torch.relu(weighted_feature_sum(features, grad.mean(dim=(2, 3))))
+    return minmax_normalize(cam) if normalize else cam
+
+
+@INTERPRETERS.register("gradcam")
+class GradCAMInterpreter(Interpreter):
+    """Grad-CAM at the last feature map's resolution, ReLU, min-max normalised."""
+
+    name = "gradcam"
+
+    def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
+        return gradcam_map(self.classifier, x, target, create_graph=create_graph)

@@ -1,0 +1,99 @@
+"""Matplotlib figures rendered to PNG bytes (headless, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from idls.system import upsample_maps  # noqa: E402
+
+
+def _to_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _image_np(x: Tensor) -> np.ndarray:
+    """``3 x H x W`` in [0, 1] -> ``H x W x 3`` numpy."""
+    return x.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _map_np(m: Tensor, size: int) -> np.ndarray:
+    """``h x w`` map -> ``size x size`` numpy (bilinear upsampling for display)."""
+    return upsample_maps(m[None].float().cpu(), size)[0].clamp(0, 1).numpy()
+
+
+def overlay_png(image: Tensor, attribution: Tensor, title: str = "") -> bytes:
+    """One image with its map overlaid (jet, alpha 0.5) as PNG bytes."""
+    fig, ax = plt.subplots(figsize=(2.4, 2.4))
+    ax.imshow(_image_np(image))
+    ax.imshow(_map_np(attribution, image.shape[-1]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return _to_png(fig)
+
+
+def map_grid_png(
+    x: Tensor,
+    x_adv: Tensor,
+    benign_maps: Mapping[str, Tensor],
+    adversarial_maps: Mapping[str, Tensor],
+    *,
+    titles: Sequence[str] | None = None,
+    adv_titles: Sequence[str] | None = None,
+) -> bytes:
+    """Rows = images; columns = benign, adversarial, then each interpreter's benign and adversarial maps.
+
+    Args:
+        x, x_adv: ``B x 3 x H x W`` in [0, 1].
+        benign_maps, adversarial_maps: name -> ``B x h x w`` maps in [0, 1].
+    """
+    names = list(benign_maps)
+    rows, cols = x.shape[0], 2 + 2 * len(names)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.4 * rows), squeeze=False)
+    size = x.shape[-1]
+    for r in range(rows):
+        panels = [("benign" + (f"\n{titles[r]}" if titles else ""), _image_np(x[r]), None)]
+        panels.append(("adversarial" + (f"\n{adv_titles[r]}" if adv_titles else ""), _image_np(x_adv[r]), None))
+        for name in names:
+            panels.append((f"{name} benign", _image_np(x[r]), _map_np(benign_maps[name][r], size)))
+            panels.append((f"{name} adv", _image_np(x_adv[r]), _map_np(adversarial_maps[name][r], size)))
+        for c, (title, img, heat) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img)
+            if heat is not None:
+                ax.imshow(heat, cmap="jet", alpha=0.55, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 or c < 2:
+                ax.set_title(title, fontsize=6)
+    fig.tight_layout(pad=0.2)
+    return _to_png(fig)
+
+
+def bar_chart_png(values: Mapping[str, Mapping[str, float]], ylabel: str) -> bytes:
+    """Grouped bars: outer key = group (x axis), inner key = series."""
+    groups = list(values)
+    series = sorted({s for g in groups for s in values[g]})
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.9 * len(groups) * max(1, len(series)) / 2), 2.6))
+    width = 0.8 / max(1, len(series))
+    for i, s in enumerate(series):
+        ys = [values[g].get(s, float("nan")) for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, ys, width, label=s)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.legend(fontsize=7)
+    return _to_png(fig)
+
+
+__all__ = ["bar_chart_png", "map_grid_png", "overlay_png", "torch"]

@@ -1,0 +1,165 @@
+"""Attack a data set with one attack and evaluate every interpreter on the result.
+
+This is the shared path of ``idls attack`` and ``idls demo``: targets are drawn
+once for the whole data set (seeded, independent of the batch size), the attack
+runs batch by batch, and each batch becomes records (``idls.evaluate``) plus
+tensors on disk (adversarial images and maps, safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from idls import evaluate
+from idls.attacks import create_attack
+from idls.attacks.targets import least_likely_targets, random_targets
+from idls.errors import UserError
+from idls.interpreters import create_interpreter
+from idls.interpreters.base import Interpreter
+from idls.system import Classifier
+
+
+@dataclass
+class Showcase:
+    """The first few images of a run, kept for the report's figure grid."""
+
+    x: Tensor
+    x_adv: Tensor
+    labels: Tensor
+    preds: Tensor
+    benign_maps: dict[str, Tensor] = field(default_factory=dict)
+    adversarial_maps: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutput:
+    records: list[dict]
+    showcase: Showcase | None
+    seconds: float
+
+
+def build_interpreters(
+    classifier: Classifier, names: Sequence[str], options: Mapping[str, Mapping] | None = None
+) -> dict[str, Interpreter]:
+    """Instantiate interpreters by name, skipping none silently: CAM on a model without GAP head is an error."""
+    options = options or {}
+    return {name: create_interpreter(name, classifier, **dict(options.get(name, {}))) for name in names}
+
+
+def choose_targets(classifier: Classifier, x: Tensor, labels: Tensor, mode: str, seed: int, batch_size: int) -> Tensor:
+    """Targets for the whole data set: random wrong class (seeded), least likely, or the labels (untargeted)."""
+    if mode == "targeted":
+        return random_targets(labels, classifier.num_classes, seed=seed)
+    if mode == "least_likely":
+        with torch.no_grad():
+            logits = torch.cat([classifier(c) for c in x.split(batch_size)])
+        return least_likely_targets(logits)
+    if mode == "untargeted":
+        return labels.clone()
+    raise UserError(f"unknown attack mode {mode!r}; choose targeted, untargeted or least_likely")
+
+
+def attack_and_evaluate(
+    classifier: Classifier,
+    interpreters: Mapping[str, Interpreter],
+    attack_name: str,
+    attack_options: Mapping,
+    x_all: Tensor,
+    labels_all: Tensor,
+    ids: Sequence[str],
+    *,
+    mode: str = "targeted",
+    batch_size: int = 64,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    showcase_size: int = 6,
+    model_name: str = "",
+    on_batch: Callable[[int, int], None] | None = None,
+) -> RunOutput:
+    """Run ``attack_name`` over the data set and evaluate every interpreter on each adversarial batch.
+
+    Args:
+        x_all: ``N x C x H x W`` correctly classified images in [0, 1].
+        labels_all: ``N`` true labels.
+        ids: ``N`` image identifiers (file names).
+        out_dir: where ``tensors/`` is written (adversarial images and maps); ``None`` keeps nothing.
+    """
+    device = classifier.device
+    attack = create_attack(attack_name, mode=mode, seed=seed, **dict(attack_options))
+    targets_all = choose_targets(classifier, x_all.to(device), labels_all.to(device), mode, seed, batch_size)
+    records: list[dict] = []
+    showcase: Showcase | None = None
+    started = time.perf_counter()
+    n = x_all.shape[0]
+    for batch_index, start in enumerate(range(0, n, batch_size)):
+        sl = slice(start, min(start + batch_size, n))
+        x, labels, targets = x_all[sl].to(device), labels_all[sl].to(device), targets_all[sl]
+        result = attack.run(classifier, x, labels, targets if mode != "untargeted" else None)
+        x_adv = result.x_adv.detach()
+        base = evaluate.image_records(
+            ids=ids[sl],
+            x=x,
+            x_adv=x_adv,
+            labels=labels,
+            targets=result.target,
+            preds=result.pred,
+            success=result.success,
+            confidence=result.confidence,
+            seconds_per_image=result.seconds / x.shape[0],
+            iterations_to_success=result.iterations_to_success,
+        )
+        tensors: dict[str, Tensor] = {"x_adv": x_adv.cpu().contiguous()}
+        batch_file = f"tensors/{attack_name}/batch_{batch_index:05d}.safetensors"
+        keep = min(showcase_size, x.shape[0]) if showcase is None else 0
+        if keep:
+            showcase = Showcase(x[:keep].cpu(), x_adv[:keep].cpu(), labels[:keep].cpu(), result.pred[:keep].cpu())
+        for name, interpreter in interpreters.items():
+            pair = evaluate.explain_pair(interpreter, x, x_adv)
+            tensors[f"benign_map/{name}"] = pair.benign.cpu().contiguous()
+            tensors[f"adversarial_map/{name}"] = pair.adversarial.cpu().contiguous()
+            if keep and showcase is not None:
+                showcase.benign_maps[name] = pair.benign[:keep].cpu()
+                showcase.adversarial_maps[name] = pair.adversarial[:keep].cpu()
+            for i, (record, fields) in enumerate(zip(base, evaluate.map_fields(pair))):
+                records.append(
+                    {
+                        "attack": attack_name,
+                        "interpreter": name,
+                        "model": model_name,
+                        **record,
+                        **fields,
+                        "adv_path": f"{batch_file}#{i}",
+                    }
+                )
+        if not interpreters:
+            records.extend({"attack": attack_name, "interpreter": "none", "model": model_name, **r} for r in base)
+        if out_dir is not None:
+            path = Path(out_dir) / batch_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(path))
+        if on_batch is not None:
+            on_batch(sl.stop, n)
+    return RunOutput(records=records, showcase=showcase, seconds=time.perf_counter() - started)
+
+
+def write_records(path: Path, records: Sequence[Mapping]) -> None:
+    """Write records as JSON lines (one per image and interpreter)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+def write_json(path: Path, payload: Mapping) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.replace(path)
