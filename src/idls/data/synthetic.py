@@ -101,8 +101,8 @@ def _star(u: Tensor, v: Tensor, points: int = 5, inner: float = 0.45) -> Tensor:
     tip_x, tip_y = 1.0, 0.0
     in_x, in_y = inner * math.cos(sector / 2), inner * math.sin(sector / 2)
     ex, ey = in_x - tip_x, in_y - tip_y
-    # Same side of the tip->inner-vertex edge as the origin (whose cross product is negative).
-    return ex * (py - tip_y) - ey * (px - tip_x) <= 0
+    # Same side of the tip->inner-vertex edge as the origin (whose cross product is positive).
+    return ex * (py - tip_y) - ey * (px - tip_x) >= 0
 
 
 _SHAPES: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (_disc, _square, _triangle, _cross, _ring, _star)
@@ -258,17 +258,21 @@ def _background(p: _ChunkParams, size: int, device: torch.device) -> Tensor:
 
 
 def _composite_distractors(canvas: Tensor, p: _ChunkParams, size: int) -> Tensor:
-    """Paint the active distractors (blobs: ellipses; lines: thin rectangles) onto ``canvas``."""
-    x, y = _grid(size * _SUPERSAMPLE, canvas.device)
+    """Paint the active distractors (blobs: ellipses; lines: thin bars) onto ``canvas`` ``C x 3 x S x S``.
+
+    Drawn at native resolution with an approximate distance-to-edge (in pixels)
+    for anti-aliasing: they are small, and this is the hot part of the renderer.
+    """
+    x, y = _grid(size, canvas.device)
     for slot in range(p.d_active.shape[1]):
         half_length, half_width = p.d_size[:, slot, 0], p.d_size[:, slot, 1]
         u, v = _local(x, y, p.d_centre[:, slot], p.d_angle[:, slot], torch.ones_like(half_length))
         hl, hw = half_length[:, None, None], half_width[:, None, None]
-        ellipse = (u / hl) ** 2 + (v / hw) ** 2 <= 1
-        line = (u.abs() <= hl) & (v.abs() <= hw)
-        inside = torch.where(p.d_line[:, slot, None, None], line, ellipse) & p.d_active[:, slot, None, None]
-        alpha = _coverage(inside)[:, None]
-        canvas = canvas * (1 - alpha) + p.d_rgb[:, slot, :, None, None] * alpha
+        ellipse = (torch.sqrt((u / hl) ** 2 + (v / hw) ** 2) - 1) * hw
+        line = torch.maximum(u.abs() - hl, v.abs() - hw)
+        distance = torch.where(p.d_line[:, slot, None, None], line, ellipse) * size
+        alpha = (0.5 - distance).clamp(0, 1) * p.d_active[:, slot, None, None]
+        canvas = torch.lerp(canvas, p.d_rgb[:, slot, :, None, None], alpha[:, None])
     return canvas
 
 

@@ -88,6 +88,17 @@ def channel_max_pool(attribution: Tensor, pool: int) -> Tensor:
     return per_pixel[:, 0]
 
 
+def normalize_magnitudes(maps: Tensor) -> Tensor:
+    """Min-max normalise non-negative ``B x h x w`` maps whatever their scale.
+
+    Gradients of a saturated cross-entropy can be ~1e-24, far below the epsilon of
+    :func:`minmax_normalize`; dividing each map by its maximum first makes the
+    result scale-invariant (all-zero maps stay zero). Differentiable.
+    """
+    peak = maps.flatten(1).amax(dim=1).clamp_min(torch.finfo(maps.dtype).tiny)
+    return minmax_normalize(maps / peak[:, None, None])
+
+
 def resolve_surrogate(classifier: Classifier, surrogate: Classifier | bool | None) -> Classifier | None:
     """``True`` builds :func:`smooth_surrogate` of ``classifier``; a classifier is used as is."""
     if surrogate is None or surrogate is False:
@@ -145,7 +156,7 @@ def gradient_map(
     if pool < 1:
         raise UserError(f"grad pool must be a positive integer, got {pool}")
     grad = input_gradient(classifier, x, target, loss=loss, create_graph=create_graph)
-    return minmax_normalize(channel_max_pool(grad.abs(), pool))
+    return normalize_magnitudes(channel_max_pool(grad.abs(), pool))
 
 
 # ----------------------------------------------------------------------------------

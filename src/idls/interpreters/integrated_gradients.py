@@ -36,13 +36,13 @@ from torchvision.transforms.functional import gaussian_blur
 
 from idls.errors import UserError
 from idls.interpreters import INTERPRETERS
-from idls.interpreters.base import minmax_normalize
 from idls.interpreters.grad import (
     GradientInterpreter,
     channel_max_pool,
     class_indices,
     class_score,
     differentiable_input,
+    normalize_magnitudes,
 )
 from idls.system import Classifier
 
@@ -160,7 +160,7 @@ def integrated_gradients_map(
     if pool < 1:
         raise UserError(f"IG pool must be a positive integer, got {pool}")
     attribution = integrated_gradients(classifier, x, target, create_graph=create_graph, **options)
-    return minmax_normalize(channel_max_pool(attribution.sum(1, keepdim=True).abs(), pool))
+    return normalize_magnitudes(channel_max_pool(attribution.sum(1, keepdim=True).abs(), pool))
 
 
 @INTERPRETERS.register("ig")
