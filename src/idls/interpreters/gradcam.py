@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from idls.interpreters import INTERPRETERS
-from idls.interpreters.base import Interpreter, minmax_normalize
+from idls.interpreters.base import Interpreter
 from idls.interpreters.cam import weighted_feature_sum
-from idls.interpreters.grad import class_indices, class_score
+from idls.interpreters.grad import class_indices, class_score, normalize_magnitudes
 from idls.system import Classifier
 
 
@@ -43,7 +43,7 @@ def gradcam_map(
         score = class_score(classifier.logits_from_features(features), cls, "logit")
         (grad,) = torch.autograd.grad(score, features, create_graph=create_graph)
     cam = torch.relu(weighted_feature_sum(features, grad.mean(dim=(2, 3))))
-    return minmax_normalize(cam) if normalize else cam
+    return normalize_magnitudes(cam) if normalize else cam
 
 
 @INTERPRETERS.register("gradcam")

@@ -119,7 +119,8 @@ def integrated_gradients(
         baseline: ``"black"`` (default), ``"blur"``, a constant or a tensor broadcastable to ``x``.
         steps: number of path points ``m``.
         method: quadrature rule (see module docstring).
-        internal_batch_size: at most this many path images per forward/backward pass.
+        internal_batch_size: path images per forward/backward pass, at most
+            ``max(B, internal_batch_size)`` (whole steps of the batch are kept together).
         create_graph: keep the attribution differentiable w.r.t. ``x``.
     """
     cls = class_indices(target, x, classifier.num_classes)
@@ -127,6 +128,8 @@ def integrated_gradients(
     x_in = differentiable_input(x) if create_graph else x.detach()
     with torch.enable_grad():
         base = make_baseline(x_in, baseline)
+        if not create_graph:
+            base = base.detach()
         delta = x_in - base
         batch, shape = x.shape[0], x.shape[1:]
         steps_per_chunk = max(1, internal_batch_size // max(1, batch))
