@@ -13,7 +13,7 @@ Groups: prediction (:func:`success`, :func:`attack_success_rate`,
 :func:`target_confidence`, :func:`misclassification_confidence`,
 :func:`prediction_changed`, :func:`fooling_ratio`); map distances
 (:func:`map_l1`, :func:`map_l2`, :func:`topk_mask`, :func:`topk_iou`,
-:func:`kendall_tau`); noise (:func:`linf_distance`, :func:`l2_distance`,
+:func:`kendall_tau`); noise (:func:`linf_norm`, :func:`l2_norm`,
 :func:`noise_rate`); interpreter validity against ground truth
 (:func:`localization_iou`, :func:`pointing_game`).
 """
@@ -200,14 +200,14 @@ def _check_image_pair(x: Tensor, x_adv: Tensor) -> None:
         )
 
 
-def linf_distance(x: Tensor, x_adv: Tensor) -> Tensor:
-    """``B``: max |x* - x| over all pixels and channels."""
+def linf_norm(x: Tensor, x_adv: Tensor) -> Tensor:
+    """``B``: ||x* - x||_inf, the max |x* - x| over all pixels and channels (symmetric in its arguments)."""
     _check_image_pair(x, x_adv)
     return (x_adv - x).flatten(1).abs().amax(1)
 
 
-def l2_distance(x: Tensor, x_adv: Tensor) -> Tensor:
-    """``B``: ||x* - x||_2 over all pixels and channels (on the [0, 1] scale)."""
+def l2_norm(x: Tensor, x_adv: Tensor) -> Tensor:
+    """``B``: ||x* - x||_2 over all pixels and channels, on the [0, 1] scale (symmetric in its arguments)."""
     _check_image_pair(x, x_adv)
     return (x_adv - x).flatten(1).norm(dim=1)
 
@@ -316,8 +316,8 @@ __all__ = [
     "fooling_ratio",
     "jaccard",
     "kendall_tau",
-    "l2_distance",
-    "linf_distance",
+    "l2_norm",
+    "linf_norm",
     "localization_iou",
     "map_l1",
     "map_l2",

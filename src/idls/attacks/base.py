@@ -1,0 +1,293 @@
+"""The attack contract: :class:`Attack`, :class:`AttackResult`, the ``ATTACKS`` registry.
+
+An attack turns a batch of [0, 1] images into adversarial images. Subclasses
+implement :meth:`Attack._perturb` (the optimisation); :meth:`Attack.run` does
+the parts every attack shares: input checks, target selection by
+:class:`~idls.attacks.targets.TargetMode`, timing, and one final evaluation of
+the returned images with the real classifier, so that ``success``, ``pred`` and
+``confidence`` always mean the same thing (DESIGN §5) whatever the attack
+optimised internally (a smooth surrogate, a joint loss...).
+
+Shared loop helpers live here too: :func:`prediction_loss` and
+:func:`flush_denormal`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from idls import metrics
+from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
+from idls.errors import UserError, check_images
+from idls.registry import Registry
+from idls.system import Classifier
+
+
+@dataclass
+class AttackResult:
+    """Adversarial images and per-sample bookkeeping of one attacked batch.
+
+    Attributes:
+        x_adv: ``B x C x H x W`` adversarial images in [0, 1].
+        success: ``B`` bool (targeted: pred == target; untargeted: pred != label).
+        pred: ``B`` predicted classes of ``x_adv``.
+        target: ``B`` target classes; for untargeted attacks the true labels.
+        confidence: ``B`` softmax probability of the target class (targeted) or
+            of the predicted class (untargeted).
+        iterations_to_success: ``B`` long, the number of steps after which the
+            attack first succeeded (0: the start point already did), -1 never.
+        iterations_run: steps the loop ran (the maximum over the batch).
+        seconds: wall-clock time of :meth:`Attack.run` for the batch.
+        targeted: whether ``target`` holds attack targets or true labels.
+        extras: attack-specific per-sample tensors (e.g. ``'score'``).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    pred: Tensor
+    target: Tensor
+    confidence: Tensor
+    iterations_to_success: Tensor
+    iterations_run: int
+    seconds: float
+    targeted: bool = True
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x_adv.shape[0])
+
+    @property
+    def success_rate(self) -> float:
+        return metrics.attack_success_rate(self.success)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(len(self), 1)
+
+
+@dataclass
+class Perturbation:
+    """What an attack's optimisation returns to :meth:`Attack.run`.
+
+    Attributes:
+        x_adv: ``B x C x H x W`` chosen iterates.
+        iterations_to_success: ``B`` long, first successful step count, -1 never.
+        iterations_run: steps taken.
+        success: ``B`` bool by the optimiser's own criterion at the chosen iterate, if any.
+        score: ``B`` best score of the chosen iterate (``inf`` when it never succeeded), if any.
+        extras: anything else worth keeping per sample.
+    """
+
+    x_adv: Tensor
+    iterations_to_success: Tensor
+    iterations_run: int
+    success: Tensor | None = None
+    score: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class of all attacks: ``run(classifier, x, labels, targets=None) -> AttackResult``.
+
+    Args:
+        mode: ``'targeted'`` (default; seeded random wrong classes unless targets
+            are given), ``'untargeted'`` or ``'least_likely'``.
+        seed: seeds random targets and any randomness of the attack.
+        progress: show a progress bar.
+    """
+
+    name: ClassVar[str] = "attack"
+
+    def __init__(self, *, mode: str | TargetMode = TargetMode.TARGETED, seed: int = 0, progress: bool = False) -> None:
+        self.mode = TargetMode.parse(mode)
+        self.seed = int(seed)
+        self.progress = bool(progress)
+
+    # -- public ---------------------------------------------------------------------
+    def run(
+        self,
+        classifier: Classifier,
+        x: Tensor,
+        labels: Tensor,
+        targets: Tensor | None = None,
+        *,
+        indices: Tensor | None = None,
+    ) -> AttackResult:
+        """Attack a batch.
+
+        Args:
+            classifier: the model under attack, in eval mode.
+            x: ``B x C x H x W`` images in [0, 1].
+            labels: ``B`` true classes.
+            targets: ``B`` target classes (not for untargeted mode); default: chosen by
+                the mode (given targets are used as they are, e.g. precomputed least-likely ones).
+            indices: optional ``B`` dataset positions, so random targets do not depend on batching.
+        """
+        check_images(x)
+        if classifier.training:
+            raise UserError("the classifier is in training mode; call classifier.eval() before attacking")
+        labels = self._check_classes(labels, x, classifier.num_classes, "labels")
+        start = time.perf_counter()
+        targets = self.resolve_targets(classifier, x, labels, targets, indices)
+        outcome = self._perturb(classifier, x, labels, targets)
+        with torch.no_grad():
+            logits = classifier(outcome.x_adv)
+        pred = logits.argmax(1)
+        if targets is not None:
+            ok = metrics.success(pred, target=targets)
+            confidence = metrics.target_confidence(logits, targets)
+        else:
+            ok = metrics.success(pred, label=labels)
+            confidence = metrics.target_confidence(logits, pred)
+        seconds = time.perf_counter() - start
+        extras = dict(outcome.extras)
+        if outcome.score is not None:
+            extras.setdefault("score", outcome.score)
+        return AttackResult(
+            x_adv=outcome.x_adv.detach(),
+            success=ok,
+            pred=pred,
+            target=targets if targets is not None else labels,
+            confidence=confidence,
+            iterations_to_success=outcome.iterations_to_success,
+            iterations_run=int(outcome.iterations_run),
+            seconds=seconds,
+            targeted=targets is not None,
+            extras=extras,
+        )
+
+    def resolve_targets(
+        self,
+        classifier: Classifier,
+        x: Tensor,
+        labels: Tensor,
+        targets: Tensor | None,
+        indices: Tensor | None = None,
+    ) -> Tensor | None:
+        """Targets ``B`` for targeted/least-likely modes, ``None`` for untargeted."""
+        if targets is not None:
+            if self.mode is TargetMode.UNTARGETED:
+                raise UserError("targets were given but the attack mode is 'untargeted'; use mode='targeted'")
+            targets = self._check_classes(targets, x, classifier.num_classes, "targets")
+            same = targets == labels
+            if bool(same.any()):
+                raise UserError(
+                    f"{int(same.sum())} target(s) equal the true label (samples {same.nonzero().flatten().tolist()[:5]}); "
+                    "choose wrong classes as targets"
+                )
+            return targets
+        if self.mode is TargetMode.UNTARGETED:
+            return None
+        if self.mode is TargetMode.LEAST_LIKELY:
+            with torch.no_grad():
+                return least_likely_targets(classifier(x))
+        return random_targets(labels, classifier.num_classes, self.seed, indices)
+
+    # -- for subclasses ---------------------------------------------------------------
+    def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
+        """The optimisation. ``targets`` is ``None`` for untargeted attacks."""
+        raise NotImplementedError
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh generator seeded with ``self.seed`` (a run is reproducible on its own)."""
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+    @staticmethod
+    def _check_classes(classes: Tensor, x: Tensor, num_classes: int, name: str) -> Tensor:
+        if not isinstance(classes, Tensor) or classes.dim() != 1 or classes.shape[0] != x.shape[0]:
+            shape = tuple(classes.shape) if isinstance(classes, Tensor) else type(classes).__name__
+            raise UserError(f"{name} must be a 1-D tensor with one class per image ({x.shape[0]}), got {shape}")
+        if classes.is_floating_point():
+            raise UserError(f"{name} must be integer class indices, got {classes.dtype}")
+        classes = classes.to(device=x.device, dtype=torch.long)
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+            raise UserError(f"{name} must lie in [0, {num_classes - 1}]")
+        return classes
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({opts})"
+
+
+# ---------------------------------------------------------------------------------
+# Shared loop helpers
+# ---------------------------------------------------------------------------------
+
+
+def prediction_loss(logits: Tensor, classes: Tensor, *, targeted: bool, label_smoothing: float = 0.0) -> Tensor:
+    """Per-sample prediction loss ``B`` to *minimise*.
+
+    Targeted: cross-entropy towards ``classes`` (the targets). Untargeted: minus
+    the cross-entropy of ``classes`` (the true labels), i.e. push away from them.
+    ``label_smoothing`` follows :func:`torch.nn.functional.cross_entropy`.
+    """
+    ce = F.cross_entropy(logits, classes, reduction="none", label_smoothing=label_smoothing)
+    return ce if targeted else -ce
+
+
+def _flushing_denormals() -> bool:
+    """Whether this thread currently flushes subnormal floats to zero."""
+    tiny = torch.tensor([1e-39])
+    return bool((tiny * torch.tensor([1.0])).item() == 0.0)
+
+
+@contextlib.contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Flush subnormal floats to zero inside attack loops, then restore the previous setting.
+
+    Once cross-entropy saturates, back-propagated values become subnormal and
+    x86 CPUs slow down several-fold (DESIGN §6). A no-op where unsupported.
+
+    Caveat (measured with torch 2.14): the flag is per thread. It reaches the
+    intra-op worker threads only if it was on when torch created them (they
+    inherit it and then keep it), so with ``torch.get_num_threads() > 1`` call
+    ``torch.set_flush_denormal(True)`` at program start for the full effect.
+    """
+    previous = _flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(previous)
+
+
+# ---------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------
+
+ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
+
+
+def create_attack(name: str, **options: Any) -> Attack:
+    """Build attack ``name`` (options are its keyword arguments, e.g. ``epsilon=8/255``)."""
+    factory = ATTACKS.get(name)
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise UserError(f"bad option for attack {name!r}: {exc}") from None
+    return factory(**options)
+
+
+def list_attacks() -> list[str]:
+    return ATTACKS.names()
+
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackResult",
+    "Perturbation",
+    "create_attack",
+    "flush_denormal",
+    "list_attacks",
+    "prediction_loss",
+]
