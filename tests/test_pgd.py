@@ -253,7 +253,7 @@ def test_pgd_constraints_on_random_resnet20(random_resnet20, norm):
 
 def test_pgd_targeted_on_pretrained_resnet20(resnet20, cifar_batch):
     x, labels = cifar_batch
-    result = PGD(steps=20).run(resnet20, x, labels)
+    result = PGD(steps=20, early_stop=True).run(resnet20, x, labels)
     assert result.success_rate >= 0.9
     assert torch.equal(result.target, random_targets(labels, 10, seed=0))
     with torch.no_grad():
