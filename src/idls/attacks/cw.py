@@ -1,0 +1,639 @@
+"""Carlini & Wagner L2 (C&W) and the per-sample Adam loop it shares with StAdv.
+
+C&W (Carlini & Wagner 2017) optimises a tanh-parametrised image
+``x* = lo + (hi - lo) * (tanh(w) + 1) / 2`` with Adam on::
+
+    ||x* - x||_2^2 + c * max(max_{i != t} Z_i(x*) - Z_t(x*), -kappa)  [+ extra loss]
+
+(untargeted: ``max(Z_y - max_{i != y} Z_i, -kappa)``) and binary-searches the
+constant ``c`` per sample: a sample that succeeded in a round gets a smaller
+``c`` next round, one that failed a larger one (x10 until it has succeeded
+once, then bisection). Each round restarts from the clean image with fresh
+Adam state. Per sample the attack keeps, over all rounds, the successful
+iterate with the smallest L2 distance (or the smallest ``score_fn``).
+
+``[lo, hi]`` is ``[0, 1]`` (standard C&W) or, with an L_inf cap ``epsilon``,
+``[max(x - eps, 0), min(x + eps, 1)]``: the tanh parametrisation then maps
+onto the intersection of the ball and the pixel box, so every iterate obeys
+the cap exactly and keeps its gradient (no clipping, which would leave
+coordinates stuck at the cap with zero gradient). ``w`` is scaled by the box
+width so that Adam moves pixels equally fast with or without the cap.
+
+Hooks for joint attacks (ADV², AdvEdge), on :func:`carlini_wagner_l2`:
+
+* ``evaluate(it) -> Evaluation`` runs the model at the iterate ``it.x`` and
+  returns its logits plus an extra per-sample loss (``Evaluation.loss``; e.g.
+  ``lambda * map distance``) and extras for the score. One call per iteration,
+  so a joint loss can share the classifier's forward pass.
+  :func:`classifier_evaluation` builds it from a classifier and an optional
+  ``extra_loss(it) -> B_active``.
+* ``score_fn(it, evaluation) -> B_active``: lower is better among successes.
+* ``perturbation_weights`` ``B x 1|C x H x W``: the perturbation is
+  ``delta = weights * (x_box - x)`` (AdvEdge: the edge weights ``E(x)``).
+
+Shared machinery (used by :mod:`idls.attacks.stadv`): :func:`margin`,
+:func:`margin_loss`, :func:`margin_success`, :class:`PerSampleAdam`,
+:class:`BestIterate`, :class:`StepOutcome` and :func:`adam_descent`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal
+from idls.attacks.pgd import Evaluation, Iterate
+from idls.attacks.targets import TargetMode
+from idls.errors import UserError
+from idls.system import Classifier
+
+EvaluateFn = Callable[[Iterate], Evaluation]
+ExtraLossFn = Callable[[Iterate], Tensor]
+ScoreFn = Callable[[Iterate, Evaluation], Tensor]
+
+DEFAULT_STEPS = 100
+DEFAULT_SEARCH_STEPS = 5
+DEFAULT_INITIAL_CONST = 0.01
+DEFAULT_LR = 0.01
+_TANH_LIMIT = 1 - 1e-6  # |tanh(w)| stays below this at the start point, so atanh is finite
+_STALL_TOLERANCE = 1e-4  # abort early: relative loss decrease below this over a window
+
+
+# ---------------------------------------------------------------------------------
+# Margin loss (C&W f6; StAdv's adversarial loss)
+# ---------------------------------------------------------------------------------
+
+
+def margin(logits: Tensor, classes: Tensor, *, targeted: bool) -> Tensor:
+    """Per-sample logit margin ``B``; negative means the attack currently succeeds.
+
+    Targeted: ``max_{i != t} Z_i - Z_t``. Untargeted (``classes`` = true labels):
+    ``Z_y - max_{i != y} Z_i``.
+
+    Args:
+        logits: ``B x N``.
+        classes: ``B`` long, targets (targeted) or true labels (untargeted).
+    """
+    classes = classes.to(logits.device).long()[:, None]
+    own = logits.gather(1, classes)[:, 0]
+    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, classes, True)
+    other = logits.masked_fill(mask, float("-inf")).amax(1)
+    return other - own if targeted else own - other
+
+
+def margin_loss(logits: Tensor, classes: Tensor, *, targeted: bool, kappa: float = 0.0) -> Tensor:
+    """``max(margin, -kappa)`` per sample ``B`` (C&W's f6 with confidence ``kappa``)."""
+    return margin(logits, classes, targeted=targeted).clamp(min=-kappa)
+
+
+def margin_success(logits: Tensor, classes: Tensor, *, targeted: bool, kappa: float = 0.0) -> Tensor:
+    """``B`` bool: ``margin < -kappa`` (kappa 0: argmax == target, or argmax != label)."""
+    return margin(logits, classes, targeted=targeted) < -kappa
+
+
+def classifier_evaluation(classifier: Classifier, extra_loss: ExtraLossFn | None = None) -> EvaluateFn:
+    """The ``evaluate`` hook for a plain classifier plus an optional extra loss.
+
+    Args:
+        classifier: the model; ``evaluate(it)`` runs it once on ``it.x``.
+        extra_loss: ``extra_loss(it) -> B_active`` differentiable loss added to the
+            attack's objective (``it.select(per_sample)`` picks the active rows).
+    """
+
+    def evaluate(it: Iterate) -> Evaluation:
+        logits = classifier(it.x)
+        extra = extra_loss(it) if extra_loss is not None else logits.new_zeros(it.x.shape[0])
+        return Evaluation(loss=extra, logits=logits)
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------
+# The per-sample Adam loop shared by C&W and StAdv
+# ---------------------------------------------------------------------------------
+
+
+class PerSampleAdam:
+    """Adam with one step count per sample, so rows can be updated independently.
+
+    The update is torch.optim.Adam's (no weight decay, no amsgrad) applied to
+    rows ``index`` of a ``B x ...`` variable: with all rows every step it equals
+    ``torch.optim.Adam`` on the whole tensor.
+    """
+
+    def __init__(self, like: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr = float(lr)
+        self.beta1, self.beta2 = betas
+        self.eps = float(eps)
+        self.first = torch.zeros_like(like)
+        self.second = torch.zeros_like(like)
+        self.count = torch.zeros(like.shape[0], dtype=torch.long, device=like.device)
+
+    def step(self, index: Tensor, grad: Tensor) -> Tensor:
+        """Record gradient ``grad`` (``B_active x ...``) of rows ``index``; return the update to subtract."""
+        first = self.first[index] * self.beta1 + grad * (1 - self.beta1)
+        second = self.second[index] * self.beta2 + grad * grad * (1 - self.beta2)
+        count = self.count[index] + 1
+        self.first[index], self.second[index], self.count[index] = first, second, count
+        shape = (-1,) + (1,) * (grad.dim() - 1)
+        exponent = count.to(grad.dtype).view(shape)
+        bias1 = 1 - self.beta1**exponent
+        bias2_sqrt = (1 - self.beta2**exponent).sqrt()
+        return (self.lr / bias1) * first / (second.sqrt() / bias2_sqrt + self.eps)
+
+
+@dataclass
+class StepOutcome:
+    """What a framework computes at the iterate of the active samples.
+
+    Attributes:
+        loss: ``B_active`` objective, differentiable w.r.t. the optimised variable.
+        x_adv: ``B_active x C x H x W`` the images this variable renders.
+        succeeded: ``B_active`` bool, the framework's success criterion.
+        score: ``B_active``, lower is better among successes.
+        aux: optional ``B_active x ...`` kept along with the best iterate (StAdv: the flow).
+    """
+
+    loss: Tensor
+    x_adv: Tensor
+    succeeded: Tensor
+    score: Tensor
+    aux: Tensor | None = None
+
+
+StepFn = Callable[[Tensor, Tensor, int], StepOutcome]
+
+
+class BestIterate:
+    """Per-sample bookkeeping of the best successful iterate over one or more loops.
+
+    Best = the lowest score among successful iterates, the earlier one on ties.
+    A sample that never succeeds returns its latest iterate with score ``inf``.
+
+    Args:
+        x: ``B x C x H x W`` the start images.
+        aux: optional ``B x ...`` start value of a per-sample tensor kept with the best iterate.
+    """
+
+    def __init__(self, x: Tensor, aux: Tensor | None = None) -> None:
+        batch = x.shape[0]
+        self.best_x = x.detach().clone()
+        self.latest_x = x.detach().clone()
+        self.best_aux = None if aux is None else aux.detach().clone()
+        self.latest_aux = None if aux is None else aux.detach().clone()
+        self.score = torch.full((batch,), math.inf, device=x.device)
+        self.first_success = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+
+    @property
+    def succeeded(self) -> Tensor:
+        """``B`` bool: some iterate of the sample has succeeded."""
+        return torch.isfinite(self.score)
+
+    @torch.no_grad()
+    def update(self, index: Tensor, outcome: StepOutcome, iteration: int) -> Tensor:
+        """Record the iterate of rows ``index``; return ``B_active`` bool: the best improved."""
+        ok = outcome.succeeded.detach().to(device=self.score.device, dtype=torch.bool)
+        score = outcome.score.detach().to(self.score.device).float()
+        improved = ok & (score < self.score[index])
+        keep = improved.view(-1, *([1] * (self.best_x.dim() - 1)))
+        x_adv = outcome.x_adv.detach()
+        self.best_x[index] = torch.where(keep, x_adv, self.best_x[index])
+        self.latest_x[index] = x_adv
+        if self.best_aux is not None and outcome.aux is not None:
+            aux = outcome.aux.detach()
+            keep_aux = improved.view(-1, *([1] * (aux.dim() - 1)))
+            self.best_aux[index] = torch.where(keep_aux, aux, self.best_aux[index])
+            self.latest_aux[index] = aux
+        self.score[index] = torch.where(improved, score, self.score[index])
+        fresh = ok & (self.first_success[index] < 0)
+        self.first_success[index] = torch.where(fresh, torch.full_like(index, iteration), self.first_success[index])
+        return improved
+
+    def chosen_aux(self) -> Tensor | None:
+        """``B x ...`` the aux tensor of the returned iterates (best, or latest if never successful)."""
+        if self.best_aux is None:
+            return None
+        keep = self.succeeded.view(-1, *([1] * (self.best_aux.dim() - 1)))
+        return torch.where(keep, self.best_aux, self.latest_aux)
+
+    def perturbation(self, iterations_run: int, extras: dict[str, Any] | None = None) -> Perturbation:
+        """The :class:`~idls.attacks.base.Perturbation` of the chosen iterates."""
+        keep = self.succeeded.view(-1, *([1] * (self.best_x.dim() - 1)))
+        return Perturbation(
+            x_adv=torch.where(keep, self.best_x, self.latest_x),
+            iterations_to_success=self.first_success.clone(),
+            iterations_run=int(iterations_run),
+            success=self.succeeded.clone(),
+            score=self.score.clone(),
+            extras=dict(extras or {}),
+        )
+
+
+@dataclass
+class LoopResult:
+    """One run of :func:`adam_descent`.
+
+    Attributes:
+        variable: ``B x ...`` final variable (each sample's last iterate).
+        succeeded: ``B`` bool, some iterate of this run succeeded.
+        steps_run: gradient steps taken (the maximum over the batch).
+    """
+
+    variable: Tensor
+    succeeded: Tensor
+    steps_run: int
+
+
+def adam_descent(
+    variable: Tensor,
+    step_fn: StepFn,
+    tracker: BestIterate,
+    *,
+    steps: int,
+    lr: float,
+    iteration_offset: int = 0,
+    stall_window: int | None = None,
+    patience: int | None = None,
+    bar: tqdm | None = None,
+) -> LoopResult:
+    """Minimise ``step_fn(...).loss`` per sample with Adam, tracking the best iterate.
+
+    Each evaluation ``t = 0 .. steps`` calls ``step_fn(rows, index, iteration_offset + t)``
+    once for the active samples (``rows`` = their variable, requiring grad),
+    records the outcome in ``tracker``, then takes one Adam step (one backward).
+
+    A sample stops (keeps its iterate and is no longer evaluated) when
+    ``stall_window`` is set and its loss fell by less than 1e-4 (relative) over
+    the last ``stall_window`` steps (C&W's abort-early), or when ``patience`` is
+    set and it has succeeded and its best score has not improved for
+    ``patience`` evaluations (``0``: stop at the first success). The loop ends
+    when every sample has stopped.
+
+    Args:
+        variable: ``B x ...`` start values of the optimised variable.
+        step_fn: ``(rows, index, iteration) -> StepOutcome`` for the active rows.
+        tracker: best-iterate bookkeeping, updated in place.
+        steps: maximum number of Adam steps.
+        lr: Adam learning rate.
+        iteration_offset: added to ``t`` in the iteration numbers.
+        stall_window: abort-early window in steps, or ``None``.
+        patience: early stop after success, or ``None``.
+        bar: progress bar advanced once per step.
+    """
+    variable = variable.detach().clone()
+    batch = variable.shape[0]
+    device = variable.device
+    adam = PerSampleAdam(variable, lr)
+    everyone = torch.arange(batch, device=device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    succeeded = torch.zeros(batch, dtype=torch.bool, device=device)
+    reference = torch.full((batch,), math.inf, device=device)
+    stale = torch.zeros(batch, dtype=torch.long, device=device)
+    steps_run = 0
+    for t in range(steps + 1):
+        whole = bool(active.all())
+        index = everyone if whole else active.nonzero().flatten()
+        rows = (variable if whole else variable[index]).detach().requires_grad_(True)
+        with torch.enable_grad():
+            outcome = step_fn(rows, index, iteration_offset + t)
+        if outcome.loss.shape != (index.numel(),):
+            raise ValueError(f"the loss must have one value per active sample ({index.numel()}), "
+                             f"got shape {tuple(outcome.loss.shape)}")
+        with torch.no_grad():
+            improved = tracker.update(index, outcome, iteration_offset + t)
+            succeeded[index] |= outcome.succeeded.detach().to(device=device, dtype=torch.bool)
+            stop = torch.zeros_like(improved)
+            if patience is not None:
+                stale[index] = torch.where(improved, torch.zeros_like(index), stale[index] + 1)
+                stop |= tracker.succeeded[index] & (stale[index] >= patience)
+            if stall_window is not None and t % stall_window == 0:
+                loss = outcome.loss.detach().float()
+                previous = reference[index]
+                if t > 0:
+                    stop |= (previous - loss) < _STALL_TOLERANCE * previous.abs()
+                reference[index] = loss
+        if t == steps or bool(stop.all()):
+            break
+        (grad,) = torch.autograd.grad(outcome.loss.sum(), rows)
+        with torch.no_grad():
+            moved = rows.detach() - adam.step(index, grad)
+            moved = torch.where(stop.view(-1, *([1] * (moved.dim() - 1))), rows.detach(), moved)
+            if whole:
+                variable = moved
+            else:
+                variable[index] = moved
+            active[index] = ~stop
+        steps_run = t + 1
+        if bar is not None:
+            bar.update(1)
+    return LoopResult(variable=variable, succeeded=succeeded, steps_run=steps_run)
+
+
+def check_weights(weights: Tensor | None, x: Tensor, channels: tuple[int, ...], name: str) -> Tensor | None:
+    """Validate per-sample weights ``B x K x H x W`` (``K`` in ``channels``), finite and >= 0."""
+    if weights is None:
+        return None
+    if (not isinstance(weights, Tensor) or weights.dim() != 4 or weights.shape[0] != x.shape[0]
+            or weights.shape[1] not in channels or weights.shape[2:] != x.shape[2:]):
+        shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        options = "|".join(str(c) for c in channels)
+        raise UserError(f"{name} must be B x {options} x H x W for images {tuple(x.shape)}, got {shape}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise UserError(f"{name} must be finite and non-negative (e.g. edge weights in [0, 1])")
+    return weights.detach().to(x)
+
+
+def check_positive(**values: float) -> None:
+    """Raise :class:`UserError` for a non-positive option."""
+    for name, value in values.items():
+        if not value > 0:
+            raise UserError(f"{name} must be > 0, got {value}")
+
+
+def check_non_negative(**values: float) -> None:
+    """Raise :class:`UserError` for a negative option."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise UserError(f"{name} must be >= 0, got {value}")
+
+
+# ---------------------------------------------------------------------------------
+# C&W L2
+# ---------------------------------------------------------------------------------
+
+
+def box_bounds(x: Tensor, epsilon: float | None) -> tuple[Tensor, Tensor]:
+    """Per-pixel bounds ``(lo, hi)`` (``B x C x H x W``): [0, 1], intersected with the L_inf ball if ``epsilon``."""
+    if epsilon is None:
+        return torch.zeros_like(x), torch.ones_like(x)
+    return (x - epsilon).clamp(min=0.0), (x + epsilon).clamp(max=1.0)
+
+
+def to_tanh_space(image: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``w`` with ``from_tanh_space(w, lo, hi) ~= image`` (up to 1e-6 of the box width)."""
+    width = hi - lo
+    unit = 2 * (image - lo) / width - 1
+    return width * torch.atanh(unit.clamp(-_TANH_LIMIT, _TANH_LIMIT))
+
+
+def from_tanh_space(w: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``lo + (hi - lo) * (tanh(w / (hi - lo)) + 1) / 2``: any real ``w`` maps into ``[lo, hi]``.
+
+    Dividing by the box width keeps ``d x / d w = sech^2 / 2`` as in standard C&W
+    (width 1), so an Adam step moves a pixel as far inside a narrow L_inf box
+    as in the unit box (instead of ``width`` times less).
+    """
+    width = hi - lo
+    return lo + width * (torch.tanh(w / width) + 1) / 2
+
+
+def update_constants(const: Tensor, lower: Tensor, upper: Tensor, succeeded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One binary-search step on the per-sample constants ``c`` (all ``B``).
+
+    A success makes ``c`` an upper bound and moves ``c`` to the middle of
+    ``[lower, upper]`` (smaller). A failure makes ``c`` a lower bound and moves
+    ``c`` to the middle of ``[lower, upper]`` or, while no success bounds it
+    from above, multiplies it by 10 (larger).
+
+    Returns:
+        ``(const, lower, upper)`` for the next round.
+    """
+    upper = torch.where(succeeded, torch.minimum(upper, const), upper)
+    lower = torch.where(succeeded, lower, torch.maximum(lower, const))
+    bounded = torch.isfinite(upper)
+    const = torch.where(bounded, (lower + upper) / 2, const * 10)
+    return const, lower, upper
+
+
+def carlini_wagner_l2(
+    x: Tensor,
+    evaluate: EvaluateFn,
+    classes: Tensor,
+    *,
+    targeted: bool,
+    steps: int = DEFAULT_STEPS,
+    search_steps: int = DEFAULT_SEARCH_STEPS,
+    initial_const: float = DEFAULT_INITIAL_CONST,
+    kappa: float = 0.0,
+    lr: float = DEFAULT_LR,
+    epsilon: float | None = None,
+    abort_early: bool = True,
+    score_fn: ScoreFn | None = None,
+    perturbation_weights: Tensor | None = None,
+    x_init: Tensor | None = None,
+    progress: bool = False,
+    description: str = "cw",
+) -> Perturbation:
+    """C&W L2 with a per-sample binary search on ``c`` (see the module docstring).
+
+    Objective per sample: ``||delta||_2^2 + c * max(margin, -kappa) + evaluation.loss``
+    with ``x* = x + delta``, ``delta = weights * (x_box - x)`` (no weights: ``x_box - x``),
+    ``x_box = from_tanh_space(w, lo, hi)`` in ``[lo, hi]``. Success: ``margin < -kappa``.
+
+    Args:
+        x: ``B x C x H x W`` clean images in [0, 1].
+        evaluate: ``evaluate(it) -> Evaluation`` with ``logits`` set and ``loss``
+            the extra per-sample loss (zeros for plain C&W); see :func:`classifier_evaluation`.
+            ``it.iteration`` counts gradient steps over all rounds.
+        classes: ``B`` targets (targeted) or true labels (untargeted).
+        targeted: which margin to use.
+        steps: Adam steps per round.
+        search_steps: rounds of the binary search over ``c`` (>= 1).
+        initial_const: ``c`` of the first round.
+        kappa: confidence margin (on logits).
+        lr: Adam learning rate (in tanh space).
+        epsilon: optional L_inf cap on the [0, 1] scale; ``None``: no cap.
+        abort_early: end a sample's round when its loss stalls (window ``steps // 10``).
+        score_fn: ``score_fn(it, evaluation) -> B_active``, lower is better among
+            successes; default: the L2 norm of ``delta``.
+        perturbation_weights: ``B x 1|C x H x W`` non-negative multiplier of ``delta``.
+        x_init: start point of ``x_box`` in every round instead of ``x``.
+        progress: show a progress bar.
+        description: its label.
+
+    Returns:
+        :class:`~idls.attacks.base.Perturbation`; ``extras['c']`` (``B x R``: the
+        constant of each of the R rounds) and ``extras['round_success']`` (``B x R``
+        bool: some iterate of that round succeeded).
+    """
+    _check_cw_options(steps, search_steps, initial_const, kappa, lr, epsilon)
+    weights = check_weights(perturbation_weights, x, (1, x.shape[1]), "perturbation_weights")
+    if x_init is not None and x_init.shape != x.shape:
+        raise UserError(f"x_init must have the images' shape {tuple(x.shape)}, got {tuple(x_init.shape)}")
+    x = x.detach()
+    batch = x.shape[0]
+    classes = classes.to(x.device)
+    lo, hi = box_bounds(x, epsilon)
+    start = x if x_init is None else torch.minimum(torch.maximum(x_init.detach().to(x), lo), hi)
+    w_start = to_tanh_space(start, lo, hi)
+    const = torch.full((batch,), float(initial_const), dtype=x.dtype, device=x.device)
+    lower = torch.zeros_like(const)
+    upper = torch.full_like(const, math.inf)
+    tracker = BestIterate(x)
+    constants: list[Tensor] = []
+    round_success: list[Tensor] = []
+    window = max(steps // 10, 1) if abort_early else None
+    iterations = 0
+
+    def step_fn(w: Tensor, index: Tensor, iteration: int, c: Tensor) -> StepOutcome:
+        x_rows, lo_rows, hi_rows = x[index], lo[index], hi[index]
+        delta = from_tanh_space(w, lo_rows, hi_rows) - x_rows
+        if weights is not None:  # weights > 1 could leave the box: clamp back into it
+            delta = torch.minimum(torch.maximum(delta * weights[index], lo_rows - x_rows), hi_rows - x_rows)
+        x_adv = (x_rows + delta).clamp(0.0, 1.0)
+        it = Iterate(x=x_adv, index=index, iteration=iteration)
+        evaluation = evaluate(it)
+        rows_classes = classes[index]
+        distance = delta.flatten(1).pow(2).sum(1)
+        loss = distance + c[index] * margin_loss(evaluation.logits, rows_classes, targeted=targeted, kappa=kappa)
+        loss = loss + evaluation.loss
+        succeeded = margin_success(evaluation.logits.detach(), rows_classes, targeted=targeted, kappa=kappa)
+        score = score_fn(it, evaluation) if score_fn is not None else distance.detach().sqrt()
+        return StepOutcome(loss=loss, x_adv=x_adv.detach(), succeeded=succeeded, score=score.detach())
+
+    with flush_denormal(), tqdm(total=steps * search_steps, desc=description, disable=not progress, leave=False) as bar:
+        for _ in range(search_steps):
+            result = adam_descent(
+                w_start,
+                lambda w, index, iteration, c=const: step_fn(w, index, iteration, c),
+                tracker,
+                steps=steps,
+                lr=lr,
+                iteration_offset=iterations,
+                stall_window=window,
+                bar=bar,
+            )
+            iterations += result.steps_run
+            constants.append(const)
+            round_success.append(result.succeeded)
+            const, lower, upper = update_constants(const, lower, upper, result.succeeded)
+            if progress:
+                bar.set_postfix(success=f"{float(tracker.succeeded.float().mean()):.2f}", refresh=False)
+    extras = {"c": torch.stack(constants, dim=1), "round_success": torch.stack(round_success, dim=1)}
+    return tracker.perturbation(iterations, extras)
+
+
+def _check_cw_options(steps: int, search_steps: int, initial_const: float, kappa: float, lr: float,
+                      epsilon: float | None) -> None:
+    check_non_negative(steps=steps, kappa=kappa)
+    check_positive(search_steps=search_steps, initial_const=initial_const, lr=lr)
+    if epsilon is not None:
+        check_positive(epsilon=epsilon)
+
+
+@ATTACKS.register("cw")
+class CarliniWagnerL2(Attack):
+    """Carlini & Wagner L2 attack (tanh parametrisation, margin loss, Adam, binary search on c).
+
+    Defaults: 100 Adam steps (lr 0.01) per round, 5 rounds of binary search
+    starting at c = 0.01 (x10 per failed round until bounded), kappa 0, abort
+    early when the loss stalls, no L_inf cap (``epsilon=None``; the papers
+    compare at ``epsilon=8/255``). Each sample returns its successful iterate
+    with the smallest L2 perturbation (its last iterate if it never succeeded).
+
+    Args:
+        steps: Adam steps per binary-search round.
+        search_steps: binary-search rounds.
+        initial_const: ``c`` of the first round.
+        kappa: confidence margin on the logits (success needs margin < -kappa).
+        lr: Adam learning rate.
+        epsilon: optional L_inf cap on the [0, 1] scale (``None``: uncapped).
+        abort_early: end a sample's round once its loss stalls.
+        mode: ``'targeted'``, ``'untargeted'`` or ``'least_likely'``.
+        seed: seeds random targets.
+        progress: show a progress bar.
+    """
+
+    name = "cw"
+
+    def __init__(
+        self,
+        *,
+        steps: int = DEFAULT_STEPS,
+        search_steps: int = DEFAULT_SEARCH_STEPS,
+        initial_const: float = DEFAULT_INITIAL_CONST,
+        kappa: float = 0.0,
+        lr: float = DEFAULT_LR,
+        epsilon: float | None = None,
+        abort_early: bool = True,
+        mode: str | TargetMode = TargetMode.TARGETED,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(mode=mode, seed=seed, progress=progress)
+        _check_cw_options(steps, search_steps, initial_const, kappa, lr, epsilon)
+        self.steps = int(steps)
+        self.search_steps = int(search_steps)
+        self.initial_const = float(initial_const)
+        self.kappa = float(kappa)
+        self.lr = float(lr)
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.abort_early = bool(abort_early)
+
+    def optimise(
+        self,
+        x: Tensor,
+        evaluate: EvaluateFn,
+        classes: Tensor,
+        *,
+        targeted: bool,
+        score_fn: ScoreFn | None = None,
+        perturbation_weights: Tensor | None = None,
+        x_init: Tensor | None = None,
+    ) -> Perturbation:
+        """:func:`carlini_wagner_l2` with this attack's options (the entry point of joint attacks)."""
+        return carlini_wagner_l2(
+            x,
+            evaluate,
+            classes,
+            targeted=targeted,
+            steps=self.steps,
+            search_steps=self.search_steps,
+            initial_const=self.initial_const,
+            kappa=self.kappa,
+            lr=self.lr,
+            epsilon=self.epsilon,
+            abort_early=self.abort_early,
+            score_fn=score_fn,
+            perturbation_weights=perturbation_weights,
+            x_init=x_init,
+            progress=self.progress,
+            description=f"{self.name} ({self.mode.value})",
+        )
+
+    def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
+        targeted = targets is not None
+        return self.optimise(x, classifier_evaluation(classifier), targets if targeted else labels, targeted=targeted)
+
+
+__all__ = [
+    "BestIterate",
+    "CarliniWagnerL2",
+    "DEFAULT_INITIAL_CONST",
+    "DEFAULT_LR",
+    "DEFAULT_SEARCH_STEPS",
+    "DEFAULT_STEPS",
+    "EvaluateFn",
+    "ExtraLossFn",
+    "LoopResult",
+    "PerSampleAdam",
+    "ScoreFn",
+    "StepOutcome",
+    "adam_descent",
+    "box_bounds",
+    "carlini_wagner_l2",
+    "check_weights",
+    "classifier_evaluation",
+    "from_tanh_space",
+    "margin",
+    "margin_loss",
+    "margin_success",
+    "to_tanh_space",
+    "update_constants",
+]

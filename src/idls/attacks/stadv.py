@@ -1,0 +1,318 @@
+"""StAdv: spatially transformed adversarial examples (Xiao et al. 2018).
+
+A per-pixel flow field ``f`` (``B x 2 x H x W``, in pixels; channel 0 the
+horizontal displacement du, channel 1 the vertical dv) moves where each output
+pixel reads the clean image: ``x*[i, j] = x(i + dv[i, j], j + du[i, j])`` by
+bilinear interpolation, border padding outside the image. Adam (lr 0.01,
+paper 001 B2) minimises per sample::
+
+    l_adv(x*) + tau * L_flow(f)  [+ extra loss]
+
+with ``l_adv`` the margin ``max(max_{i != t} Z_i - Z_t, -kappa)`` (StAdv; or
+cross-entropy) and ``L_flow(f) = sum_p sum_{q in N(p)} sqrt(||f_p - f_q||^2 + eps)``
+over 4-neighbours inside the image (paper 001 eq. 14; each neighbouring pair
+counts twice, as in the sum over p). ``tau`` defaults to the paper's 0.0005 at
+224 px scaled by the pixel count (:func:`default_tau`; 0.0245 at 32 px). The constant ``sqrt(eps)`` per term is
+subtracted, so a constant flow costs exactly 0 (it does not change the
+gradient). Per sample the attack keeps the successful iterate with the
+smallest ``L_flow`` (or ``score_fn``).
+
+Hooks for joint attacks (as for C&W, see :mod:`idls.attacks.cw`): ``evaluate``
+(logits + extra loss in one pass), ``score_fn``, and ``flow_weights``
+``B x 1|2 x H x W`` multiplying the flow (AdvEdge: ``r = E(x) * (du, dv)``);
+``L_flow`` is measured on the weighted flow that is actually applied.
+
+Warping: a gather-based bilinear sampler with the pixel-centre convention of
+``torch.nn.functional.grid_sample(..., align_corners=True, padding_mode='border')``
+(its test oracle). Unlike grid_sample, whose coordinate normalisation is off by
+up to ~1e-5 at 224 px, it reproduces the image exactly for zero flow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal, prediction_loss
+from idls.attacks.cw import (
+    DEFAULT_LR,
+    BestIterate,
+    EvaluateFn,
+    ScoreFn,
+    StepOutcome,
+    adam_descent,
+    check_non_negative,
+    check_positive,
+    check_weights,
+    classifier_evaluation,
+    margin_loss,
+    margin_success,
+)
+from idls.attacks.pgd import Iterate
+from idls.attacks.targets import TargetMode
+from idls.errors import UserError
+from idls.system import Classifier
+
+AdversarialLoss = Literal["margin", "ce"]
+ADVERSARIAL_LOSSES: tuple[str, ...] = ("margin", "ce")
+DEFAULT_STEPS = 100
+PAPER_TAU = 0.0005  #: paper 001 Table 11, at 224 x 224 px
+PAPER_PIXELS = 224 * 224
+FLOW_EPS = 1e-8
+
+
+def default_tau(height: int, width: int) -> float:
+    """The paper's tau (0.0005 at 224 x 224) scaled by ``224^2 / (H W)``.
+
+    ``L_flow`` is a sum over pixels, so this keeps the weight per pixel of the
+    flow penalty independent of the image size: 0.0245 at 32 x 32 (CIFAR),
+    close to the tau = 0.05 of the original StAdv paper on MNIST/CIFAR.
+    """
+    return PAPER_TAU * PAPER_PIXELS / (height * width)
+
+
+def warp(x: Tensor, flow: Tensor) -> Tensor:
+    """Bilinear warp with border padding: ``out[:, :, i, j] = x(i + flow[:, 1, i, j], j + flow[:, 0, i, j])``.
+
+    Args:
+        x: ``B x C x H x W`` images (H, W >= 2).
+        flow: ``B x 2 x H x W`` displacements in pixels (du horizontal, dv vertical).
+
+    Returns:
+        ``B x C x H x W``; differentiable w.r.t. both arguments; exactly ``x`` for zero flow.
+    """
+    batch, channels, height, width = x.shape
+    if height < 2 or width < 2:
+        raise UserError(f"StAdv needs images of at least 2 x 2 pixels, got {height} x {width}")
+    if flow.shape != (batch, 2, height, width):
+        raise UserError(f"flow must be B x 2 x H x W = {(batch, 2, height, width)}, got {tuple(flow.shape)}")
+    cols = torch.arange(width, device=x.device, dtype=flow.dtype).view(1, 1, width) + flow[:, 0]
+    rows = torch.arange(height, device=x.device, dtype=flow.dtype).view(1, height, 1) + flow[:, 1]
+    cols = cols.clamp(0, width - 1)
+    rows = rows.clamp(0, height - 1)
+    col0 = cols.detach().floor().clamp(max=width - 2)
+    row0 = rows.detach().floor().clamp(max=height - 2)
+    wc = (cols - col0).flatten(1).unsqueeze(1)  # B x 1 x HW
+    wr = (rows - row0).flatten(1).unsqueeze(1)
+    base = (row0.long() * width + col0.long()).flatten(1).unsqueeze(1).expand(batch, channels, -1)
+    flat = x.flatten(2)
+
+    def corner(offset: int) -> Tensor:
+        return flat.gather(2, base + offset)
+
+    top = corner(0) * (1 - wc) + corner(1) * wc
+    bottom = corner(width) * (1 - wc) + corner(width + 1) * wc
+    return (top * (1 - wr) + bottom * wr).view_as(x)
+
+
+def flow_loss(flow: Tensor, eps: float = FLOW_EPS) -> Tensor:
+    """StAdv's smoothness loss ``B``: ``sum_p sum_{q in N(p)} (sqrt(||f_p - f_q||^2 + eps) - sqrt(eps))``.
+
+    ``N(p)``: the 4-neighbours of ``p`` inside the image; each adjacent pair is
+    counted from both sides (hence the factor 2). Zero for a constant flow.
+
+    Args:
+        flow: ``B x 2 x H x W``.
+    """
+
+    def pair_costs(diff: Tensor) -> Tensor:
+        return ((diff.pow(2).sum(1) + eps).sqrt() - math.sqrt(eps)).flatten(1).sum(1)
+
+    horizontal = flow[..., :, 1:] - flow[..., :, :-1]
+    vertical = flow[..., 1:, :] - flow[..., :-1, :]
+    return 2 * (pair_costs(horizontal) + pair_costs(vertical))
+
+
+def spatial_transform_attack(
+    x: Tensor,
+    evaluate: EvaluateFn,
+    classes: Tensor,
+    *,
+    targeted: bool,
+    steps: int = DEFAULT_STEPS,
+    tau: float | None = None,
+    lr: float = DEFAULT_LR,
+    kappa: float = 0.0,
+    loss: AdversarialLoss = "margin",
+    early_stop: bool = False,
+    patience: int = 0,
+    score_fn: ScoreFn | None = None,
+    flow_weights: Tensor | None = None,
+    flow_init: Tensor | None = None,
+    progress: bool = False,
+    description: str = "stadv",
+) -> Perturbation:
+    """Optimise a flow field per sample (see the module docstring).
+
+    Args:
+        x: ``B x C x H x W`` clean images in [0, 1].
+        evaluate: ``evaluate(it) -> Evaluation`` with ``logits`` set and ``loss``
+            the extra per-sample loss (see :func:`~idls.attacks.cw.classifier_evaluation`).
+        classes: ``B`` targets (targeted) or true labels (untargeted).
+        targeted: attack direction.
+        steps: maximum Adam steps.
+        tau: weight of ``L_flow``; ``None``: :func:`default_tau` of the image size.
+        lr: Adam learning rate (pixels).
+        kappa: confidence margin of the margin loss (success: margin < -kappa).
+        loss: ``'margin'`` (StAdv) or ``'ce'`` (cross-entropy; success is then argmax).
+        early_stop: stop a sample once it succeeded and its score has not improved
+            for ``patience`` evaluations (``0``: at its first success).
+        patience: see ``early_stop``.
+        score_fn: ``score_fn(it, evaluation) -> B_active``, lower is better among
+            successes; default: ``L_flow`` of the applied flow.
+        flow_weights: ``B x 1|2 x H x W`` non-negative multiplier of the flow.
+        flow_init: ``B x 2 x H x W`` start flow (default zero), before weighting.
+        progress: show a progress bar.
+        description: its label.
+
+    Returns:
+        :class:`~idls.attacks.base.Perturbation`; ``extras['flow']`` ``B x 2 x H x W``
+        is the applied (weighted) flow of each returned image.
+    """
+    batch, _, height, width = x.shape
+    tau = default_tau(height, width) if tau is None else float(tau)
+    _check_stadv_options(steps, tau, lr, kappa, loss, patience)
+    weights = check_weights(flow_weights, x, (1, 2), "flow_weights")
+    if flow_init is not None and flow_init.shape != (batch, 2, height, width):
+        raise UserError(f"flow_init must be B x 2 x H x W = {(batch, 2, height, width)}, got {tuple(flow_init.shape)}")
+    x = x.detach()
+    classes = classes.to(x.device)
+    flow_start = torch.zeros(batch, 2, height, width, dtype=x.dtype, device=x.device)
+    if flow_init is not None:
+        flow_start = flow_init.detach().to(flow_start)
+    confidence = kappa if loss == "margin" else 0.0
+
+    def step_fn(flow: Tensor, index: Tensor, iteration: int) -> StepOutcome:
+        applied = flow * weights[index] if weights is not None else flow
+        x_adv = warp(x[index], applied).clamp(0.0, 1.0)
+        it = Iterate(x=x_adv, index=index, iteration=iteration)
+        evaluation = evaluate(it)
+        rows_classes = classes[index]
+        if loss == "margin":
+            adversarial = margin_loss(evaluation.logits, rows_classes, targeted=targeted, kappa=kappa)
+        else:
+            adversarial = prediction_loss(evaluation.logits, rows_classes, targeted=targeted)
+        smoothness = flow_loss(applied)
+        total = adversarial + tau * smoothness + evaluation.loss
+        succeeded = margin_success(evaluation.logits.detach(), rows_classes, targeted=targeted, kappa=confidence)
+        score = score_fn(it, evaluation) if score_fn is not None else smoothness.detach()
+        return StepOutcome(loss=total, x_adv=x_adv.detach(), succeeded=succeeded, score=score.detach(),
+                           aux=applied.detach())
+
+    tracker = BestIterate(x, aux=flow_start if weights is None else flow_start * weights)
+    with flush_denormal(), tqdm(total=steps, desc=description, disable=not progress, leave=False) as bar:
+        result = adam_descent(
+            flow_start, step_fn, tracker, steps=steps, lr=lr, patience=patience if early_stop else None, bar=bar
+        )
+    return tracker.perturbation(result.steps_run, {"flow": tracker.chosen_aux()})
+
+
+def _check_stadv_options(steps: int, tau: float | None, lr: float, kappa: float, loss: str, patience: int) -> None:
+    check_non_negative(steps=steps, kappa=kappa, patience=patience)
+    if tau is not None:
+        check_non_negative(tau=tau)
+    check_positive(lr=lr)
+    if loss not in ADVERSARIAL_LOSSES:
+        raise UserError(f"unknown StAdv loss {loss!r}; choose one of: {', '.join(ADVERSARIAL_LOSSES)}")
+
+
+@ATTACKS.register("stadv")
+class StAdv(Attack):
+    """StAdv flow-field attack (bilinear warping, flow smoothness loss, Adam).
+
+    Defaults: 100 Adam steps of lr 0.01 (paper 001 B2), tau = 0.0005 at 224 px
+    (paper 001 Table 11) scaled to the image size by :func:`default_tau`
+    (0.0245 at 32 px), margin loss with kappa 0; every sample runs all steps
+    and keeps its successful iterate with the smallest ``L_flow``.
+
+    Args:
+        steps: maximum Adam steps.
+        tau: weight of the flow smoothness loss (``None``: :func:`default_tau`).
+        lr: Adam learning rate (pixels per step, roughly).
+        kappa: confidence margin on the logits.
+        loss: ``'margin'`` or ``'ce'``.
+        early_stop: stop samples once done (see :func:`spatial_transform_attack`).
+        patience: evaluations without a better score before a successful sample is done.
+        mode: ``'targeted'``, ``'untargeted'`` or ``'least_likely'``.
+        seed: seeds random targets.
+        progress: show a progress bar.
+    """
+
+    name = "stadv"
+
+    def __init__(
+        self,
+        *,
+        steps: int = DEFAULT_STEPS,
+        tau: float | None = None,
+        lr: float = DEFAULT_LR,
+        kappa: float = 0.0,
+        loss: AdversarialLoss = "margin",
+        early_stop: bool = False,
+        patience: int = 0,
+        mode: str | TargetMode = TargetMode.TARGETED,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(mode=mode, seed=seed, progress=progress)
+        _check_stadv_options(steps, tau, lr, kappa, loss, patience)
+        self.steps = int(steps)
+        self.tau = None if tau is None else float(tau)
+        self.lr = float(lr)
+        self.kappa = float(kappa)
+        self.loss: AdversarialLoss = loss
+        self.early_stop = bool(early_stop)
+        self.patience = int(patience)
+
+    def optimise(
+        self,
+        x: Tensor,
+        evaluate: EvaluateFn,
+        classes: Tensor,
+        *,
+        targeted: bool,
+        score_fn: ScoreFn | None = None,
+        flow_weights: Tensor | None = None,
+        flow_init: Tensor | None = None,
+    ) -> Perturbation:
+        """:func:`spatial_transform_attack` with this attack's options (the entry point of joint attacks)."""
+        return spatial_transform_attack(
+            x,
+            evaluate,
+            classes,
+            targeted=targeted,
+            steps=self.steps,
+            tau=self.tau,
+            lr=self.lr,
+            kappa=self.kappa,
+            loss=self.loss,
+            early_stop=self.early_stop,
+            patience=self.patience,
+            score_fn=score_fn,
+            flow_weights=flow_weights,
+            flow_init=flow_init,
+            progress=self.progress,
+            description=f"{self.name} ({self.mode.value})",
+        )
+
+    def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
+        targeted = targets is not None
+        return self.optimise(x, classifier_evaluation(classifier), targets if targeted else labels, targeted=targeted)
+
+
+__all__ = [
+    "ADVERSARIAL_LOSSES",
+    "DEFAULT_STEPS",
+    "FLOW_EPS",
+    "PAPER_PIXELS",
+    "PAPER_TAU",
+    "StAdv",
+    "default_tau",
+    "flow_loss",
+    "spatial_transform_attack",
+    "warp",
+]
