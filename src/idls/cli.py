@@ -197,12 +197,12 @@ def attack(
     n: NOpt = 64,
     interpreter: InterpOpt = None,
     rts: RtsOpt = None,
-    epsilon: Annotated[float, typer.Option(help="perturbation budget on the [0,1] pixel scale")] = 8 / 255,
+    epsilon: Annotated[Optional[float], typer.Option(help="perturbation budget on the [0,1] pixel scale (PGD default 8/255)")] = None,
     step_size: Annotated[Optional[float], typer.Option(help="step size (default: the attack's)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="iterations (default: the attack's)")] = None,
-    norm: Annotated[str, typer.Option(help="linf or l2")] = "linf",
+    norm: Annotated[Optional[str], typer.Option(help="linf or l2 (PGD)")] = None,
     mode: Annotated[str, typer.Option(help="targeted, untargeted or least_likely")] = "targeted",
-    random_start: Annotated[bool, typer.Option(help="start from a random point in the ball")] = False,
+    random_start: Annotated[Optional[bool], typer.Option(help="start from a random point in the ball (PGD)")] = None,
     mask_iterations: Annotated[Optional[int], typer.Option(help="MASK optimisation steps")] = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
@@ -214,17 +214,14 @@ def attack(
     from idls.report.run_report import write_run_report
     from idls.runner import attack_and_evaluate, build_interpreters, write_json, write_records
 
-    if not 0 < epsilon <= 1:
+    if epsilon is not None and not 0 < epsilon <= 1:
         raise UserError(f"--epsilon {epsilon} is outside (0, 1]; it is on the [0,1] pixel scale (8/255 = 0.031)")
     classifier = _classifier(model, weights, _device(device))
     images = _data(classifier, data, n, seed)
     names = interpreter or _default_interpreters(classifier, rts)
     interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, mask_iterations))
-    options: dict = {"epsilon": epsilon, "norm": norm, "random_start": random_start}
-    if step_size is not None:
-        options["step_size"] = step_size
-    if steps is not None:
-        options["steps"] = steps
+    given = {"epsilon": epsilon, "norm": norm, "random_start": random_start, "step_size": step_size, "steps": steps}
+    options = {key: value for key, value in given.items() if value is not None}
     run = attack_and_evaluate(
         classifier, interpreters, attack, options, images.images, images.labels, images.ids,
         mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model,
