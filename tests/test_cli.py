@@ -1,0 +1,100 @@
+"""The `idls` command end to end: listing, one-line user errors, attack outputs, explain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from idls.cli import main
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def test_list_names_every_registry(capsys):
+    assert run_cli(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cifar_resnet20", "resnet50", "embedded_cnn", "grad", "cam", "rts", "mask", "pgd"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["attack", "--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["attack", "--model", "cifar_resnet20", "--weights", "/does/not/exist.th", "--data", "x"], "does not exist"),
+        (["attack", "--model", "cifar_resnet20", "--weights", "random", "--data", "/no/such/dir"], "/no/such/dir"),
+        (["attack", "--model", "cifar_resnet20"], "needs --weights"),
+        (["attack", "--attack", "nope", "--model", "cifar_resnet20", "--weights", "random", "--data", "x"], None),
+        (["attack", "--device", "cuda:7", "--model", "cifar_resnet20", "--weights", "random"], None),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(args, fragment, capsys):
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    if fragment:
+        assert fragment in err
+
+
+def test_checkpoint_of_another_architecture_is_refused(capsys):
+    from tests.conftest import RESNET32
+
+    if not RESNET32.exists():
+        pytest.skip("shared data absent")
+    code = run_cli(["attack", "--model", "cifar_resnet20", "--weights", str(RESNET32), "--data", "x"])
+    assert code == 2
+    assert "does not fit model 'cifar_resnet20'" in capsys.readouterr().err
+
+
+def test_attack_writes_records_summary_and_report(tmp_path, resnet20_path, cifar_lossless_dir):
+    out = tmp_path / "run"
+    code = run_cli([
+        "attack", "--attack", "pgd", "--model", "cifar_resnet20", "--weights", str(resnet20_path),
+        "--data", str(cifar_lossless_dir), "--n", "6", "-i", "cam", "-i", "grad", "--steps", "10", "--out", str(out),
+    ])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 12  # 6 images x 2 interpreters
+    required = {"image_id", "true_label", "target_label", "pred_label", "success", "confidence", "linf",
+                "map_l1", "map_l2", "map_iou", "noise_rate", "seconds"}
+    for record in records:
+        assert required <= record.keys()
+        assert record["linf"] <= 8 / 255 + 1e-6
+        assert record["target_label"] != record["true_label"]
+        assert record["success"] == (record["pred_label"] == record["target_label"])
+    summary = json.loads((out / "summary.json").read_text())
+    cam = summary["attacks"]["pgd"]["cam"]
+    assert cam["n"] == 6 and 0 <= cam["attack_success_rate"] <= 1
+    assert cam["attack_success_rate"] == pytest.approx(sum(r["success"] for r in records if r["interpreter"] == "cam") / 6)
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+    # the adversarial images on disk are the ones the records describe
+    from safetensors.torch import load_file
+
+    path, row = records[0]["adv_path"].split("#")
+    x_adv = load_file(str(out / path))["x_adv"][int(row)]
+    assert x_adv.shape == (3, 32, 32) and 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
+
+
+def test_explain_writes_maps_and_overlays(tmp_path, resnet20_path, cifar_lossless_dir):
+    out = tmp_path / "explain"
+    code = run_cli([
+        "explain", "--model", "cifar_resnet20", "--weights", str(resnet20_path), "--data", str(cifar_lossless_dir),
+        "--n", "3", "-i", "cam", "-i", "gradcam", "--out", str(out),
+    ])
+    assert code == 0
+    from safetensors.torch import load_file
+
+    maps = load_file(str(out / "maps.safetensors"))
+    assert maps["map/cam"].shape == (3, 8, 8)
+    assert len(list(out.glob("*.png"))) == 6
