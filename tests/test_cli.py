@@ -81,8 +81,9 @@ def test_attack_writes_records_summary_and_report(tmp_path, resnet20_path, cifar
     # the adversarial images on disk are the ones the records describe
     from safetensors.torch import load_file
 
-    path, row = records[0]["adv_path"].split("#")
-    x_adv = load_file(str(out / path))["x_adv"][int(row)]
+    path, where = records[0]["adv_path"].split("#")
+    key, row = where.split(":")
+    x_adv = load_file(str(out / path))[key][int(row)]
     assert x_adv.shape == (3, 32, 32) and 0 <= float(x_adv.min()) and float(x_adv.max()) <= 1
 
 

@@ -29,14 +29,24 @@ from idls.system import Classifier
 
 @dataclass
 class Showcase:
-    """The first few images of a run, kept for the report's figure grid."""
+    """The first few images of a run with, per interpreter, the adversarial image made for it and both maps.
+
+    For a classifier-only attack every interpreter sees the same adversarial image; for a joint attack
+    each interpreter has its own.
+    """
 
     x: Tensor
-    x_adv: Tensor
     labels: Tensor
-    preds: Tensor
+    adversarial_images: dict[str, Tensor] = field(default_factory=dict)
+    adversarial_preds: dict[str, Tensor] = field(default_factory=dict)
     benign_maps: dict[str, Tensor] = field(default_factory=dict)
     adversarial_maps: dict[str, Tensor] = field(default_factory=dict)
+
+    def add(self, name: str, x_adv: Tensor, preds: Tensor, benign: Tensor, adversarial: Tensor) -> None:
+        self.adversarial_images[name] = x_adv.detach().cpu()
+        self.adversarial_preds[name] = preds.detach().cpu()
+        self.benign_maps[name] = benign.detach().cpu()
+        self.adversarial_maps[name] = adversarial.detach().cpu()
 
 
 @dataclass
@@ -67,6 +77,15 @@ def choose_targets(classifier: Classifier, x: Tensor, labels: Tensor, mode: str,
     raise UserError(f"unknown attack mode {mode!r}; choose targeted, untargeted or least_likely")
 
 
+def attack_needs_interpreter(attack_name: str) -> bool:
+    """Whether an attack is crafted against one interpreter (joint attacks) rather than the classifier alone."""
+    import inspect
+
+    from idls.attacks import ATTACKS
+
+    return "interpreter" in inspect.signature(ATTACKS.get(attack_name)).parameters
+
+
 def attack_and_evaluate(
     classifier: Classifier,
     interpreters: Mapping[str, Interpreter],
@@ -84,7 +103,11 @@ def attack_and_evaluate(
     model_name: str = "",
     on_batch: Callable[[int, int], None] | None = None,
 ) -> RunOutput:
-    """Run ``attack_name`` over the data set and evaluate every interpreter on each adversarial batch.
+    """Run ``attack_name`` over the data set and evaluate the interpreters on each adversarial batch.
+
+    A classifier-only attack (PGD, C&W, StAdv) runs once per batch and every interpreter is evaluated
+    on its output; a joint attack (ADV², AdvEdge) runs once per interpreter, against that interpreter,
+    and is evaluated with it.
 
     Args:
         x_all: ``N x C x H x W`` correctly classified images in [0, 1].
@@ -93,61 +116,52 @@ def attack_and_evaluate(
         out_dir: where ``tensors/`` is written (adversarial images and maps); ``None`` keeps nothing.
     """
     device = classifier.device
-    attack = create_attack(attack_name, mode=mode, seed=seed, **dict(attack_options))
     targets_all = choose_targets(classifier, x_all.to(device), labels_all.to(device), mode, seed, batch_size)
+    if attack_needs_interpreter(attack_name):
+        plans = [
+            (name, create_attack(attack_name, interpreter=interp, mode=mode, seed=seed, **dict(attack_options)), {name: interp})
+            for name, interp in interpreters.items()
+        ]
+    else:
+        plans = [(None, create_attack(attack_name, mode=mode, seed=seed, **dict(attack_options)), dict(interpreters))]
     records: list[dict] = []
-    showcase: Showcase | None = None
+    k = min(showcase_size, x_all.shape[0])
+    showcase = Showcase(x_all[:k].cpu(), labels_all[:k].cpu())
     started = time.perf_counter()
     n = x_all.shape[0]
     for batch_index, start in enumerate(range(0, n, batch_size)):
         sl = slice(start, min(start + batch_size, n))
         x, labels, targets = x_all[sl].to(device), labels_all[sl].to(device), targets_all[sl]
-        result = attack.run(classifier, x, labels, targets if mode != "untargeted" else None)
-        x_adv = result.x_adv.detach()
-        base = evaluate.image_records(
-            ids=ids[sl],
-            x=x,
-            x_adv=x_adv,
-            labels=labels,
-            targets=result.target,
-            preds=result.pred,
-            success=result.success,
-            confidence=result.confidence,
-            seconds_per_image=result.seconds / x.shape[0],
-            iterations_to_success=result.iterations_to_success,
-        )
-        tensors: dict[str, Tensor] = {"x_adv": x_adv.cpu().contiguous()}
         batch_file = f"tensors/{attack_name}/batch_{batch_index:05d}.safetensors"
-        keep = min(showcase_size, x.shape[0]) if showcase is None else 0
-        if keep:
-            showcase = Showcase(x[:keep].cpu(), x_adv[:keep].cpu(), labels[:keep].cpu(), result.pred[:keep].cpu())
-        for name, interpreter in interpreters.items():
-            pair = evaluate.explain_pair(interpreter, x, x_adv)
-            tensors[f"benign_map/{name}"] = pair.benign.cpu().contiguous()
-            tensors[f"adversarial_map/{name}"] = pair.adversarial.cpu().contiguous()
-            if keep and showcase is not None:
-                showcase.benign_maps[name] = pair.benign[:keep].cpu()
-                showcase.adversarial_maps[name] = pair.adversarial[:keep].cpu()
-            for i, (record, fields) in enumerate(zip(base, evaluate.map_fields(pair))):
-                records.append(
-                    {
-                        "attack": attack_name,
-                        "interpreter": name,
-                        "model": model_name,
-                        **record,
-                        **fields,
-                        "adv_path": f"{batch_file}#{i}",
-                    }
-                )
-        if not interpreters:
-            records.extend({"attack": attack_name, "interpreter": "none", "model": model_name, **r} for r in base)
+        tensors: dict[str, Tensor] = {}
+        for attacked, attack, evaluated in plans:
+            prefix = "" if attacked is None else f"{attacked}/"
+            result = attack.run(classifier, x, labels, targets if mode != "untargeted" else None)
+            x_adv = result.x_adv.detach()
+            base = evaluate.image_records(
+                ids=ids[sl], x=x, x_adv=x_adv, labels=labels, targets=result.target, preds=result.pred,
+                success=result.success, confidence=result.confidence,
+                seconds_per_image=result.seconds / x.shape[0], iterations_to_success=result.iterations_to_success,
+            )
+            tensors[f"{prefix}x_adv"] = x_adv.cpu().contiguous()
+            for name, interpreter in evaluated.items():
+                pair = evaluate.explain_pair(interpreter, x, x_adv)
+                tensors[f"benign_map/{name}"] = pair.benign.cpu().contiguous()
+                tensors[f"adversarial_map/{name}"] = pair.adversarial.cpu().contiguous()
+                if batch_index == 0:
+                    showcase.add(name, x_adv[:k], result.pred[:k], pair.benign[:k], pair.adversarial[:k])
+                for i, (record, fields) in enumerate(zip(base, evaluate.map_fields(pair))):
+                    records.append({"attack": attack_name, "interpreter": name, "model": model_name, **record,
+                                    **fields, "adv_path": f"{batch_file}#{prefix}x_adv:{i}"})
+            if not evaluated:
+                records.extend({"attack": attack_name, "interpreter": "none", "model": model_name, **r} for r in base)
         if out_dir is not None:
             path = Path(out_dir) / batch_file
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(path))
         if on_batch is not None:
             on_batch(sl.stop, n)
-    return RunOutput(records=records, showcase=showcase, seconds=time.perf_counter() - started)
+    return RunOutput(records=records, showcase=showcase if showcase.benign_maps else None, seconds=time.perf_counter() - started)
 
 
 def write_records(path: Path, records: Sequence[Mapping]) -> None:

@@ -45,29 +45,35 @@ def overlay_png(image: Tensor, attribution: Tensor, title: str = "") -> bytes:
 
 def map_grid_png(
     x: Tensor,
-    x_adv: Tensor,
+    adversarial_images: Mapping[str, Tensor],
     benign_maps: Mapping[str, Tensor],
     adversarial_maps: Mapping[str, Tensor],
     *,
     titles: Sequence[str] | None = None,
     adv_titles: Sequence[str] | None = None,
 ) -> bytes:
-    """Rows = images; columns = benign, adversarial, then each interpreter's benign and adversarial maps.
+    """Rows = images; columns = benign image, adversarial image, then per interpreter its benign and adversarial map.
+
+    Each adversarial map is drawn over the adversarial image made for that interpreter (for a
+    classifier-only attack they are all the same image); the second column shows the first one.
 
     Args:
-        x, x_adv: ``B x 3 x H x W`` in [0, 1].
+        x: ``B x 3 x H x W`` benign images in [0, 1].
+        adversarial_images: name -> ``B x 3 x H x W`` adversarial images.
         benign_maps, adversarial_maps: name -> ``B x h x w`` maps in [0, 1].
+        titles, adv_titles: per-row captions (benign class, adversarial prediction).
     """
     names = list(benign_maps)
     rows, cols = x.shape[0], 2 + 2 * len(names)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.45 * rows), squeeze=False)
     size = x.shape[-1]
+    first_adv = adversarial_images[names[0]]
     for r in range(rows):
         panels = [("benign" + (f"\n{titles[r]}" if titles else ""), _image_np(x[r]), None)]
-        panels.append(("adversarial" + (f"\n{adv_titles[r]}" if adv_titles else ""), _image_np(x_adv[r]), None))
+        panels.append(("adversarial" + (f"\n{adv_titles[r]}" if adv_titles else ""), _image_np(first_adv[r]), None))
         for name in names:
-            panels.append((f"{name} benign", _image_np(x[r]), _map_np(benign_maps[name][r], size)))
-            panels.append((f"{name} adv", _image_np(x_adv[r]), _map_np(adversarial_maps[name][r], size)))
+            panels.append((f"{name}\nbenign", _image_np(x[r]), _map_np(benign_maps[name][r], size)))
+            panels.append((f"{name}\nadversarial", _image_np(adversarial_images[name][r]), _map_np(adversarial_maps[name][r], size)))
         for c, (title, img, heat) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(img)

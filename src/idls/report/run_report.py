@@ -81,13 +81,14 @@ def write_run_report(
     for attack, showcase in showcases.items():
         if showcase is None or not showcase.benign_maps:
             continue
+        first = next(iter(showcase.adversarial_preds))
         png = map_grid_png(
             showcase.x,
-            showcase.x_adv,
+            showcase.adversarial_images,
             showcase.benign_maps,
             showcase.adversarial_maps,
             titles=[name_of(int(c)) for c in showcase.labels],
-            adv_titles=[name_of(int(c)) for c in showcase.preds],
+            adv_titles=[name_of(int(c)) for c in showcase.adversarial_preds[first]],
         )
         sections.append(
             Section(f"Images and maps: {attack}", text="Benign image, adversarial image, then each interpreter's benign and adversarial map.", figures=[png])
