@@ -1,0 +1,525 @@
+"""Training, saving and loading RTS masking models (DESIGN §3).
+
+Objective for a mask ``m`` (``B x h x w``, upsampled bilinearly to the input
+before blending) explaining class ``c``::
+
+    destroyer + 8 * area + smoothness_weight * TV(m) + 0.3 * preserver
+    area      = mean((m + 5e-4) ** 0.3)
+    preserver = relu(kappa - margin_c(f(phi(x, m))))        keep c on top with the kept region
+    destroyer = relu(kappa + margin_c(f(phi(x, 1 - m))))    c must lose once that region is removed
+    phi(x, m) = m * x + (1 - m) * alternative,  alternative = blurred x or random colour + noise (50/50)
+
+with ``margin_c(z) = z_c - max_{j != c} z_j`` on the classifier's logits (a
+Carlini-Wagner style hinge, ``kappa = 2``: no pressure once the goal is met) and
+``smoothness_weight = 0.05`` (TV = mean squared difference of neighbours).
+
+Two phases (both Adam with a cosine learning-rate decay; the encoder = classifier
+stays frozen):
+
+1. *Class selector.* ``E`` and the per-class confidence offsets learn a location
+   detector from the scores ``<deep_ij, E[c]> - confidence[c]``: for the image's
+   label, the log-mean-exp of its scores (a smooth maximum: the class is seen
+   somewhere) is pushed up; for every other class, *every location's* score is
+   pushed down (binary cross-entropy on both sides). A wrong class's gate
+   ``sigmoid(score)`` thus closes over the whole deepest feature map.
+2. *Decoder* (selector frozen), with the fake-label trick of Dabkowski & Gal:
+   each sample's class is replaced by a random wrong class with probability
+   ``fake_label_prob`` (0.3); for such samples only area + smoothness count, so
+   the decoder learns that a closed gate means an empty mask.
+
+Checkpoints: ``save_rts`` writes the head's tensors as safetensors plus a JSON
+sidecar (format, model name, a fingerprint of the classifier's weights, the head
+configuration, a SHA-256 of the tensor file and the training history);
+``load_rts`` checks all of it and raises a one-line :class:`UserError` on a
+mismatch. :func:`embedded_rts_masker` trains the embedded CNN's masker once and
+caches it in ``cache_dir()/embedded/rts.safetensors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from idls.errors import UserError
+from idls.interpreters.mask import gaussian_blur
+from idls.interpreters.rts import RTSConfig, RTSHead, RTSMasker, model_family, pyramid_function
+from idls.system import Classifier
+
+CHECKPOINT_FORMAT = "idls-rts"
+CHECKPOINT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------
+# Objective
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RTSObjective:
+    """Weights of the RTS training objective (defaults: DESIGN §3)."""
+
+    destroyer_weight: float = 1.0
+    area_weight: float = 8.0
+    preserver_weight: float = 0.3
+    smoothness_weight: float = 0.05
+    area_power: float = 0.3
+    area_offset: float = 5e-4
+    margin: float = 2.0
+    blur_sigma_fraction: float = 1 / 16  # sigma of the blurred alternative, as a fraction of the image side
+    noise_std: float = 0.2  # std of the noise added to the random-colour alternative
+
+
+def alternative_images(x: Tensor, objective: RTSObjective, generator: torch.Generator) -> Tensor:
+    """Per sample, 50/50: a blurred copy of ``x`` or a random colour plus noise (``B x C x H x W`` in [0, 1])."""
+    b, c = x.shape[:2]
+    blurred = gaussian_blur(x, max(1.0, objective.blur_sigma_fraction * x.shape[-1]))
+    colour = torch.rand(b, c, 1, 1, generator=generator, device=x.device, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * objective.noise_std
+    random_colour = (colour + noise).clamp(0, 1)
+    use_blur = torch.rand(b, 1, 1, 1, generator=generator, device=x.device) < 0.5
+    return torch.where(use_blur, blurred, random_colour)
+
+
+def blend(x: Tensor, mask: Tensor, alternative: Tensor) -> Tensor:
+    """``phi(x, m) = m * x + (1 - m) * alternative``; ``mask`` is ``B x H x W`` at input size."""
+    m = mask[:, None]
+    return m * x + (1 - m) * alternative
+
+
+def upsample_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of ``B x h x w`` masks to ``B x H x W``."""
+    return F.interpolate(mask[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def class_margin(logits: Tensor, cls: Tensor) -> Tensor:
+    """``z_c - max_{j != c} z_j`` per sample (``B x N`` logits -> ``B``)."""
+    own = logits.gather(1, cls[:, None])[:, 0]
+    others = logits.scatter(1, cls[:, None], float("-inf")).amax(1)
+    return own - others
+
+
+def area_term(mask: Tensor, objective: RTSObjective) -> Tensor:
+    """``mean((m + offset) ** power)`` per sample (``B x h x w`` -> ``B``)."""
+    return (mask + objective.area_offset).pow(objective.area_power).flatten(1).mean(1)
+
+
+def smoothness_term(mask: Tensor) -> Tensor:
+    """Total variation: mean squared difference of neighbouring entries per sample (``B``)."""
+    dy = (mask[:, 1:, :] - mask[:, :-1, :]).pow(2).flatten(1).mean(1)
+    dx = (mask[:, :, 1:] - mask[:, :, :-1]).pow(2).flatten(1).mean(1)
+    return dx + dy
+
+
+def objective_terms(
+    classifier: Classifier,
+    x: Tensor,
+    mask: Tensor,
+    cls: Tensor,
+    objective: RTSObjective,
+    generator: torch.Generator,
+    real: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The RTS objective and its terms (scalars) for masks ``B x h x w`` explaining ``cls``.
+
+    ``real`` (``B`` bool, default all true) marks samples whose class is genuine;
+    fake-label samples contribute only area and smoothness.
+    """
+    if real is None:
+        real = torch.ones_like(cls, dtype=torch.bool)
+    full_mask = upsample_mask(mask, x.shape[-2:])
+    alternative = alternative_images(x, objective, generator)
+    logits = classifier(torch.cat([blend(x, full_mask, alternative), blend(x, 1 - full_mask, alternative)]))
+    preserved, destroyed = logits.chunk(2)
+    weight = real.to(x.dtype) / real.sum().clamp(min=1)
+    preserver = (F.relu(objective.margin - class_margin(preserved, cls)) * weight).sum()
+    destroyer = (F.relu(objective.margin + class_margin(destroyed, cls)) * weight).sum()
+    area = area_term(mask, objective).mean()
+    smoothness = smoothness_term(mask).mean()
+    total = (
+        objective.destroyer_weight * destroyer
+        + objective.area_weight * area
+        + objective.smoothness_weight * smoothness
+        + objective.preserver_weight * preserver
+    )
+    return {"total": total, "destroyer": destroyer, "area": area, "smoothness": smoothness, "preserver": preserver}
+
+
+def selector_loss(head: RTSHead, deep: Tensor, labels: Tensor) -> Tensor:
+    """Phase-1 loss on deepest features ``B x C x h x w`` and labels ``B``.
+
+    Positive (the label): binary cross-entropy of the log-mean-exp pooled score (a
+    smooth maximum: the class must be seen somewhere). Negatives (every other
+    class): binary cross-entropy of *every location's* score against 0, so a wrong
+    class's gate closes everywhere. Both sides get equal weight.
+    """
+    scores = head.selector.all_scores(deep).flatten(2)  # B x N x hw
+    positive = scores.gather(1, labels[:, None, None].expand(-1, 1, scores.shape[-1]))[:, 0]  # B x hw
+    pooled = torch.logsumexp(positive, 1) - math.log(positive.shape[-1])
+    positive_loss = F.softplus(-pooled).mean()
+    is_negative = torch.ones_like(scores[:, :, 0], dtype=torch.bool).scatter(1, labels[:, None], False)
+    negative_loss = F.softplus(scores)[is_negative].mean()
+    return positive_loss + negative_loss
+
+
+# ----------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------
+def augment_batch(x: Tensor, generator: torch.Generator, max_shift: float = 0.125) -> Tensor:
+    """Random horizontal flips and integer translations (reflect padding), batched.
+
+    ``x`` is ``B x C x H x W``; shifts are up to ``max_shift`` of the side.
+    """
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    limit = max(1, int(max_shift * w))
+    shifts = torch.randint(-limit, limit + 1, (b, 2), generator=generator, device=x.device).to(x.dtype)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0).to(x.dtype)
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 2 * shifts[:, 0] / w
+    theta[:, 1, 2] = 2 * shifts[:, 1] / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _fake_labels(labels: Tensor, num_classes: int, prob: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Replace each label by a random *other* class with probability ``prob``; returns (classes, real)."""
+    real = torch.rand(labels.shape, generator=generator, device=labels.device) >= prob
+    offset = torch.randint(1, num_classes, labels.shape, generator=generator, device=labels.device)
+    return torch.where(real, labels, (labels + offset) % num_classes), real
+
+
+def _adam_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor]) -> None:
+    """One Adam step on ``params`` only (``autograd.grad`` leaves the frozen classifier's ``.grad`` alone)."""
+    grads = torch.autograd.grad(loss, params)
+    for p, g in zip(params, grads):
+        p.grad = g
+    optimizer.step()
+
+
+def train_rts(
+    classifier: Classifier,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    selector_epochs: int | None = None,
+    fake_label_prob: float = 0.3,
+    augment: bool = False,
+    width: int | None = None,
+    objective: RTSObjective = RTSObjective(),
+) -> RTSMasker:
+    """Train an RTS masker for ``classifier`` on ``images`` (``B x 3 x H x W`` in [0, 1]) and ``labels`` (``B``).
+
+    Args:
+        epochs: decoder epochs (phase 2).
+        selector_epochs: class-selector epochs (phase 1); default ``max(1, epochs // 4)``.
+        fake_label_prob: share of decoder samples explaining a random wrong class.
+        augment: random flips and shifts of each batch (for small training sets).
+        width: decoder width (default :func:`~idls.interpreters.rts.default_width`).
+
+    Returns:
+        the trained masker (eval mode); ``masker.history`` holds per-epoch mean losses.
+    """
+    images, labels = _check_training_data(classifier, images, labels)
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise UserError(f"RTS training needs epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
+    selector_epochs = max(1, epochs // 4) if selector_epochs is None else selector_epochs
+    device = classifier.device
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
+        torch.manual_seed(seed)
+        masker = RTSMasker(classifier, width=width)
+    order_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    was_training = classifier.training
+    classifier.eval()
+    start = time.perf_counter()
+    try:
+        selector_params = list(masker.head.selector.parameters())
+        decoder_params = list(masker.head.decoder.parameters())
+        phases = [("selector", selector_epochs, selector_params), ("decoder", epochs, decoder_params)]
+        for phase, n_epochs, params in phases:
+            optimizer = torch.optim.Adam(params, lr=lr)
+            steps_per_epoch = math.ceil(len(images) / batch_size)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_epochs * steps_per_epoch)
+            for epoch in range(n_epochs):
+                sums: dict[str, float] = {}
+                batches = torch.randperm(len(images), generator=order_gen).split(batch_size)
+                for index in _progress(batches, progress, f"RTS {phase} {epoch + 1}/{n_epochs}"):
+                    x = images[index].to(device)
+                    y = labels[index].to(device)
+                    if augment:
+                        x = augment_batch(x, noise_gen)
+                    with torch.no_grad():
+                        levels = masker.pyramid(x)
+                    if phase == "selector":
+                        terms = {"total": selector_loss(masker.head, levels[-1], y)}
+                    else:
+                        cls, real = _fake_labels(y, classifier.num_classes, fake_label_prob, noise_gen)
+                        mask = masker.masks_from_pyramid(levels, cls)
+                        terms = objective_terms(classifier, x, mask, cls, objective, noise_gen, real)
+                    _adam_step(optimizer, terms["total"], params)
+                    schedule.step()
+                    for key, value in terms.items():
+                        sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(index)
+                record = {"phase": phase, "epoch": epoch + 1, **{k: v / len(images) for k, v in sums.items()}}
+                record["seconds"] = round(time.perf_counter() - start, 3)
+                masker.history.append(record)
+    finally:
+        classifier.train(was_training)
+    return masker.eval()
+
+
+def _check_training_data(classifier: Classifier, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    from idls.errors import check_images
+
+    check_images(images)
+    labels = torch.as_tensor(labels).long()
+    if labels.shape != (images.shape[0],):
+        raise UserError(
+            f"RTS training needs one label per image; got {images.shape[0]} images and labels {tuple(labels.shape)}"
+        )
+    if len(images) == 0:
+        raise UserError("RTS training needs at least one image")
+    if int(labels.min()) < 0 or int(labels.max()) >= classifier.num_classes:
+        raise UserError(f"labels must lie in [0, {classifier.num_classes - 1}] for model {classifier.info.name!r}")
+    if images.shape[-1] != classifier.input_size or images.shape[-2] != classifier.input_size:
+        raise UserError(
+            f"model {classifier.info.name!r} takes {classifier.input_size} px images, got "
+            f"{images.shape[-2]}x{images.shape[-1]}; load the data with input_size={classifier.input_size}"
+        )
+    return images, labels
+
+
+def _progress(batches, enabled: bool, description: str):
+    if not enabled:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=description, leave=False, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------
+def classifier_fingerprint(classifier: Classifier) -> str:
+    """SHA-256 (16 hex digits) of the classifier's floating-point weights and buffers."""
+    digest = hashlib.sha256()
+    for key, value in sorted(classifier.net.state_dict().items()):
+        if value.is_floating_point():
+            digest.update(key.encode())
+            digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar beside a ``.safetensors`` checkpoint."""
+    return Path(path).with_suffix(".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_rts(masker: RTSMasker, path: str | Path, *, extra: dict | None = None) -> Path:
+    """Save ``masker``'s trainable head to ``path`` (``.safetensors``) plus a JSON sidecar.
+
+    ``extra`` (JSON-serialisable) is stored in the sidecar under ``"extra"``. Both
+    files are written atomically; a save interrupted between the two leaves a
+    tensor file that fails the sidecar's SHA-256 check. Returns the tensor file's path.
+    """
+    from safetensors.torch import save
+
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors":
+        raise UserError(f"RTS checkpoints are .safetensors files; got {str(path)!r}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in masker.head.state_dict().items()}
+    blob = save(tensors)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model_family(masker.classifier.info.name),
+        "classifier_fingerprint": classifier_fingerprint(masker.classifier),
+        "input_size": masker.classifier.input_size,
+        "config": masker.config.to_json(),
+        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+        "history": masker.history,
+        "extra": extra,
+    }
+    _atomic_write(path, blob)
+    _atomic_write(sidecar_path(path), json.dumps(meta, indent=2).encode())
+    return path
+
+
+def read_rts_metadata(path: str | Path) -> dict:
+    """The sidecar of an RTS checkpoint; one-line :class:`UserError` when missing or unreadable."""
+    path = Path(path).expanduser()
+    hint = "train one with `idls train-rts --model M --data D`"
+    if not path.is_file():
+        raise UserError(f"RTS checkpoint {str(path)!r} does not exist; {hint}")
+    meta_path = sidecar_path(path)
+    if not meta_path.is_file():
+        raise UserError(f"RTS checkpoint {str(path)!r} has no sidecar {meta_path.name}; re-save it with save_rts or {hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read RTS sidecar {str(meta_path)!r} ({type(exc).__name__}); {hint}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{str(meta_path)!r} is not an idls RTS sidecar; {hint}")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise UserError(
+            f"RTS checkpoint {str(path)!r} has format version {meta.get('version')}, "
+            f"expected {CHECKPOINT_VERSION}; {hint}"
+        )
+    return meta
+
+
+def load_rts(classifier: Classifier, path: str | Path) -> RTSMasker:
+    """Load a masker saved by :func:`save_rts` for ``classifier``.
+
+    Raises:
+        UserError: missing file or sidecar, a checkpoint trained for another model or
+            other weights, or a corrupt tensor file.
+    """
+    from safetensors.torch import load
+
+    path = Path(path).expanduser()
+    meta = read_rts_metadata(path)
+    name = model_family(classifier.info.name)
+    if meta.get("model") != name:
+        raise UserError(
+            f"RTS checkpoint {str(path)!r} was trained for model {meta.get('model')!r}, not {name!r}; "
+            f"train one with `idls train-rts --model {name} --data D`"
+        )
+    pyramid_function(classifier)
+    if meta.get("classifier_fingerprint") != classifier_fingerprint(classifier):
+        raise UserError(
+            f"RTS checkpoint {str(path)!r} was trained for other weights of {name!r}; "
+            f"load the weights it was trained with or retrain with `idls train-rts --model {name} --data D`"
+        )
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+        raise UserError(f"RTS checkpoint {str(path)!r} does not match its sidecar (corrupt or replaced); retrain or re-save it")
+    try:
+        head = RTSHead(RTSConfig.from_json(meta["config"]))
+        head.load_state_dict(load(blob))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"RTS checkpoint {str(path)!r} is unreadable ({type(exc).__name__}); retrain it") from None
+    masker = RTSMasker(classifier, head=head.to(device=classifier.device))
+    masker.history = list(meta.get("history", []))
+    return masker.eval()
+
+
+# ----------------------------------------------------------------------------------
+# Embedded system: train once, cache
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EmbeddedRTSSettings:
+    """How the embedded CNN's masker is trained (about 13 CPU-seconds: well under a minute on 2 cores).
+
+    The images are the first ``train_images`` of the synthetic training split (the
+    classifier's own training images).
+    """
+
+    train_images: int = 768
+    epochs: int = 4
+    selector_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+
+
+EMBEDDED_RTS = EmbeddedRTSSettings()
+
+
+def embedded_rts_path() -> Path:
+    """Where the embedded CNN's trained masker is cached."""
+    from idls.paths import cache_dir
+
+    return cache_dir() / "embedded" / "rts.safetensors"
+
+
+def _embedded_recipe(settings: EmbeddedRTSSettings) -> dict:
+    """What the cached masker depends on besides the classifier's weights."""
+    from idls.data.synthetic import GENERATOR_VERSION, TRAIN_SEED
+
+    return {
+        **asdict(settings),
+        "train_seed": TRAIN_SEED,
+        "generator_version": GENERATOR_VERSION,
+        "objective": asdict(RTSObjective()),
+    }
+
+
+def embedded_rts_masker(classifier: Classifier, *, progress: bool = False) -> RTSMasker:
+    """The trained RTS masker of the embedded CNN: loaded from the cache, else trained once and cached.
+
+    A cache entry made for other classifier weights or another training recipe is retrained.
+    """
+    if model_family(classifier.info.name) != "embedded_cnn":
+        raise UserError(f"the cached RTS masker is for embedded_cnn, not {classifier.info.name!r}; use idls train-rts")
+    path = embedded_rts_path()
+    recipe = _embedded_recipe(EMBEDDED_RTS)
+    if path.is_file() and sidecar_path(path).is_file():
+        try:
+            meta = read_rts_metadata(path)
+            if meta.get("classifier_fingerprint") == classifier_fingerprint(classifier) and meta.get("extra") == recipe:
+                return load_rts(classifier, path)
+        except UserError:
+            pass  # an unreadable cache entry is simply rebuilt
+    if progress:
+        print("idls: training the embedded RTS masker (once, then cached)", file=sys.stderr)
+    masker = train_embedded_rts(classifier, progress=progress)
+    save_rts(masker, path, extra=recipe)
+    return masker
+
+
+def train_embedded_rts(
+    classifier: Classifier, settings: EmbeddedRTSSettings = EMBEDDED_RTS, *, progress: bool = False
+) -> RTSMasker:
+    """Train the embedded CNN's masker on the embedded synthetic training split."""
+    from idls.data.synthetic import TRAIN_SEED, make_synthetic
+
+    data = make_synthetic(settings.train_images, seed=TRAIN_SEED)
+    return train_rts(
+        classifier,
+        data.images,
+        data.labels,
+        epochs=settings.epochs,
+        selector_epochs=settings.selector_epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=settings.seed,
+        progress=progress,
+    )
+
+
+__all__ = [
+    "EMBEDDED_RTS",
+    "RTSObjective",
+    "classifier_fingerprint",
+    "embedded_rts_masker",
+    "load_rts",
+    "objective_terms",
+    "save_rts",
+    "train_rts",
+]
