@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,10 @@ class _ChunkParams:
     d_rgb: Tensor  # C x D x 3
     pixel_noise: Tensor  # C
 
+    def head(self, count: int, device: torch.device) -> "_ChunkParams":
+        """The parameters of the first ``count`` images, on ``device``."""
+        return _ChunkParams(**{f.name: getattr(self, f.name)[:count].to(device) for f in fields(self)})
+
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> Tensor:
     return lo + (hi - lo) * torch.rand(shape, generator=g)
@@ -164,8 +168,8 @@ def _draw_params(seed: int, chunk_index: int) -> _ChunkParams:
     same_colour = torch.rand((c, d, 1), generator=g) < 0.35
     d_rgb = torch.where(same_colour, object_rgb[:, None, :].expand(-1, d, -1), d_rgb)
     d_line = torch.rand((c, d), generator=g) < 0.5
-    d_half_length = torch.where(d_line, _uniform(g, (c, d), 0.09, 0.20), _uniform(g, (c, d), 0.035, 0.075))
-    d_half_width = torch.where(d_line, _uniform(g, (c, d), 0.008, 0.018), d_half_length * _uniform(g, (c, d), 0.3, 0.5))
+    d_half_length = torch.where(d_line, _uniform(g, (c, d), 0.09, 0.20), _uniform(g, (c, d), 0.04, 0.09))
+    d_half_width = torch.where(d_line, _uniform(g, (c, d), 0.008, 0.018), d_half_length * _uniform(g, (c, d), 0.3, 0.55))
     return _ChunkParams(
         labels=labels,
         centre=centre,
@@ -202,43 +206,68 @@ def _draw_params(seed: int, chunk_index: int) -> _ChunkParams:
 # Rendering.
 # ---------------------------------------------------------------------------------
 def _grid(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates ``size x size`` in units of the image side (x: columns, y: rows)."""
+    """Pixel-centre coordinates in units of the image side: x ``1 x 1 x S`` (columns), y ``1 x S x 1`` (rows)."""
     t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
-    return t[None, :].expand(size, size), t[:, None].expand(size, size)
+    return t.view(1, 1, size), t.view(1, size, 1)
+
+
+def _window(centre: Tensor, extent: float, size: int, supersample: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """A square pixel window per image around ``centre`` that holds everything within ``extent``.
+
+    Clamping the window into the image keeps it covering the in-image part of the shape.
+
+    Args:
+        centre: ``B x 2`` (x, y) in units of the image side.
+        extent: largest distance of a shape point from its centre, in image units.
+    Returns:
+        x ``B x 1 x W'`` and y ``B x W' x 1`` sub-pixel centres (image units, ``W' = W * supersample``),
+        flat ``B x W*W`` indices of the window's pixels in an ``S x S`` image, and ``W``.
+    """
+    width = min(size, math.ceil(2 * extent * size) + 3)
+    corner = (centre * size - width / 2).floor().clamp(0, size - width).long()  # B x 2
+    steps = (torch.arange(width * supersample, device=centre.device, dtype=torch.float32) + 0.5) / supersample
+    x = (corner[:, 0:1] + steps) / size
+    y = (corner[:, 1:2] + steps) / size
+    pixels = torch.arange(width, device=centre.device)
+    rows, cols = corner[:, 1:2] + pixels, corner[:, 0:1] + pixels
+    flat = (rows[:, :, None] * size + cols[:, None, :]).flatten(1)
+    return x[:, None, :], y[:, :, None], flat, width
+
+
+def _paste(window_values: Tensor, flat: Tensor, size: int) -> Tensor:
+    """Windows ``B x W x W`` -> ``B x S x S`` images, zero outside the windows."""
+    full = torch.zeros(window_values.shape[0], size * size, device=window_values.device, dtype=window_values.dtype)
+    return full.scatter_(1, flat, window_values.flatten(1)).view(-1, size, size)
 
 
 def _local(x: Tensor, y: Tensor, centre: Tensor, angle: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     """Rotate/scale image coordinates into shape-local ones.
 
-    x, y: ``S x S``; centre ``B x 2``; angle, scale ``B`` -> u, v ``B x S x S``.
+    x, y: broadcastable to ``B x H x W``; centre ``B x 2``; angle, scale ``B`` -> u, v ``B x H x W``.
     """
-    dx = x[None] - centre[:, 0, None, None]
-    dy = y[None] - centre[:, 1, None, None]
+    dx = x - centre[:, 0, None, None]
+    dy = y - centre[:, 1, None, None]
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
     s = scale[:, None, None]
     return (cos * dx + sin * dy) / s, (-sin * dx + cos * dy) / s
 
 
-def _coverage(inside: Tensor) -> Tensor:
-    """Supersampled ``B x S' x S'`` bool -> ``B x S x S`` fractional coverage."""
-    return F.avg_pool2d(inside.float()[:, None], _SUPERSAMPLE)[:, 0]
-
-
-def _object_alpha(p: _ChunkParams, size: int, device: torch.device) -> Tensor:
-    """Object coverage ``C x S x S`` in [0, 1]: one pass per class, not per image."""
-    x, y = _grid(size * _SUPERSAMPLE, device)
+def _object_alpha(p: _ChunkParams, size: int) -> Tensor:
+    """Object coverage ``C x S x S`` in [0, 1] (supersampled); one pass per class, not per image."""
+    x, y, flat, width = _window(p.centre, _OBJECT_RADIUS[1] * _MARGIN, size, _SUPERSAMPLE)
     u, v = _local(x, y, p.centre, p.angle, p.radius)
     inside = torch.zeros_like(u, dtype=torch.bool)
     for cls, shape in enumerate(_SHAPES):
         rows = (p.labels == cls).nonzero().squeeze(1)
         if rows.numel():
             inside[rows] = shape(u[rows], v[rows])
-    return _coverage(inside)
+    coverage = F.avg_pool2d(inside.float()[:, None], _SUPERSAMPLE)[:, 0]
+    return _paste(coverage, flat, size)
 
 
-def _background(p: _ChunkParams, size: int, device: torch.device) -> Tensor:
+def _background(p: _ChunkParams, size: int) -> Tensor:
     """Backgrounds ``C x 3 x S x S``: a two-colour blend driven by one texture field."""
-    x, y = _grid(size, device)
+    x, y = _grid(size, p.labels.device)
     up = lambda z: F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)[:, 0]  # noqa: E731
     mix = p.noise_mix[:, None, None]
     noise = mix * up(p.noise_coarse) + (1 - mix) * up(p.noise_fine)
@@ -260,36 +289,37 @@ def _background(p: _ChunkParams, size: int, device: torch.device) -> Tensor:
 def _composite_distractors(canvas: Tensor, p: _ChunkParams, size: int) -> Tensor:
     """Paint the active distractors (blobs: ellipses; lines: thin bars) onto ``canvas`` ``C x 3 x S x S``.
 
-    Drawn at native resolution with an approximate distance-to-edge (in pixels)
-    for anti-aliasing: they are small, and this is the hot part of the renderer.
+    Drawn at native resolution with an approximate distance to the edge (in
+    pixels) for anti-aliasing, each in a small window around its centre.
     """
-    x, y = _grid(size, canvas.device)
+    extent = float(p.d_size.max()) * math.sqrt(2)
     for slot in range(p.d_active.shape[1]):
+        centre = p.d_centre[:, slot]
+        x, y, flat, _ = _window(centre, extent, size, 1)
         half_length, half_width = p.d_size[:, slot, 0], p.d_size[:, slot, 1]
-        u, v = _local(x, y, p.d_centre[:, slot], p.d_angle[:, slot], torch.ones_like(half_length))
+        u, v = _local(x, y, centre, p.d_angle[:, slot], torch.ones_like(half_length))
         hl, hw = half_length[:, None, None], half_width[:, None, None]
         ellipse = (torch.sqrt((u / hl) ** 2 + (v / hw) ** 2) - 1) * hw
         line = torch.maximum(u.abs() - hl, v.abs() - hw)
         distance = torch.where(p.d_line[:, slot, None, None], line, ellipse) * size
         alpha = (0.5 - distance).clamp(0, 1) * p.d_active[:, slot, None, None]
-        canvas = torch.lerp(canvas, p.d_rgb[:, slot, :, None, None], alpha[:, None])
+        canvas = torch.lerp(canvas, p.d_rgb[:, slot, :, None, None], _paste(alpha, flat, size)[:, None])
     return canvas
 
 
-def _render_chunk(p: _ChunkParams, size: int, device: torch.device, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Images ``C x 3 x S x S`` in [0, 1] and masks ``C x S x S`` of one chunk."""
-    canvas = _composite_distractors(_background(p, size, device), p, size)
-    alpha = _object_alpha(p, size, device)
-    x, y = _grid(size, device)
+def _render_chunk(p: _ChunkParams, size: int, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """Images ``C x 3 x S x S`` in [0, 1] and masks ``C x S x S`` of one chunk (``noise``: unit Gaussian pixels)."""
+    canvas = _composite_distractors(_background(p, size), p, size)
+    alpha = _object_alpha(p, size)[:, None]
+    x, y = _grid(size, canvas.device)
     shading = p.shade[:, 0, None, None] * (x - 0.5) + p.shade[:, 1, None, None] * (y - 0.5)
     colour = (p.object_rgb[:, :, None, None] + shading[:, None]).clamp(0, 1)
-    canvas = canvas * (1 - alpha[:, None]) + colour * alpha[:, None]
-    noise = torch.randn(canvas.shape, generator=g).to(device) * p.pixel_noise[:, None, None, None]
-    return (canvas + noise).clamp(0, 1), alpha >= 0.5
+    canvas = torch.lerp(canvas, colour, alpha) + noise * p.pixel_noise[:, None, None, None]
+    return canvas.clamp(0, 1), alpha[:, 0] >= 0.5
 
 
 def make_synthetic(n: int, seed: int, size: int = IMAGE_SIZE, device: str | torch.device = "cpu") -> SyntheticSet:
-    """Generate ``n`` synthetic images (deterministic in ``seed``; same on any device).
+    """Generate ``n`` synthetic images, deterministic in ``seed`` (bitwise on the CPU).
 
     Args:
         n: number of images.
@@ -306,13 +336,15 @@ def make_synthetic(n: int, seed: int, size: int = IMAGE_SIZE, device: str | torc
     device = torch.device(device)
     images, labels, masks = [], [], []
     for chunk in range(math.ceil(n / CHUNK)):
-        params = _draw_params(seed, chunk)
+        count = min(CHUNK, n - chunk * CHUNK)
+        params = _draw_params(seed, chunk).head(count, device)
         noise_gen = torch.Generator().manual_seed((seed * 7_654_321 + chunk * 104_729 + 99) % (2**63))
-        img, mask = _render_chunk(params, size, device, noise_gen)
+        noise = torch.randn((CHUNK, 3, size, size), generator=noise_gen)[:count].to(device)
+        img, mask = _render_chunk(params, size, noise)
         images.append(img)
         labels.append(params.labels.to(device))
         masks.append(mask)
     if not images:
         empty = torch.empty(0, 3, size, size, device=device)
         return SyntheticSet(empty, torch.empty(0, dtype=torch.long, device=device), torch.empty(0, size, size, dtype=torch.bool, device=device))
-    return SyntheticSet(torch.cat(images)[:n].contiguous(), torch.cat(labels)[:n].contiguous(), torch.cat(masks)[:n].contiguous())
+    return SyntheticSet(torch.cat(images), torch.cat(labels), torch.cat(masks))

@@ -1,6 +1,8 @@
 """The embedded small CNN: global-average-pool + linear head so CAM applies.
 
-At the embedded data set's 64 x 64 input its last feature map is 8 x 8.
+At the embedded data set's 64 x 64 input its last feature map is 64 x 8 x 8.
+The widths are deliberately narrow: the net trains to over 90% test accuracy on
+the synthetic set in well under a minute on two CPU cores (see :mod:`idls.embedded`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 class EmbeddedCNN(nn.Module):
     """Four conv stages (three 2x poolings) + GAP + linear."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (8, 16, 32, 64)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 3
