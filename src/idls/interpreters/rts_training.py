@@ -498,19 +498,21 @@ def train_embedded_rts(
 ) -> RTSMasker:
     """Train the embedded CNN's masker on the embedded synthetic training split."""
     from idls.data.synthetic import TRAIN_SEED, make_synthetic
+    from idls.threads import torch_threads
 
     data = make_synthetic(settings.train_images, seed=TRAIN_SEED)
-    return train_rts(
-        classifier,
-        data.images,
-        data.labels,
-        epochs=settings.epochs,
-        selector_epochs=settings.selector_epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        seed=settings.seed,
-        progress=progress,
-    )
+    with torch_threads(1):  # bit-reproducible cache entry; see idls.threads
+        return train_rts(
+            classifier,
+            data.images,
+            data.labels,
+            epochs=settings.epochs,
+            selector_epochs=settings.selector_epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            seed=settings.seed,
+            progress=progress,
+        )
 
 
 __all__ = [

@@ -1,0 +1,51 @@
+"""`idls demo --quick` end to end on the embedded default (trains the embedded CNN and RTS once per session).
+
+This is the default-run check that the whole pipeline works and that every interpreter's maps
+localise the object far better than a random map (the interpreter validity table).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from idls.cli import main
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    try:
+        main(["demo", "--quick", "--out", str(out)])
+    except SystemExit as exit_:
+        assert not exit_.code, f"idls demo exited with {exit_.code}"
+    return out
+
+
+def test_demo_writes_all_outputs(quick_demo):
+    for name in ("results.jsonl", "summary.json", "report.html"):
+        assert (quick_demo / name).is_file()
+    html = (quick_demo / "report.html").read_text()
+    assert "Interpreter validity" in html and html.count("data:image/png;base64,") >= 2
+
+
+def test_embedded_classifier_is_accurate(quick_demo):
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    assert summary["embedded_accuracy"] >= 0.9
+
+
+def test_every_interpreter_localises_better_than_random(quick_demo):
+    validity = json.loads((quick_demo / "summary.json").read_text())["interpreters"]
+    assert set(validity) == {"grad", "ig", "cam", "gradcam", "rts", "mask"}
+    for name, row in validity.items():
+        assert row["localization_iou"] >= 2 * row["random_iou"], name
+        assert row["pointing_game"] >= row["random_pointing"] + 0.3, name
+
+
+def test_pgd_records_against_every_interpreter(quick_demo):
+    records = [json.loads(line) for line in (quick_demo / "results.jsonl").read_text().splitlines()]
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    assert set(summary["attacks"]["pgd"]) == {"grad", "ig", "cam", "gradcam", "rts", "mask"}
+    assert all(r["linf"] <= 8 / 255 + 1e-6 for r in records)
+    assert summary["attacks"]["pgd"]["cam"]["attack_success_rate"] >= 0.9
