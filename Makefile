@@ -24,10 +24,10 @@ demo: install
 	$(BIN)/idls demo --out runs/demo
 
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-slow: install-test
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m slow
 
 bench: install
 	$(BIN)/python benchmarks/interpreters.py

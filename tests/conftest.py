@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# One intra-op thread per test process: the suite runs one process per core (pytest-xdist), and
+# OpenMP threads that wait on a busy core made single attacks 30x slower on a shared 2-core machine.
+# Flush-to-zero is per thread, so it is set before torch starts any worker thread (DESIGN §6).
+torch.set_num_threads(1)
+torch.set_flush_denormal(True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IDLS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -23,12 +30,15 @@ def _require(path: Path) -> Path:
     return path
 
 
+# A fresh cache per test process (trained embedded models included) unless the caller names one,
+# so tests never read or write the user's cache. Set before any fixture, module-scoped ones included.
+os.environ.setdefault("IDLS_CACHE_DIR", tempfile.mkdtemp(prefix="idls-test-cache-"))
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_cache(tmp_path_factory, monkeypatch):
-    """Deterministic seeds; a per-session cache unless IDLS_CACHE_DIR is set by the caller."""
+def _seed():
+    """Deterministic seeds for every test."""
     torch.manual_seed(0)
-    if "IDLS_CACHE_DIR" not in os.environ:
-        monkeypatch.setenv("IDLS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "idls-cache"))
 
 
 @pytest.fixture(scope="session")
