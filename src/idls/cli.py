@@ -260,7 +260,7 @@ def _print_summary(per_attack) -> None:
     for a, by_int in per_attack.items():
         for i, s in by_int.items():
             table.add_row(a, i, *[f"{s.get(c, float('nan')):.3f}" if isinstance(s.get(c), float) else str(s.get(c)) for c in cols[2:]])
-    Console().print(table)
+    Console(width=max(Console().width, 130)).print(table)  # full column names even in a narrow pipe
 
 
 def main(argv: list[str] | None = None) -> None:
