@@ -1,0 +1,266 @@
+"""ADV² against MASK: the bilevel attack (paper 001 §3.5-3.6, Algorithm 1; DESIGN §4).
+
+MASK's map is itself the result of an optimisation, ``m*(x) = argmin_m l_map(m; x)``,
+so the attack alternates between the image and a running estimate of the mask.
+After a warm start of plain PGD steps, each iteration (all samples batched):
+
+1. *prediction step*: ``x <- Proj(x - alpha * w * sign(grad_x CE(f(x), y_t)))``
+   (``alpha`` = ``joint_step_size``, by default the attack's ``step_size``);
+2. *inner steps*: ``inner_steps`` Adam steps of MASK on the per-sample mask
+   estimate (:class:`~idls.interpreters.mask.MaskOptimizer`, explaining y_t);
+3. *look-ahead*: ``lookahead_steps`` differentiable steps from that estimate
+   (:func:`~idls.interpreters.mask.unrolled_mask_steps`, one at a time); the
+   interpretation loss is the mean over the look-ahead maps of their mean squared
+   error to m_t, and its input gradient gives the interpretation direction
+   ``d = w * sign(grad_x l_int)``;
+4. *bisection*, per sample: the largest step ``s`` in ``[0, max_step]`` such that
+   ``Proj(x - s d)`` keeps the target's logit margin (target minus best other)
+   at least ``margin``; each sample gets its own ``s`` (:func:`bisect_step_sizes`);
+5. every ``reset_every`` iterations (and at the last) the estimate is *reset* to
+   a fresh MASK run on the current image: that is the real interpreter's map, so
+   these are also the iterations whose iterates are candidates for the best one
+   (per sample: successful, smallest map L1 to m_t).
+
+``w`` are the AdvEdge weights (1 for ADV²). The directions are sign steps, so
+lambda only scales a gradient whose sign is taken: the balance between the two
+goals is set by ``max_step`` and ``margin``, not by ``lam``.
+
+On C&W / StAdv (:class:`MaskJointHooks`) steps 2-3 and 5 run inside the
+framework's evaluation: lambda times the look-ahead error is its extra loss,
+Adam replaces the sign steps and the bisection.
+
+Cost per iteration: 1 forward+backward (prediction) + ``inner_steps`` forward+backward
++ ``lookahead_steps`` double backward passes + ``bisection_steps`` forwards + 1
+forward; plus a full MASK run per reset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from idls import metrics
+from idls.attacks.base import Perturbation, flush_denormal
+from idls.attacks.cw import BestIterate, StepOutcome, margin
+from idls.attacks.defaults import JointDefaults
+from idls.attacks.joint import LambdaSchedule, combine_first_success, map_mse, warm_start_pgd
+from idls.attacks.pgd import Evaluation, Iterate, project
+from idls.interpreters import Interpreter
+from idls.interpreters.mask import MaskOptimizer, gaussian_blur, unrolled_mask_steps
+from idls.system import Classifier
+
+
+def bisect_step_sizes(
+    accept: Callable[[Tensor], Tensor],
+    candidate: Callable[[Tensor], Tensor],
+    max_step: float | Tensor,
+    steps: int,
+    batch: int,
+    device: torch.device | str,
+) -> Tensor:
+    """Per-sample bisection for the largest acceptable step size.
+
+    Assumes acceptance is monotone in the step (accepted up to some ``s*``).
+
+    Args:
+        accept: ``images B x ... -> B`` bool, whether a candidate is acceptable.
+        candidate: ``step sizes B -> images B x ...`` (the point reached with each sample's step).
+        max_step: upper end of the search (float or ``B`` tensor).
+        steps: bisection steps (each one batched call of ``candidate`` and ``accept``).
+        batch, device: shape of the result.
+
+    Returns:
+        ``B`` step sizes: the lower end of each sample's final bracket (0 if even
+        the smallest tried step failed; ``s*`` to within ``max_step / 2**steps``).
+    """
+    low = torch.zeros(batch, device=device)
+    high = torch.as_tensor(max_step, dtype=low.dtype, device=device).expand(batch).clone()
+    for _ in range(steps):
+        middle = (low + high) / 2
+        ok = accept(candidate(middle)).to(device=device, dtype=torch.bool)
+        low = torch.where(ok, middle, low)
+        high = torch.where(ok, high, middle)
+    return low
+
+
+def lookahead_distance(
+    classifier: Classifier,
+    x: Tensor,
+    m: Tensor,
+    targets: Tensor,
+    target_maps: Tensor,
+    interpreter: Interpreter,
+    steps: int,
+) -> Tensor:
+    """Mean over ``steps`` look-ahead maps of their MSE to the target maps (``B``, differentiable in x)."""
+    config = interpreter.config_for(tuple(x.shape[-2:]))
+    x_blurred = gaussian_blur(x, config.blur_sigma)
+    distances = []
+    for _ in range(steps):
+        m = unrolled_mask_steps(classifier, x, m, targets, 1, interpreter.lookahead_lr, config=config,
+                                x_blurred=x_blurred)
+        distances.append(map_mse(m, target_maps))
+    return torch.stack(distances).mean(0)
+
+
+def _weighted_sign(grad: Tensor, weights: Tensor | None) -> Tensor:
+    direction = grad.sign()
+    return direction if weights is None else direction * weights
+
+
+class MaskJointHooks:
+    """The MASK joint objective as ``evaluate`` / ``score`` hooks of the Adam frameworks (C&W, StAdv).
+
+    Each evaluation of the active rows: ``inner_steps`` Adam steps of their mask
+    estimates on the current images (no graph), then the look-ahead distance,
+    times lambda, is the extra loss (the framework adds its own prediction
+    loss). Every ``reset_every`` iterations the score runs the real MASK on the
+    successful rows (their selection score, map L1 to m_t) and resets all active
+    rows' estimates to fresh MASK maps. No bisection here: Adam's steps are small.
+    """
+
+    def __init__(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, targets: Tensor,
+                 target_maps: Tensor, settings: JointDefaults, total: int, seed: int) -> None:
+        self.classifier, self.interpreter = classifier, interpreter
+        self.targets, self.target_maps, self.settings = targets, target_maps, settings
+        self.schedule = LambdaSchedule(settings.schedule, settings.lam, total)
+        config = interpreter.config_for(tuple(x.shape[-2:]))
+        self.inner = MaskOptimizer(classifier, interpreter.attribute(x, targets), config, lr=interpreter.lr, seed=seed)
+
+    def _rows(self, index: Tensor) -> MaskOptimizer:
+        return self.inner if index.numel() == self.inner.m.shape[0] else self.inner.select(index)
+
+    def _write_back(self, sub: MaskOptimizer, index: Tensor) -> None:
+        if sub is self.inner:
+            return
+        for name in ("m", "exp_avg", "exp_avg_sq", "steps"):
+            setattr(self.inner, name, getattr(self.inner, name).index_copy(0, index, getattr(sub, name)))
+        self.inner.generator.set_state(sub.generator.get_state())
+
+    def evaluate(self, it: Iterate) -> Evaluation:
+        targets, target_maps = it.select(self.targets), it.select(self.target_maps)
+        logits = self.classifier(it.x)
+        sub = self._rows(it.index)
+        sub.step(it.x.detach(), targets, self.settings.inner_steps)
+        distance = lookahead_distance(self.classifier, it.x, sub.m, targets, target_maps, self.interpreter,
+                                      self.settings.lookahead_steps)
+        self._write_back(sub, it.index)
+        return Evaluation(loss=self.schedule(it.iteration) * distance, logits=logits,
+                          extras={"map_mse": distance.detach()})
+
+    def score(self, it: Iterate, evaluation: Evaluation) -> Tensor:
+        score = torch.full((it.x.shape[0],), math.inf, device=it.x.device)
+        if it.iteration % self.settings.reset_every != 0:
+            return score
+        targets = it.select(self.targets)
+        real = self.interpreter.attribute(it.x.detach(), targets)
+        sub = self._rows(it.index)
+        sub.reset(m=real)
+        self._write_back(sub, it.index)
+        ok = metrics.success(evaluation.logits.detach(), target=targets)
+        return torch.where(ok, metrics.map_l1(real, it.select(self.target_maps)).float(), score)
+
+
+def joint_mask_attack(
+    attack,
+    classifier: Classifier,
+    interpreter: Interpreter,
+    x: Tensor,
+    targets: Tensor,
+    target_maps: Tensor,
+    settings: JointDefaults,
+    warm_weights: Tensor | None,
+    joint_weights: Tensor | None,
+) -> Perturbation:
+    """The bilevel ADV² attack on MASK for ``attack`` (an :class:`~idls.attacks.joint.ADV2`).
+
+    PGD: the loop of the module docstring. C&W / StAdv: :class:`MaskJointHooks`
+    through ``attack``'s framework runner.
+    """
+    if attack.framework != "pgd":
+        return attack.run_adam_framework(
+            classifier, x, targets, settings, warm_weights, joint_weights,
+            lambda total, start: MaskJointHooks(classifier, interpreter, start, targets, target_maps, settings, total,
+                                                attack.seed),
+        )
+    epsilon, alpha = attack.epsilon, attack.step_size
+    joint_alpha = alpha if settings.joint_step_size is None else settings.joint_step_size
+    warm = warm_start_pgd(classifier, x, targets, epsilon=epsilon, step_size=alpha, steps=settings.warm_start,
+                          step_weights=warm_weights, progress=attack.progress)
+    x = x.detach()
+    x_adv = warm.x_adv.detach().clone()
+    batch = x.shape[0]
+    everyone = torch.arange(batch, device=x.device)
+    tracker = BestIterate(x_adv)
+    done = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    schedule = LambdaSchedule(settings.schedule, settings.lam, settings.steps)
+    config = interpreter.config_for(tuple(x.shape[-2:]))
+
+    def record(t: int, x_now: Tensor, real_maps: Tensor | None) -> None:
+        with torch.no_grad():
+            ok = metrics.success(classifier(x_now), target=targets)
+        score = torch.full((batch,), math.inf, device=x.device)
+        if real_maps is not None:
+            score = metrics.map_l1(real_maps, target_maps).float()
+        tracker.update(everyone, StepOutcome(loss=score, x_adv=x_now, succeeded=ok & ~done, score=score), t)
+
+    def accept(images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return margin(classifier(images), targets, targeted=True) <= -settings.margin
+
+    real = interpreter.attribute(x_adv, targets)
+    inner = MaskOptimizer(classifier, real, config, lr=interpreter.lr, seed=attack.seed)
+    record(0, x_adv, real)
+    iterations = 0
+    with flush_denormal(), tqdm(total=settings.steps, desc=f"{attack.name} (mask)", disable=not attack.progress,
+                                leave=False) as bar:
+        for t in range(1, settings.steps + 1):
+            frozen = done.view(-1, 1, 1, 1)
+            # 1. prediction step
+            x_req = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                ce = torch.nn.functional.cross_entropy(classifier(x_req), targets, reduction="sum")
+                (grad,) = torch.autograd.grad(ce, x_req)
+            moved = project(x_adv - joint_alpha * _weighted_sign(grad, joint_weights), x, epsilon, "linf")
+            x_adv = torch.where(frozen, x_adv, moved).detach()
+            # 2. inner MASK steps on the current image
+            inner.step(x_adv, targets, settings.inner_steps)
+            # 3. look-ahead: the interpretation direction
+            x_req = x_adv.detach().requires_grad_(True)
+            with torch.enable_grad():
+                distance = lookahead_distance(classifier, x_req, inner.m, targets, target_maps, interpreter,
+                                              settings.lookahead_steps)
+                (grad,) = torch.autograd.grad(schedule(t) * distance.sum(), x_req)
+            direction = _weighted_sign(grad, joint_weights)
+            # 4. per-sample bisection on the step size
+            start = x_adv
+
+            def candidate(step: Tensor, start: Tensor = start, direction: Tensor = direction) -> Tensor:
+                return project(start - step.view(-1, 1, 1, 1) * direction, x, epsilon, "linf")
+
+            step = bisect_step_sizes(accept, candidate, settings.max_step, settings.bisection_steps, batch, x.device)
+            x_adv = torch.where(frozen, x_adv, candidate(step)).detach()
+            # 5. reset = real map = selection
+            real = None
+            if t % settings.reset_every == 0 or t == settings.steps:
+                real = interpreter.attribute(x_adv, targets)
+                inner.reset(m=real)
+            record(t, x_adv, real)
+            iterations = t
+            bar.update(1)
+            if attack.stop_distance is not None and real is not None:
+                done = done | (tracker.score <= attack.stop_distance)
+                if bool(done.all()):
+                    break
+    outcome = tracker.perturbation(iterations)
+    outcome.iterations_to_success = combine_first_success(warm.iterations_to_success, outcome.iterations_to_success,
+                                                          settings.warm_start)
+    outcome.iterations_run += warm.iterations_run
+    return outcome
+
+
+__all__ = ["bisect_step_sizes", "joint_mask_attack", "lookahead_distance"]
