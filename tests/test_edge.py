@@ -129,6 +129,7 @@ def test_advedge_keeps_the_plain_step_in_the_joint_phase(cam_of_random_net):
     assert adv2.joint_step_size is not None and adv2.joint_step_size < 1 / 255
     edge = create_attack("advedge", interpreter=cam_of_random_net)
     assert edge.settings_for(cam_of_random_net, 32).joint_step_size is None
+    assert edge.settings_for(cam_of_random_net, 32).max_step == 2 / 255
     plus = create_attack("advedge+", interpreter=cam_of_random_net).settings_for(cam_of_random_net, 32)
     assert plus.joint_step_size == adv2.joint_step_size
     chosen = create_attack("advedge", interpreter=cam_of_random_net, joint_step_size=0.5 / 255)

@@ -78,10 +78,11 @@ class AdvEdge(_EdgeAttack):
     Takes every option of :class:`~idls.attacks.joint.ADV2`, plus
     ``edge_stage``: ``'all'`` (default) or ``'warm_start'``.
 
-    Step size: ADV²'s small-input defaults shrink the joint phase's sign step
-    (e.g. 0.25/255 for CAM); AdvEdge keeps the plain ``step_size`` (1/255, the
-    paper's alpha) there unless ``joint_step_size`` is given, because ``E(x)``
-    already shrinks its steps (mean ~0.14 on CIFAR-10 images).
+    Step sizes: ADV²'s small-input defaults shrink the joint phase's sign step
+    (e.g. 0.25/255 for CAM) and MASK's largest interpretation step (0.5/255);
+    AdvEdge keeps the plain ``step_size`` (1/255, the paper's alpha) and
+    ``2 * step_size`` there unless ``joint_step_size`` / ``mask_max_step`` are
+    given, because ``E(x)`` already shrinks its steps (mean ~0.14 on CIFAR-10).
     """
 
     name = "advedge"
@@ -93,6 +94,8 @@ class AdvEdge(_EdgeAttack):
         settings = super().settings_for(interpreter, input_size)
         if self.overrides.get("joint_step_size") is None:
             settings = replace(settings, joint_step_size=None)
+        if self.overrides.get("max_step") is None:
+            settings = replace(settings, max_step=2 * self.step_size)
         return settings
 
     def edge_weights(self, x: Tensor) -> Tensor:
