@@ -1,8 +1,8 @@
 """Attack a data set with one attack and evaluate every interpreter on the result.
 
-This is the shared path of ``idls attack`` and ``idls demo``: targets are drawn
-once for the whole data set (seeded, independent of the batch size), the attack
-runs batch by batch, and each batch becomes records (``idls.evaluate``) plus
+This is the shared path of ``idls attack`` and ``idls demo``: the attack runs
+batch by batch and draws its own seeded targets from each image's data-set
+position (so they do not depend on the batch size), and each batch becomes records (``idls.evaluate``) plus
 tensors on disk (adversarial images and maps, safetensors).
 """
 
@@ -20,8 +20,6 @@ from torch import Tensor
 
 from idls import evaluate
 from idls.attacks import create_attack
-from idls.attacks.targets import least_likely_targets, random_targets
-from idls.errors import UserError
 from idls.interpreters import create_interpreter
 from idls.interpreters.base import Interpreter
 from idls.system import Classifier
@@ -64,19 +62,6 @@ def build_interpreters(
     return {name: create_interpreter(name, classifier, **dict(options.get(name, {}))) for name in names}
 
 
-def choose_targets(classifier: Classifier, x: Tensor, labels: Tensor, mode: str, seed: int, batch_size: int) -> Tensor:
-    """Targets for the whole data set: random wrong class (seeded), least likely, or the labels (untargeted)."""
-    if mode == "targeted":
-        return random_targets(labels, classifier.num_classes, seed=seed)
-    if mode == "least_likely":
-        with torch.no_grad():
-            logits = torch.cat([classifier(c) for c in x.split(batch_size)])
-        return least_likely_targets(logits)
-    if mode == "untargeted":
-        return labels.clone()
-    raise UserError(f"unknown attack mode {mode!r}; choose targeted, untargeted or least_likely")
-
-
 def attack_needs_interpreter(attack_name: str) -> bool:
     """Whether an attack is crafted against one interpreter (joint attacks) rather than the classifier alone."""
     import inspect
@@ -116,7 +101,6 @@ def attack_and_evaluate(
         out_dir: where ``tensors/`` is written (adversarial images and maps); ``None`` keeps nothing.
     """
     device = classifier.device
-    targets_all = choose_targets(classifier, x_all.to(device), labels_all.to(device), mode, seed, batch_size)
     if attack_needs_interpreter(attack_name):
         plans = [
             (name, create_attack(attack_name, interpreter=interp, mode=mode, seed=seed, **dict(attack_options)), {name: interp})
@@ -131,12 +115,13 @@ def attack_and_evaluate(
     n = x_all.shape[0]
     for batch_index, start in enumerate(range(0, n, batch_size)):
         sl = slice(start, min(start + batch_size, n))
-        x, labels, targets = x_all[sl].to(device), labels_all[sl].to(device), targets_all[sl]
+        x, labels = x_all[sl].to(device), labels_all[sl].to(device)
+        positions = torch.arange(sl.start, sl.stop)  # seeded targets depend on the image, not its batch
         batch_file = f"tensors/{attack_name}/batch_{batch_index:05d}.safetensors"
         tensors: dict[str, Tensor] = {}
         for attacked, attack, evaluated in plans:
             prefix = "" if attacked is None else f"{attacked}/"
-            result = attack.run(classifier, x, labels, targets if mode != "untargeted" else None)
+            result = attack.run(classifier, x, labels, indices=positions)
             x_adv = result.x_adv.detach()
             base = evaluate.image_records(
                 ids=ids[sl], x=x, x_adv=x_adv, labels=labels, targets=result.target, preds=result.pred,
