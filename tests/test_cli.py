@@ -34,6 +34,13 @@ def test_list_names_every_registry(capsys):
         (["attack", "--model", "cifar_resnet20"], "needs --weights"),
         (["attack", "--attack", "nope", "--model", "cifar_resnet20", "--weights", "random", "--data", "x"], None),
         (["attack", "--device", "cuda:7", "--model", "cifar_resnet20", "--weights", "random"], None),
+        (["attack", "--attack", "pgd", "--target", "patch"], "--target applies to the joint attacks"),
+        (["attack", "--attack", "pgd", "--framework", "cw"], "use --attack cw"),
+        (["attack", "--attack", "adv2", "--framework", "fgsm"], "unknown --framework 'fgsm'"),
+        (["attack", "--attack", "adv2", "--target", "square"], "unknown --target 'square'"),
+        (["attack", "--attack", "adv2", "--target", "/no/maps.safetensors"], "does not exist"),
+        (["attack", "--attack", "adv2", "-o", "lam"], "not KEY=VALUE"),
+        (["attack", "--attack", "adv2", "--mode", "untargeted", "-i", "cam", "--n", "2"], "targeted attack"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(args, fragment, capsys):
@@ -99,3 +106,44 @@ def test_explain_writes_maps_and_overlays(tmp_path, resnet20_path, cifar_lossles
     maps = load_file(str(out / "maps.safetensors"))
     assert maps["map/cam"].shape == (3, 8, 8)
     assert len(list(out.glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("framework", ["pgd", "cw"])
+def test_joint_attack_with_framework_and_per_image_target_file(framework, tmp_path, resnet20_path, cifar_lossless_dir):
+    """--framework and --target FILE reach the attack: one target map per image, indexed by data-set position."""
+    from safetensors.torch import save_file
+
+    from idls.attacks.target_maps import patch_maps
+
+    n = 4
+    maps = tmp_path / "targets.safetensors"
+    save_file({"maps": patch_maps(n, (8, 8), seed=3)}, str(maps))  # CAM on ResNet-20: 8 x 8 maps
+    out = tmp_path / framework
+    code = run_cli([
+        "attack", "--attack", "adv2", "--framework", framework, "--target", str(maps), "--model", "cifar_resnet20",
+        "--weights", str(resnet20_path), "--data", str(cifar_lossless_dir), "--n", str(n), "-i", "cam",
+        "--batch-size", "3", "-o", "steps=6", "-o", "warm_start=4", "--out", str(out),
+    ])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == n
+    for record in records:
+        assert record["framework"] == framework and record["target"] == str(maps)
+        assert record["attack"] == "adv2" and record["interpreter"] == "cam"
+        assert record["linf"] <= 8 / 255 + 1e-6
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["framework"] == framework and summary["config"]["steps"] == 6
+
+
+def test_target_file_with_too_few_maps_is_a_user_error(tmp_path, resnet20_path, cifar_lossless_dir, capsys):
+    from safetensors.torch import save_file
+
+    maps = tmp_path / "two.safetensors"
+    save_file({"maps": torch.rand(2, 8, 8)}, str(maps))
+    code = run_cli([
+        "attack", "--attack", "adv2", "--target", str(maps), "--model", "cifar_resnet20", "--weights",
+        str(resnet20_path), "--data", str(cifar_lossless_dir), "--n", "4", "-i", "cam", "-o", "steps=1",
+        "-o", "warm_start=1", "--out", str(tmp_path / "run"),
+    ])
+    assert code == 2
+    assert "holds 2 maps" in capsys.readouterr().err

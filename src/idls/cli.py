@@ -104,6 +104,62 @@ def _interpreter_options(names: list[str], rts: Path | None, mask_iterations: in
     return options
 
 
+def _joint_options(attack: str, framework: str | None, target: str | None, mode: str) -> dict:
+    """``framework`` / ``target_map`` options of a joint attack, refused with a hint for plain attacks."""
+    from idls.attacks import ATTACKS
+    from idls.attacks.defaults import FRAMEWORKS
+    from idls.attacks.target_maps import MAP_FILE_SUFFIXES, TARGET_MAP_KINDS
+    from idls.runner import attack_needs_interpreter
+
+    ATTACKS.get(attack)  # unknown names fail here with the list of attacks
+    if not attack_needs_interpreter(attack):
+        if framework is not None and framework != attack:
+            raise UserError(f"--framework applies to the joint attacks (adv2, advedge, advedge+); "
+                            f"for a plain {framework} attack use --attack {framework}")
+        if target is not None:
+            raise UserError(f"--target applies to the joint attacks (adv2, advedge, advedge+); {attack} aims at a "
+                            "class only, use --attack adv2 to also steer the map")
+        return {}
+    if mode == "untargeted":
+        raise UserError(f"{attack} is a targeted attack (the interpreter explains the target class); "
+                        "use --mode targeted or least_likely")
+    options: dict = {}
+    if framework is not None:
+        if framework not in FRAMEWORKS:
+            raise UserError(f"unknown --framework {framework!r}; choose one of: {', '.join(FRAMEWORKS)}")
+        options["framework"] = framework
+    else:
+        options["framework"] = "pgd"
+    if target is not None:
+        if target not in TARGET_MAP_KINDS:
+            path = Path(target)
+            if path.suffix not in MAP_FILE_SUFFIXES:
+                raise UserError(f"unknown --target {target!r}; choose one of: {', '.join(TARGET_MAP_KINDS)}, "
+                                f"or a map file ({', '.join(MAP_FILE_SUFFIXES)})")
+            if not path.is_file():
+                raise UserError(f"--target map file {target} does not exist; check the path")
+        options["target_map"] = target
+    return options
+
+
+def _key_values(pairs: list[str]) -> dict:
+    """``['lam=10', 'label_smoothing=[0.9, 0.99]']`` -> ``{'lam': 10, 'label_smoothing': [0.9, 0.99]}`` (YAML values)."""
+    import yaml
+
+    options: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option {pair!r} is not KEY=VALUE; write e.g. -o lam=10")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--option {pair!r}: cannot read the value {text!r}; use a number, true/false, "
+                            "a word or a list like [0.9, 0.99]") from None
+        options[key.strip().replace("-", "_")] = tuple(value) if isinstance(value, list) else value
+    return options
+
+
 # -- commands ---------------------------------------------------------------------------
 @app.command("list")
 def list_command() -> None:
@@ -204,31 +260,55 @@ def attack(
     mode: Annotated[str, typer.Option(help="targeted, untargeted or least_likely")] = "targeted",
     random_start: Annotated[Optional[bool], typer.Option(help="start from a random point in the ball (PGD)")] = None,
     mask_iterations: Annotated[Optional[int], typer.Option(help="MASK optimisation steps")] = None,
+    framework: Annotated[
+        Optional[str], typer.Option(help="joint attacks: the optimiser underneath, pgd (default), cw or stadv")
+    ] = None,
+    target: Annotated[
+        Optional[str],
+        typer.Option(help="joint attacks: the map to keep, benign (default), patch, other-class, or a map FILE "
+                          "(.safetensors/.pt: one h x w map, or one per image)"),
+    ] = None,
+    option: Annotated[
+        Optional[list[str]],
+        typer.Option("--option", "-o", help="any other attack option as KEY=VALUE (e.g. -o lam=10 -o warm_start=50); "
+                                            "repeat for several"),
+    ] = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     out: OutOpt = Path("runs/attack"),
 ) -> None:
-    """Attack correctly classified images; write results.jsonl, summary.json and report.html."""
+    """Attack correctly classified images; write results.jsonl, summary.json and report.html.
+
+    Plain attacks (pgd, cw, stadv) fool the classifier; joint attacks (adv2, advedge, advedge+) also keep
+    each interpreter's map close to a target map and run once per interpreter.
+    """
     from idls.evaluate import group_summaries
     from idls.report.run_report import write_run_report
     from idls.runner import attack_and_evaluate, build_interpreters, write_json, write_records
 
     if epsilon is not None and not 0 < epsilon <= 1:
         raise UserError(f"--epsilon {epsilon} is outside (0, 1]; it is on the [0,1] pixel scale (8/255 = 0.031)")
+    given = {"epsilon": epsilon, "norm": norm, "random_start": random_start, "step_size": step_size, "steps": steps}
+    options = {key: value for key, value in given.items() if value is not None}
+    options.update(_joint_options(attack, framework, target, mode))
+    options.update(_key_values(option or []))
     classifier = _classifier(model, weights, _device(device))
     images = _data(classifier, data, n, seed)
     names = interpreter or _default_interpreters(classifier, rts)
     interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, mask_iterations))
-    given = {"epsilon": epsilon, "norm": norm, "random_start": random_start, "step_size": step_size, "steps": steps}
-    options = {key: value for key, value in given.items() if value is not None}
     run = attack_and_evaluate(
         classifier, interpreters, attack, options, images.images, images.labels, images.ids,
         mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model,
     )
+    cell = {"framework": options.get("framework", attack if attack in ("pgd", "cw", "stadv") else "pgd"),
+            "target": options.get("target_map", "benign" if "framework" in options else "none")}
+    for record in run.records:
+        record.update(cell)
     per_attack = group_summaries(run.records)
     write_records(out / "results.jsonl", run.records)
-    write_json(out / "summary.json", {"model": model, "attacks": per_attack, "config": {"n": images.images.shape[0], "mode": mode, **options}})
+    write_json(out / "summary.json", {"model": model, "attacks": per_attack,
+                                      "config": {"n": images.images.shape[0], "mode": mode, "attack": attack, **options}})
     write_run_report(out, title=f"idls attack: {attack} on {model}", per_attack=per_attack, showcases={attack: run.showcase},
                      class_names=classifier.info.class_names)
     _print_summary(per_attack)

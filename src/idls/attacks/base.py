@@ -111,6 +111,9 @@ class Attack:
         self.mode = TargetMode.parse(mode)
         self.seed = int(seed)
         self.progress = bool(progress)
+        #: data-set positions ``B`` of the batch being attacked (``run(indices=...)``), or ``None``; per-image
+        #: random choices (targets, patch target maps) use them so they do not depend on the batching
+        self.batch_indices: Tensor | None = None
 
     # -- public ---------------------------------------------------------------------
     def run(
@@ -138,6 +141,7 @@ class Attack:
         labels = self._check_classes(labels, x, classifier.num_classes, "labels")
         start = time.perf_counter()
         targets = self.resolve_targets(classifier, x, labels, targets, indices)
+        self.batch_indices = None if indices is None else torch.as_tensor(indices).long()
         outcome = self._perturb(classifier, x, labels, targets)
         with torch.no_grad():
             logits = classifier(outcome.x_adv)

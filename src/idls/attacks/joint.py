@@ -605,6 +605,7 @@ class ADV2(Attack):
         return resolve_target_maps(
             self.target_map, x=x, labels=labels, targets=targets, map_size=map_size, benign_map_fn=real_maps,
             seed=self.seed, predict_fn=classifier.predict, other_class_pool=self.other_class_pool,
+            indices=self.batch_indices,
         )
 
     def _pgd(self, classifier: Classifier, adapter: InterpreterAdapter, x: Tensor, targets: Tensor,

@@ -194,10 +194,12 @@ def check_target_maps(maps: Tensor, batch: int, size: tuple[int, int], source: s
     return maps.expand(batch, *size).clone() if maps.shape[0] != batch else maps.clone()
 
 
-def load_map_file(path: str | Path, batch: int, size: tuple[int, int]) -> Tensor:
+def load_map_file(path: str | Path, batch: int, size: tuple[int, int], indices: Tensor | None = None) -> Tensor:
     """Maps ``B x h x w`` from a ``.safetensors`` / ``.pt`` / ``.pth`` file (loaded with ``weights_only``).
 
-    The file holds one tensor ``h x w`` (used for every image) or ``B x h x w``.
+    The file holds one tensor ``h x w`` (used for every image), ``B x h x w``, or
+    ``N x h x w`` for a whole data set, of which ``indices`` (``B`` data-set
+    positions) pick the batch's maps.
     """
     path = Path(path)
     if not path.is_file():
@@ -210,6 +212,12 @@ def load_map_file(path: str | Path, batch: int, size: tuple[int, int]) -> Tensor
         raise
     except Exception as exc:  # corrupt file, pickled code refused by weights_only, ...
         raise UserError(f"cannot read target map file {path}: {exc}") from None
+    if indices is not None and content.dim() == 3 and content.shape[0] not in (1, batch):
+        positions = indices.detach().long().cpu()
+        if positions.numel() and int(positions.max()) >= content.shape[0]:
+            raise UserError(f"target map file {path} holds {content.shape[0]} maps but image position "
+                            f"{int(positions.max())} was attacked; give one map per image (or one for all)")
+        content = content[positions]
     return check_target_maps(content, batch, size, source=f"target maps in {path}")
 
 
@@ -227,6 +235,7 @@ def resolve_target_maps(
     seed: int = 0,
     predict_fn: Callable[[Tensor], Tensor] | None = None,
     other_class_pool: tuple[Tensor, Tensor] | None = None,
+    indices: Tensor | None = None,
 ) -> Tensor:
     """Target maps ``B x h x w`` of a batch for a target-map spec.
 
@@ -239,6 +248,8 @@ def resolve_target_maps(
         seed: seeds 'patch' and 'other-class'.
         predict_fn: ``images -> classes``; 'other-class' keeps donors it classifies correctly.
         other_class_pool: ``(images, labels)`` donors for 'other-class' (default: the batch).
+        indices: optional ``B`` data-set positions of the batch: 'patch' maps then depend on the
+            image, not its batch, and a file of ``N`` maps is indexed by them.
     """
     batch = x.shape[0]
     if isinstance(spec, Tensor):
@@ -246,11 +257,11 @@ def resolve_target_maps(
     if isinstance(spec, Path) or (isinstance(spec, str) and spec not in TARGET_MAP_KINDS):
         if isinstance(spec, str) and not Path(spec).suffix:
             raise UserError(f"unknown target map {spec!r}; choose one of: {', '.join(TARGET_MAP_KINDS)}, or a map file")
-        return load_map_file(spec, batch, map_size).to(x.device)
+        return load_map_file(spec, batch, map_size, indices).to(x.device)
     if spec == "benign":
         return benign_map_fn(x, labels)
     if spec == "patch":
-        return patch_maps(batch, map_size, seed, device=x.device, dtype=x.dtype)
+        return patch_maps(batch, map_size, seed, indices=indices, device=x.device, dtype=x.dtype)
     donors, donor_labels = (x, labels) if other_class_pool is None else other_class_pool
     donors, donor_labels = donors.to(x.device), donor_labels.to(x.device).long()
     if predict_fn is not None:
