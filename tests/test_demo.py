@@ -49,3 +49,20 @@ def test_pgd_records_against_every_interpreter(quick_demo):
     assert set(summary["attacks"]["pgd"]) == {"grad", "ig", "cam", "gradcam", "rts", "mask"}
     assert all(r["linf"] <= 8 / 255 + 1e-6 for r in records)
     assert summary["attacks"]["pgd"]["cam"]["attack_success_rate"] >= 0.9
+
+
+def test_joint_attacks_side_by_side_with_pgd(quick_demo):
+    """PGD, ADV², AdvEdge and AdvEdge+ against every joint interpreter, each image inside the ball."""
+    from idls.demo import DEMO_ATTACKS, JOINT_INTERPRETERS
+
+    records = [json.loads(line) for line in (quick_demo / "results.jsonl").read_text().splitlines()]
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    assert set(summary["attacks"]) == set(DEMO_ATTACKS)
+    for attack in ("adv2", "advedge", "advedge+"):
+        assert set(summary["attacks"][attack]) == set(JOINT_INTERPRETERS)
+        joint = [r for r in records if r["attack"] == attack]
+        assert len(joint) == len(JOINT_INTERPRETERS) * summary["settings"]["attack_images"]
+        assert all(r["linf"] <= 8 / 255 + 1e-6 for r in joint)
+    html = (quick_demo / "report.html").read_text()
+    for name in JOINT_INTERPRETERS:
+        assert f"Side by side: {name}" in html

@@ -18,7 +18,7 @@ from idls.system import upsample_maps  # noqa: E402
 
 def _to_png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
@@ -87,7 +87,45 @@ def map_grid_png(
     return _to_png(fig)
 
 
-def bar_chart_png(values: Mapping[str, Mapping[str, float]], ylabel: str) -> bytes:
+def attack_comparison_png(
+    x: Tensor,
+    benign_maps: Tensor,
+    columns: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    titles: Sequence[str] | None = None,
+    column_titles: Mapping[str, Sequence[str]] | None = None,
+) -> bytes:
+    """One interpreter, several attacks side by side: rows = images; columns = the benign map, then per
+    attack its adversarial image with its adversarial map.
+
+    Args:
+        x: ``B x 3 x H x W`` benign images in [0, 1].
+        benign_maps: ``B x h x w`` the interpreter's benign maps.
+        columns: attack name -> (``B x 3 x H x W`` adversarial images, ``B x h x w`` their maps).
+        titles: per-row captions of the benign column (e.g. the true class).
+        column_titles: attack name -> per-row captions (e.g. the adversarial prediction).
+    """
+    names = list(columns)
+    rows, cols = x.shape[0], 1 + len(names)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.45 * rows), squeeze=False)
+    size = x.shape[-1]
+    for r in range(rows):
+        panels = [("benign" + (f"\n{titles[r]}" if titles else ""), x[r], benign_maps[r])]
+        for name in names:
+            caption = column_titles[name][r] if column_titles and name in column_titles else ""
+            panels.append((name + (f"\n{caption}" if caption else ""), columns[name][0][r], columns[name][1][r]))
+        for c, (title, image, heat) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(_image_np(image))
+            ax.imshow(_map_np(heat, size), cmap="jet", alpha=0.55, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=6)
+    fig.tight_layout(pad=0.2)
+    return _to_png(fig)
+
+
+def bar_chart_png(values: Mapping[str, Mapping[str, float]], ylabel: str, title: str = "") -> bytes:
     """Grouped bars: outer key = group (x axis), inner key = series."""
     groups = list(values)
     series = sorted({s for g in groups for s in values[g]})
@@ -98,8 +136,25 @@ def bar_chart_png(values: Mapping[str, Mapping[str, float]], ylabel: str) -> byt
         ax.bar(np.arange(len(groups)) + i * width, ys, width, label=s)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7)
     return _to_png(fig)
 
 
-__all__ = ["bar_chart_png", "map_grid_png", "overlay_png", "torch"]
+def heatmap_png(values: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[str], *, title: str = "",
+                cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None) -> bytes:
+    """A labelled heat map of a ``len(rows) x len(columns)`` matrix with each value written in its cell (NaN blank)."""
+    data = np.array(values, dtype=float).reshape(len(rows), len(columns))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(columns), 0.9 + 0.4 * len(rows)))
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for (i, j), v in np.ndenumerate(data):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if image.norm(v) < 0.5 else "black")
+    ax.set_xticks(range(len(columns)), columns, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return _to_png(fig)
+
+
+__all__ = ["attack_comparison_png", "bar_chart_png", "heatmap_png", "map_grid_png", "overlay_png", "torch"]

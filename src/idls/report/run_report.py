@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from idls.report.figures import bar_chart_png, map_grid_png
+from idls.report.figures import attack_comparison_png, bar_chart_png, map_grid_png
 from idls.report.html import Section, render_report, table_html
 
 SUMMARY_COLUMNS = (
@@ -78,9 +78,13 @@ def write_run_report(
     def name_of(c: int) -> str:
         return class_names[c] if 0 <= c < len(class_names) else str(c)
 
+    comparisons = comparison_sections(showcases, name_of)
+    sections += comparisons
     for attack, showcase in showcases.items():
         if showcase is None or not showcase.benign_maps:
             continue
+        if comparisons and attack != next(iter(showcases)):
+            continue  # the side-by-side figures already show this attack's images and maps
         first = next(iter(showcase.adversarial_preds))
         png = map_grid_png(
             showcase.x,
@@ -94,3 +98,31 @@ def write_run_report(
             Section(f"Images and maps: {attack}", text="Benign image, adversarial image, then each interpreter's benign and adversarial map.", figures=[png])
         )
     return render_report(Path(out_dir) / "report.html", title, sections, meta)
+
+
+def comparison_sections(showcases: Mapping[str, object], name_of) -> list[Section]:
+    """Per interpreter, one figure with every attack's adversarial image and map side by side
+    (only when at least two attacks were evaluated with that interpreter)."""
+    present = {a: sc for a, sc in showcases.items() if sc is not None and sc.benign_maps}
+    interpreters = list(dict.fromkeys(name for sc in present.values() for name in sc.benign_maps))
+    sections = []
+    for name in interpreters:
+        attacks = [a for a, sc in present.items() if name in sc.benign_maps]
+        if len(attacks) < 2:
+            continue
+        first = present[attacks[0]]
+        png = attack_comparison_png(
+            first.x,
+            first.benign_maps[name],
+            {a: (present[a].adversarial_images[name], present[a].adversarial_maps[name]) for a in attacks},
+            titles=[name_of(int(c)) for c in first.labels],
+            column_titles={a: [f"-> {name_of(int(c))}" for c in present[a].adversarial_preds[name]] for a in attacks},
+        )
+        sections.append(Section(
+            f"Side by side: {name}",
+            text=f"The {name} map of the benign image, then for each attack the adversarial image (its predicted "
+            "class above) with its map. A successful joint attack changes the prediction while its map still "
+            "looks like the benign one.",
+            figures=[png],
+        ))
+    return sections
