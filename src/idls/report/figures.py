@@ -106,7 +106,8 @@ def attack_comparison_png(
         column_titles: attack name -> per-row captions (e.g. the adversarial prediction).
     """
     names = list(columns)
-    rows, cols = x.shape[0], 1 + len(names)
+    rows = min([x.shape[0], benign_maps.shape[0]] + [columns[n][0].shape[0] for n in names])  # common rows
+    cols = 1 + len(names)
     fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.45 * rows), squeeze=False)
     size = x.shape[-1]
     for r in range(rows):
