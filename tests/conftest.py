@@ -81,3 +81,14 @@ def random_resnet20():
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the ``idls`` command in-process; its exit status (0 when it returns normally)."""
+    from idls.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0

@@ -7,15 +7,8 @@ import json
 import pytest
 import torch
 
-from idls.cli import main
+from tests.conftest import run_cli
 
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 def test_list_names_every_registry(capsys):

@@ -1,4 +1,4 @@
-"""The ``idls`` command: list, explain, train-rts, attack, demo.
+"""The ``idls`` command: list, explain, train-rts, attack, demo, run, report, reproduce.
 
 User mistakes raise :class:`~idls.errors.UserError`; :func:`main` prints its one
 line and exits with status 2 instead of showing a traceback.
@@ -43,15 +43,9 @@ RtsOpt = Annotated[Optional[Path], typer.Option("--rts", help="trained RTS check
 
 
 def _device(name: str):
-    import torch
+    from idls.devices import resolve_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-    return device
+    return resolve_device(name)
 
 
 def _classifier(model: str, weights: str | None, device):
@@ -327,6 +321,79 @@ def demo(
     from idls.demo import run_demo
 
     run_demo(out=out, quick=quick, n=n, device=_device(device), seed=seed)
+
+
+BackendOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip install 'idls[ray]')")]
+QuickOpt = Annotated[bool, typer.Option(help="fewer images and iterations (the experiment files' quick: settings)")]
+
+
+@app.command("run")
+def run_command(
+    experiment: Annotated[Path, typer.Argument(help="experiment file (YAML); see experiments/ for examples")],
+    out: Annotated[Path, typer.Option(help="result store (run the same command again to resume)")] = Path("runs/experiment"),
+    quick: QuickOpt = False,
+    backend: BackendOpt = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one)")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="override a setting as KEY=VALUE with dotted keys, e.g. --set data.n=8 "
+                                   "--set models.cifar_resnet20.weights=ckpt.th; repeat for several"),
+    ] = None,
+    report_: Annotated[bool, typer.Option("--report/--no-report", help="write report.html and tables/ at the end")] = True,
+) -> None:
+    """Run (or resume) an experiment grid into an append-only store; then the report and a summary table."""
+    from idls.analysis.store_reader import load_store
+    from idls.experiments import parse_overrides, run_experiment
+    from idls.report.experiment_report import write_experiment_report
+    from idls.report.tables import print_summary_table
+
+    if not experiment.is_file():
+        raise UserError(f"experiment file {experiment} does not exist; see experiments/ for examples")
+    summary = run_experiment(experiment, out, backend=backend, quick=quick, overrides=parse_overrides(set_ or []),
+                             ray_address=ray_address)
+    print_summary_table(load_store(out).records)
+    if report_:
+        typer.echo(f"report: {write_experiment_report(out)}")
+    typer.echo(f"{summary.units_run} unit(s) run, {summary.units_skipped} already done; "
+               f"{summary.records_total} records in {out} ({summary.seconds:.0f} s)")
+
+
+@app.command()
+def reproduce(
+    out: Annotated[Path, typer.Option(help="output folder (one store per experiment; run again to resume)")] = Path("runs/reproduce"),
+    quick: QuickOpt = False,
+    weights: Annotated[Optional[Path], typer.Option(help="cifar_resnet20 checkpoint (default: the shared one if found, "
+                                                         "else the embedded system)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="CIFAR-10 images: folder with labels.csv, or cifar10")] = None,
+    shared: Annotated[Optional[Path], typer.Option(help="shared-data folder holding cifar10/models and cifar10/images")] = None,
+    rts: RtsOpt = None,
+    backend: BackendOpt = "local",
+    experiments: Annotated[Optional[Path], typer.Option(help="folder of the bundled experiment files")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="run only this experiment (repeat for several)")] = None,
+) -> None:
+    """Reproduce the papers' observations: bundled experiments, scorecard.json, report.html."""
+    from idls.reproduce.run import reproduce as run_reproduction
+
+    run_reproduction(out, quick=quick, weights=weights, shared=shared, rts=rts, data=data, backend=backend,
+                     experiments_dir=experiments, only=only)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="output folder of `idls run` / `idls reproduce` (one store, or a folder of stores)")],
+    out: Annotated[Optional[Path], typer.Option(help="where report.html and tables/ go (default: RUN_DIR)")] = None,
+    grids: Annotated[int, typer.Option(help="figure grids of images and maps (one per attack x interpreter group)")] = 8,
+) -> None:
+    """Write report.html and paper-shaped CSV/LaTeX tables (tables/) from an experiment store."""
+    from idls.analysis.store_reader import load_store
+    from idls.report.experiment_report import write_experiment_report
+    from idls.report.tables import print_summary_table
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder; give the --out folder of `idls run` or `idls reproduce`")
+    path = write_experiment_report(run_dir, out, max_grids=grids)
+    print_summary_table(load_store(run_dir).records)
+    typer.echo(f"wrote {path} and {path.parent / 'tables'}")
 
 
 def _print_summary(per_attack) -> None:

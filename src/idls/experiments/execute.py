@@ -1,0 +1,191 @@
+"""Run one unit (cell, batch): attack the batch, evaluate the interpreters, predict with transfer models.
+
+A :class:`Workspace` holds what units of one process share (classifiers, the selected images,
+interpreters, benign maps), built on first use. Everything a unit computes depends only on the
+unit and the experiment (seeded targets use the images' data-set positions; random weights use
+``init_seed``), never on which process runs it or what ran before, so resumed and distributed
+runs give the same records as an uninterrupted local one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from idls import devices
+from idls.data.datasets import LabeledImages, load_images, select_correct
+from idls.errors import UserError
+from idls.experiments.cells import Cell, Unit
+from idls.experiments.config import Experiment, ModelSpec
+from idls.experiments.store import tensor_file
+from idls.interpreters import create_interpreter
+from idls.interpreters.base import Interpreter
+from idls.system import Classifier
+
+
+BENIGN_CACHE_SIZE = 64  #: benign map tensors a workspace keeps (a few batches x interpreters)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'cpu'``, ``'cuda'``, ``'cuda:1'`` -> a device that exists here (errors name the ``device:`` key)."""
+    return devices.resolve_device(name, option="device")
+
+
+def build_classifier(spec: ModelSpec, device: torch.device) -> Classifier:
+    """The model of ``spec`` in eval mode; ``'random'`` weights come from ``init_seed`` (the same in every process)."""
+    from idls.models import create_model
+
+    if spec.weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.init_seed)
+            return create_model(spec.name, weights=None, device="cpu").to(device)
+    return create_model(spec.name, weights=spec.weights, device=device)
+
+
+@dataclass
+class UnitOutput:
+    """Records (``kind`` attack and model_transfer) and the tensors of one unit."""
+
+    records: list[dict]
+    tensors: dict[str, Tensor]
+
+
+class Workspace:
+    """Per-process cache of models, selected images, interpreters and benign maps of one experiment."""
+
+    def __init__(self, experiment: Experiment, device: str | torch.device | None = None) -> None:
+        self.experiment = experiment
+        self.device = resolve_device(str(device or experiment.device))
+        self._classifiers: dict[str, Classifier] = {}
+        self._images: dict[int, LabeledImages] = {}
+        self._interpreters: dict[tuple[int, str], Interpreter] = {}
+        self._benign: OrderedDict[tuple[int, str, int, int], Tensor] = OrderedDict()
+
+    # -- models and data --------------------------------------------------------------
+    def classifier(self, spec: ModelSpec) -> Classifier:
+        if spec.key not in self._classifiers:
+            self._classifiers[spec.key] = build_classifier(spec, self.device)
+        return self._classifiers[spec.key]
+
+    def model_classifier(self, model_index: int) -> Classifier:
+        return self.classifier(self.experiment.models[model_index])
+
+    def images(self, model_index: int) -> LabeledImages:
+        """The first ``data.n`` images (of a seeded shuffle of the pool) that the model classifies correctly."""
+        if model_index not in self._images:
+            data = self.experiment.data
+            classifier = self.model_classifier(model_index)
+            pool = load_images(data.source, input_size=classifier.input_size, n=data.pool, seed=data.seed,
+                               num_classes=classifier.num_classes)
+            if data.shuffle:
+                pool = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(data.seed)))
+            self._images[model_index] = select_correct(classifier, pool, data.n)
+        return self._images[model_index]
+
+    # -- interpreters -----------------------------------------------------------------
+    def usable_interpreters(self, model_index: int) -> tuple[list[str], list[str]]:
+        """The listed interpreters that apply to the model, and a warning for each one left out."""
+        from idls.models import MODELS
+
+        model = self.experiment.models[model_index]
+        classifier = self.model_classifier(model_index)
+        usable, warnings = [], []
+        for name in self.experiment.interpreters:
+            options = self.experiment.interpreter_options_for(model, name)
+            if name == "cam" and not classifier.info.gap_linear_head:
+                warnings.append(f"skipping cam on {model.name}: it has no global-average-pool + linear head")
+            elif name == "rts" and MODELS.get(model.name).family != "embedded" and not options.get("checkpoint"):
+                warnings.append(f"skipping rts on {model.name}: no RTS checkpoint; train one with `idls train-rts` "
+                                f"and --set models.{model.name}.interpreter_options.rts.checkpoint=PATH")
+            else:
+                usable.append(name)
+        return usable, warnings
+
+    def interpreter(self, model_index: int, name: str) -> Interpreter:
+        key = (model_index, name)
+        if key not in self._interpreters:
+            model = self.experiment.models[model_index]
+            options = self.experiment.interpreter_options_for(model, name)
+            try:
+                self._interpreters[key] = create_interpreter(name, self.model_classifier(model_index), **options)
+            except TypeError as exc:
+                raise UserError(f"interpreter_options.{name}: {exc}; see the interpreter's options") from None
+        return self._interpreters[key]
+
+    def interpreters(self, model_index: int, names: Sequence[str]) -> dict[str, Interpreter]:
+        return {name: self.interpreter(model_index, name) for name in names}
+
+    def benign_maps(self, model_index: int, name: str, start: int, stop: int, x: Tensor) -> Tensor:
+        """Maps ``B x h x w`` of the selected images ``start:stop`` (= ``x``), cached across cells."""
+        key = (model_index, name, start, stop)
+        if key in self._benign:
+            self._benign.move_to_end(key)
+        else:
+            self._benign[key] = self.interpreter(model_index, name).attribute(x).detach()
+            while len(self._benign) > BENIGN_CACHE_SIZE:
+                self._benign.popitem(last=False)
+        return self._benign[key]
+
+    # -- attacks ----------------------------------------------------------------------
+    def attack(self, cell: Cell):
+        """The attack object of a cell (joint attacks get their interpreter object)."""
+        from idls.attacks import create_attack
+
+        extra = {"interpreter": self.interpreter(cell.model_index, cell.attacked_interpreter)} if cell.joint else {}
+        return create_attack(cell.attack, **extra, **cell.options)
+
+
+def run_unit(workspace: Workspace, unit: Unit) -> UnitOutput:
+    """Attack one batch of one cell; records of every evaluated interpreter and transfer model, plus tensors."""
+    from idls.attacks.base import flush_denormal
+    from idls.runner import evaluate_batch
+
+    cell = unit.cell
+    classifier = workspace.model_classifier(cell.model_index)
+    data = workspace.images(cell.model_index)
+    device = classifier.device
+    x = data.images[unit.start:unit.stop].to(device)
+    labels = data.labels[unit.start:unit.stop].to(device)
+    ids = data.ids[unit.start:unit.stop]
+    positions = torch.arange(unit.start, unit.stop)
+    interpreters = workspace.interpreters(cell.model_index, cell.evaluated)
+    with flush_denormal():
+        result = workspace.attack(cell).run(classifier, x, labels, indices=positions)
+        batch = evaluate_batch(
+            result, x, labels, ids, interpreters, attack_name=cell.attack,
+            attacked=cell.attacked_interpreter if cell.joint else None,
+            tensor_file=tensor_file(cell.id, unit.batch), model_name=cell.model,
+            benign_maps=lambda name: workspace.benign_maps(cell.model_index, name, unit.start, unit.stop, x),
+        )
+    keys = {**cell.record_keys(), "batch": unit.batch}
+    records = [{"kind": "attack", **keys, **record} for record in batch.records]
+    records += transfer_records(workspace, cell, keys, x, result.x_adv, labels, result.target, result.targeted, ids)
+    return UnitOutput(records=records, tensors=batch.tensors)
+
+
+def transfer_records(workspace: Workspace, cell: Cell, keys: dict, x: Tensor, x_adv: Tensor, labels: Tensor,
+                     targets: Tensor, targeted: bool, ids: Sequence[str]) -> list[dict]:
+    """``kind: model_transfer`` records: the adversarial images of the unit classified by each transfer model."""
+    records = []
+    for spec in workspace.experiment.transfer_models:
+        receiver = workspace.classifier(spec)
+        with torch.no_grad():
+            pred = receiver.predict(x_adv.to(receiver.device)).to(labels.device)
+            benign_pred = receiver.predict(x.to(receiver.device)).to(labels.device)
+        success = pred == targets if targeted else pred != labels
+        for i in range(len(ids)):
+            records.append({
+                "kind": "model_transfer", **keys, "source_model": cell.model, "source_weights": cell.weights,
+                "model": spec.name, "weights": spec.weights, "interpreter": "none", "image_id": str(ids[i]),
+                "true_label": int(labels[i]), "target_label": int(targets[i]), "pred_label": int(pred[i]),
+                "benign_pred_label": int(benign_pred[i]), "success": bool(success[i]),
+                "misclassified": bool(pred[i] != labels[i]),
+            })
+    return records
+
+
+__all__ = ["UnitOutput", "Workspace", "build_classifier", "resolve_device", "run_unit", "transfer_records"]

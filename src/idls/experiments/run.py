@@ -1,0 +1,180 @@
+"""``run_experiment``: plan the grid, open the store, run the missing units, summarise.
+
+::
+
+    from idls.experiments import run_experiment
+    summary = run_experiment("experiments/adv2_cifar.yaml", "runs/adv2", quick=True)
+
+Running the same call again resumes: finished units are skipped, unfinished ones run again.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings as _warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idls.errors import UserError
+from idls.experiments.backends import BACKENDS, run_units
+from idls.experiments.cells import Cell, Unit, expand_cells, expand_units
+from idls.experiments.config import Experiment, load_experiment
+from idls.experiments.execute import UnitOutput, Workspace
+from idls.experiments.store import ExperimentStore
+
+
+@dataclass
+class Plan:
+    """The cells and units of an experiment, and warnings about what was left out."""
+
+    cells: list[Cell]
+    units: list[Unit]
+    images_by_model: dict[int, int]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run_experiment` did."""
+
+    out: Path
+    experiment: str
+    cells: int
+    units: int
+    units_run: int
+    units_skipped: int
+    records_written: int
+    records_total: int
+    seconds: float
+    recovered_records_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "out": str(self.out)}
+
+
+def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
+    """Load each model and its images (to know the usable interpreters and image counts) and expand the grid."""
+    interpreters_by_model: dict[int, list[str]] = {}
+    images_by_model: dict[int, int] = {}
+    notes: list[str] = []
+    for index, model in enumerate(experiment.models):
+        usable, skipped = workspace.usable_interpreters(index)
+        interpreters_by_model[index] = usable
+        notes += skipped
+        images_by_model[index] = len(workspace.images(index))
+        if images_by_model[index] < experiment.data.n:
+            notes.append(f"{model.name} classifies only {images_by_model[index]} of the images correctly "
+                         f"(data.n = {experiment.data.n}); attacking those")
+        input_size = workspace.model_classifier(index).input_size
+        for receiver in experiment.transfer_models:
+            other = workspace.classifier(receiver).input_size
+            if other != input_size:
+                raise UserError(f"transfer_models: {receiver.name} takes {other} px images but {model.name} "
+                                f"takes {input_size} px; transfer needs models of the same input size")
+    cells = expand_cells(experiment, interpreters_by_model, images_by_model)
+    return Plan(cells, expand_units(cells, experiment.data.batch_size), images_by_model, notes)
+
+
+def run_experiment(
+    experiment: str | Path | Experiment,
+    out: str | Path,
+    *,
+    backend: str = "local",
+    quick: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    ray_address: str | None = None,
+) -> RunSummary:
+    """Run (or resume) an experiment into the store ``out``.
+
+    Args:
+        experiment: a YAML file or a loaded :class:`Experiment`.
+        out: output folder (created; a folder holding another configuration's results is refused).
+        backend: ``'local'`` (this process) or ``'ray'`` (actors of a Ray cluster).
+        quick: fewer images and iterations (the file's ``quick:`` section); only with a file.
+        overrides: dotted keys -> values (``--set``), only with a file.
+        progress: show a progress bar over units.
+        ray_address: Ray cluster address (default: the connected one, ``RAY_ADDRESS``, or a new local one).
+    """
+    started = time.perf_counter()
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if isinstance(experiment, Experiment):
+        if overrides or (quick and not experiment.quick):
+            raise UserError("quick and overrides apply when loading: use load_experiment(path, overrides, quick=True)")
+    else:
+        experiment = load_experiment(experiment, overrides, quick=quick)
+    if backend == "ray":
+        from idls.experiments.backends import import_ray
+
+        import_ray()  # fail before any work when ray is missing
+    workspace = Workspace(experiment)
+    plan = plan_experiment(experiment, workspace)
+    _report_notes(plan.warnings, progress)
+    store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
+    try:
+        pending = [u for u in plan.units if not store.is_done(*u.key)]
+        written = 0
+        with _progress_bar(progress, len(plan.units), len(plan.units) - len(pending), experiment.name) as advance:
+            def commit(unit: Unit, output: UnitOutput) -> None:
+                nonlocal written
+                store.commit(unit.cell.id, unit.batch, output.records, output.tensors)
+                written += len(output.records)
+                advance(unit)
+
+            run_units(backend, experiment, workspace, pending, commit, ray_address=ray_address)
+        total = len(store.records())
+        recovered = store.recovery.dropped_records
+    finally:
+        store.close()
+    return RunSummary(
+        out=Path(out), experiment=experiment.name, cells=len(plan.cells), units=len(plan.units),
+        units_run=len(pending), units_skipped=len(plan.units) - len(pending), records_written=written,
+        records_total=total, seconds=time.perf_counter() - started, recovered_records_dropped=recovered,
+        warnings=plan.warnings,
+    )
+
+
+def _report_notes(notes: list[str], console: bool) -> None:
+    """Show what the plan left out: on the console next to the progress bar, else as Python warnings."""
+    if console:
+        from rich.console import Console
+
+        for note in notes:
+            Console(stderr=True).print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    else:
+        for note in notes:
+            _warnings.warn(note, stacklevel=3)
+
+
+class _progress_bar:
+    """A rich progress bar over units (a no-op when disabled); ``advance(unit)`` after each unit."""
+
+    def __init__(self, enabled: bool, total: int, done: int, title: str) -> None:
+        self.enabled, self.total, self.done, self.title = enabled, total, done, title
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda unit: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TextColumn("{task.fields[unit]}"))
+        self._progress.start()
+        task = self._progress.add_task(self.title, total=self.total, completed=self.done, unit="")
+
+        def advance(unit: Unit) -> None:
+            self._progress.update(task, advance=1, unit=f"{unit.cell.id} batch {unit.batch}")
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+__all__ = ["Plan", "RunSummary", "plan_experiment", "run_experiment"]

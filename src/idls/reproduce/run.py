@@ -1,0 +1,176 @@
+"""``idls reproduce``: run the bundled experiments, then the scorecard and the report.
+
+The bundled experiment files live in the repository's ``experiments/`` folder:
+
+* on the pretrained CIFAR-10 ResNet-20 (when its checkpoint is found or given): ``adv2_cifar``,
+  ``advedge_cifar``, ``targets_cifar`` and ``transfer_cifar``;
+* otherwise on the embedded default (no download): ``embedded`` and ``embedded_targets``.
+
+Each experiment writes its own store ``OUT/<name>/`` (so a second run resumes each one);
+``OUT/scorecard.json``, ``OUT/report.html`` and ``OUT/tables/`` cover all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idls.errors import UserError
+
+CIFAR_EXPERIMENTS: tuple[str, ...] = ("adv2_cifar", "advedge_cifar", "targets_cifar", "transfer_cifar")
+EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets")
+#: where the CIFAR files look for the checkpoint, relative to the shared-data folder
+RESNET20_CHECKPOINT = "cifar10/models/resnet20-12fca82f.th"
+RUN_FILE = "reproduce.json"
+
+
+@dataclass
+class ReproduceSummary:
+    """What ``idls reproduce`` ran and found."""
+
+    system: str  #: 'cifar_resnet20' or 'embedded_cnn'
+    experiments: list[str]
+    scorecard: list[dict]
+    seconds: float
+    report: Path | None = None
+    seconds_per_experiment: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for row in self.scorecard if row.get("pass") is True)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for row in self.scorecard if row.get("pass") is False)
+
+
+def bundled_experiments_dir() -> Path:
+    """The repository's ``experiments/`` folder (the checkout this package is installed from)."""
+    import idls
+
+    for parent in Path(idls.__file__).resolve().parents:
+        candidate = parent / "experiments"
+        if (candidate / "adv2_cifar.yaml").is_file():
+            return candidate
+    raise UserError("the bundled experiment files (experiments/*.yaml) were not found beside this installation; "
+                    "run from a checkout of idls or pass --experiments DIR")
+
+
+def plan_reproduction(
+    experiments_dir: Path,
+    *,
+    weights: Path | None = None,
+    shared: Path | None = None,
+    rts: Path | None = None,
+    data: str | None = None,
+) -> tuple[str, list[Path], dict[str, Any]]:
+    """Which system and experiment files to run, and the overrides that point them at the given files.
+
+    Returns:
+        ``(system, experiment files, overrides)``.
+    """
+    overrides: dict[str, Any] = {}
+    if shared is not None:
+        if not shared.is_dir():
+            raise UserError(f"--shared {shared} is not a folder; give the folder holding cifar10/models and cifar10/images")
+        overrides["variables.IDLS_SHARED_DATA"] = str(shared.resolve())
+    if weights is not None:
+        if not weights.is_file():
+            raise UserError(f"--weights {weights} does not exist; give the cifar_resnet20 checkpoint file")
+        overrides["models.cifar_resnet20.weights"] = str(weights.resolve())
+    if rts is not None:
+        if not rts.is_file():
+            raise UserError(f"--rts {rts} does not exist; train one with `idls train-rts --model cifar_resnet20 ...`")
+        overrides["variables.IDLS_RTS_CIFAR_RESNET20"] = str(rts.resolve())
+    if data is not None:
+        overrides["data.source"] = data
+    shared_dir = shared if shared is not None else (experiments_dir / "../../shared/data")
+    cifar = weights is not None or (shared_dir / RESNET20_CHECKPOINT).is_file()
+    names = CIFAR_EXPERIMENTS if cifar else EMBEDDED_EXPERIMENTS
+    if not cifar:
+        overrides = {}  # the embedded files take none of these
+    files = [experiments_dir / f"{name}.yaml" for name in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"bundled experiment file(s) missing: {', '.join(missing)}; pass --experiments DIR")
+    return ("cifar_resnet20" if cifar else "embedded_cnn"), files, overrides
+
+
+def reproduce(
+    out: Path,
+    *,
+    quick: bool = False,
+    weights: Path | None = None,
+    shared: Path | None = None,
+    rts: Path | None = None,
+    data: str | None = None,
+    backend: str = "local",
+    experiments_dir: Path | None = None,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+) -> ReproduceSummary:
+    """Run (or resume) the bundled experiments into ``out/<name>/``; write the scorecard and the report.
+
+    Args:
+        out: output folder.
+        quick: the experiment files' ``quick:`` settings (fewer images and iterations).
+        weights: cifar_resnet20 checkpoint (default: the shared-data one, if present).
+        shared: the shared-data folder (``cifar10/models``, ``cifar10/images``).
+        rts: a trained RTS masker of cifar_resnet20 (without it RTS is left out on CIFAR).
+        data: CIFAR-10 images (a folder with labels.csv, or 'cifar10'), default: the shared ones.
+        backend: ``'local'`` or ``'ray'``.
+        experiments_dir: where the experiment files are (default: the repository's ``experiments/``).
+        only: run just these experiment names (the scorecard still covers every store in ``out``).
+    """
+    from rich.console import Console
+
+    from idls.experiments import run_experiment
+    from idls.report.experiment_report import write_experiment_report
+    from idls.reproduce.scorecard import scorecard_for_run
+
+    console = Console()
+    started = time.perf_counter()
+    directory = experiments_dir if experiments_dir is not None else bundled_experiments_dir()
+    system, files, overrides = plan_reproduction(Path(directory), weights=weights, shared=shared, rts=rts,
+                                               data=data)
+    if only:
+        unknown = sorted(set(only) - {f.stem for f in files})
+        if unknown:
+            raise UserError(f"--only {', '.join(unknown)}: not among this system's experiments "
+                            f"({', '.join(f.stem for f in files)})")
+        files = [f for f in files if f.stem in only]
+    out = Path(out)
+    console.rule(f"idls reproduce on {system}" + (" (quick)" if quick else ""))
+    timings: dict[str, float] = {}
+    for index, path in enumerate(files, 1):
+        console.print(f"[{index}/{len(files)}] {path.stem}")
+        experiment_started = time.perf_counter()
+        run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=overrides, progress=progress)
+        timings[path.stem] = time.perf_counter() - experiment_started
+    scorecard = scorecard_for_run(out, console=console)
+    report = write_experiment_report(out)
+    summary = ReproduceSummary(system=system, experiments=[f.stem for f in files], scorecard=scorecard,
+                               seconds=time.perf_counter() - started, report=report,
+                               seconds_per_experiment=timings)
+    (out / RUN_FILE).write_text(json.dumps({
+        "system": system, "quick": quick, "backend": backend, "experiments": summary.experiments,
+        "seconds": summary.seconds, "seconds_per_experiment": timings,
+        "passed": summary.passed, "failed": summary.failed, "claims": len(scorecard),
+    }, indent=2))
+    console.print(f"{summary.passed} PASS, {summary.failed} FAIL, "
+                  f"{len(scorecard) - summary.passed - summary.failed} not run; {summary.seconds:.0f} s; report: {report}")
+    return summary
+
+
+__all__ = [
+    "CIFAR_EXPERIMENTS",
+    "EMBEDDED_EXPERIMENTS",
+    "ReproduceSummary",
+    "bundled_experiments_dir",
+    "plan_reproduction",
+    "reproduce",
+]

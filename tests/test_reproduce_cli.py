@@ -1,0 +1,113 @@
+"""`idls run`, `idls report` and `idls reproduce` end to end on tiny random-weight grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from idls.errors import UserError
+from idls.reproduce.run import CIFAR_EXPERIMENTS, EMBEDDED_EXPERIMENTS, bundled_experiments_dir, plan_reproduction
+
+#: PGD and ADV² (benign and patch targets) against CAM on a random-weight embedded CNN, two batches
+TINY = {
+    "models": [{"name": "embedded_cnn", "weights": "random", "init_seed": 0}],
+    "data": {"source": "embedded", "n": 4, "pool": 200, "batch_size": 2},
+    "interpreters": ["cam"],
+    "attacks": [{"name": "pgd", "options": {"steps": 6}}, {"name": "adv2", "options": {"steps": 6, "warm_start": 4}}],
+    "targets": ["benign", "patch"],
+    "quick": {"data": {"n": 2}},
+}
+
+
+
+def write_experiment(path: Path, name: str, **changes) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, **TINY, **changes}))
+    return path
+
+
+def records_of(store: Path) -> list[dict]:
+    return [json.loads(line) for line in (store / "records.jsonl").read_text().splitlines()]
+
+
+def test_run_then_rerun_resumes_and_report_writes_tables(tmp_path, capsys):
+    experiment = write_experiment(tmp_path / "tiny.yaml", "tiny")
+    out = tmp_path / "store"
+    assert run_cli(["run", str(experiment), "--out", str(out)]) == 0
+    records = records_of(out)
+    # 1 PGD cell + 2 ADV² cells (benign, patch), 4 images, one interpreter each
+    assert {(r["attack"], r["target"]) for r in records} == {("pgd", "none"), ("adv2", "benign"), ("adv2", "patch")}
+    assert len(records) == 12
+    assert all(r["linf"] <= 8 / 255 + 1e-6 for r in records)
+    assert (out / "report.html").is_file() and (out / "experiment.yaml").is_file()
+    assert run_cli(["run", str(experiment), "--out", str(out)]) == 0
+    assert "0 unit(s) run" in capsys.readouterr().out
+    assert len(records_of(out)) == 12  # nothing duplicated
+    assert run_cli(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.html").is_file()
+    assert any((tmp_path / "again" / "tables").glob("*.csv"))
+
+
+def test_quick_and_set_override_change_the_grid(tmp_path):
+    experiment = write_experiment(tmp_path / "tiny.yaml", "tiny")
+    out = tmp_path / "quick"
+    assert run_cli(["run", str(experiment), "--out", str(out), "--quick", "--set", "targets=[benign]", "--no-report"]) == 0
+    records = records_of(out)
+    assert len(records) == 4  # 2 images (quick) x (PGD + ADV²-benign)
+    assert not (out / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "/no/such.yaml"], "does not exist"),
+        (["report", "/no/such/dir"], "is not a folder"),
+        (["reproduce", "--weights", "/no/ckpt.th"], "does not exist"),
+        (["reproduce", "--shared", "/no/dir"], "is not a folder"),
+    ],
+)
+def test_user_errors_are_one_line(args, fragment, capsys):
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and fragment in err
+
+
+def test_reproduction_plan_picks_cifar_only_with_a_checkpoint(tmp_path):
+    directory = bundled_experiments_dir()
+    system, files, overrides = plan_reproduction(directory, shared=tmp_path)  # empty shared folder
+    assert system == "embedded_cnn" and [f.stem for f in files] == list(EMBEDDED_EXPERIMENTS)
+    assert overrides == {}
+    checkpoint = tmp_path / "ckpt.th"
+    checkpoint.write_bytes(b"")
+    system, files, overrides = plan_reproduction(directory, weights=checkpoint, data="cifar10")
+    assert system == "cifar_resnet20" and [f.stem for f in files] == list(CIFAR_EXPERIMENTS)
+    assert overrides["models.cifar_resnet20.weights"] == str(checkpoint.resolve())
+    assert overrides["data.source"] == "cifar10"
+    with pytest.raises(UserError, match="--rts"):
+        plan_reproduction(directory, weights=checkpoint, rts=tmp_path / "missing.safetensors")
+
+
+def test_reproduce_writes_scorecard_and_report(tmp_path):
+    """The whole pipeline on stand-in experiment files: stores per experiment, scorecard.json, report."""
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    write_experiment(experiments / "embedded.yaml", "embedded")
+    write_experiment(experiments / "embedded_targets.yaml", "embedded_targets", attacks=["adv2"],
+                     attack_options={"adv2": {"steps": 4, "warm_start": 2}}, targets=["patch"])
+    out = tmp_path / "reproduce"
+    code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--shared", str(tmp_path),
+                    "--out", str(out)])
+    assert code == 0
+    assert (out / "embedded" / "records.jsonl").is_file() and (out / "embedded_targets" / "records.jsonl").is_file()
+    scorecard = json.loads((out / "scorecard.json").read_text())
+    assert scorecard and all({"claim", "paper", "measured", "paper_value", "pass"} <= row.keys() for row in scorecard)
+    by_id = {row["id"]: row for row in scorecard}
+    assert by_id["001-obs1"]["pass"] is not None  # PGD and ADV² ran on the same images
+    assert by_id["001-obs7"]["pass"] is None  # no transfer records: "not run", never PASS
+    html = (out / "report.html").read_text()
+    assert "scorecard" in html.lower()
+    run = json.loads((out / "reproduce.json").read_text())
+    assert run["system"] == "embedded_cnn" and run["claims"] == len(scorecard)
