@@ -32,6 +32,7 @@ test-slow: install-test
 bench: install
 	$(BIN)/python benchmarks/interpreters.py
 	$(BIN)/python benchmarks/pgd_cost.py
+	$(BIN)/python benchmarks/joint_cost.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

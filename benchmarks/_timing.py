@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -11,6 +12,26 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the shared real data beside the checkout (``IDLS_SHARED_DATA`` overrides), as in tests/conftest.py
+SHARED_DATA = Path(os.environ.get("IDLS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+#: benchmark settings: key -> (model name, input side, batch size)
+CONFIGS: dict[str, tuple[str, int, int]] = {"cifar": ("cifar_resnet20", 32, 64), "imagenet": ("resnet50", 224, 8)}
+
+
+def seconds(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Time of one call of ``fn`` (seconds) on ``clock`` (default: wall time)."""
+    start = clock()
+    fn()
+    return clock() - start
+
+
+def cpu_seconds(fn: Callable[[], object]) -> float:
+    """CPU time of this process over one call of ``fn`` (seconds).
+
+    On a shared machine the wall time also counts the time other processes hold the
+    core; with one compute thread the process time is the work itself.
+    """
+    return seconds(fn, time.process_time)
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -25,16 +46,33 @@ def best_of(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> floa
     return min(times)
 
 
-def forward_backward_seconds(classifier, x: torch.Tensor, repeats: int = 3) -> float:
-    """Seconds for one forward + backward pass of ``classifier`` (loss = CE w.r.t. the input)."""
+def forward_backward_step(classifier, x: torch.Tensor) -> Callable[[], None]:
+    """One forward + backward pass of ``classifier`` on ``x`` (loss = CE, gradient w.r.t. the input)."""
     labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
-    def step():
+    def step() -> None:
         xr = x.clone().requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(classifier(xr), labels)
         torch.autograd.grad(loss, xr)
 
-    return best_of(step, repeats)
+    return step
+
+
+def forward_backward_seconds(classifier, x: torch.Tensor, repeats: int = 3) -> float:
+    """Seconds for one forward + backward pass of ``classifier`` (loss = CE w.r.t. the input)."""
+    return best_of(forward_backward_step(classifier, x), repeats)
+
+
+def build_interpreter(name: str, classifier, **options):
+    """An interpreter of ``classifier`` for timing: RTS gets an *untrained* masker (cost does not
+    depend on its weights), the others come from the registry with ``options``."""
+    from idls.interpreters import create_interpreter
+    from idls.interpreters.rts import RTSInterpreter, RTSMasker
+
+    if name == "rts":
+        torch.manual_seed(0)
+        return RTSInterpreter(classifier, masker=RTSMasker(classifier, **options))
+    return create_interpreter(name, classifier, **options)
 
 
 def machine() -> dict:

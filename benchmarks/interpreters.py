@@ -13,23 +13,12 @@ import argparse
 import time
 
 import torch
-from _timing import forward_backward_seconds, write
+from _timing import CONFIGS, build_interpreter, forward_backward_seconds, write
 
 from idls.interpreters import create_interpreter
-from idls.interpreters.rts import RTSInterpreter, RTSMasker
 from idls.models import create_model
 
-CONFIGS = {"cifar": ("cifar_resnet20", 32, 64), "imagenet": ("resnet50", 224, 8)}
 NAMES = ("grad", "ig", "cam", "gradcam", "rts", "mask")
-
-
-def build(name: str, classifier, mask_iterations: int | None):
-    if name == "rts":
-        torch.manual_seed(0)
-        return RTSInterpreter(classifier, masker=RTSMasker(classifier))  # untrained: timing only
-    if name == "mask" and mask_iterations is not None:
-        return create_interpreter(name, classifier, iterations=mask_iterations)
-    return create_interpreter(name, classifier)
 
 
 def timed(fn) -> float:
@@ -48,7 +37,7 @@ def run_config(key: str, mask_probe: int) -> dict:
     rows = {}
     for name in NAMES:
         probe = mask_probe if (name == "mask" and key == "imagenet") else None
-        interp = build(name, classifier, probe)
+        interp = build_interpreter(name, classifier, **({} if probe is None else {"iterations": probe}))
         seconds = timed(lambda: interp.attribute(x))
         note = ""
         if probe is not None:

@@ -12,12 +12,10 @@ import argparse
 import time
 
 import torch
-from _timing import forward_backward_seconds, write
+from _timing import CONFIGS, forward_backward_seconds, write
 
 from idls.attacks import create_attack
 from idls.models import create_model
-
-CONFIGS = {"cifar": ("cifar_resnet20", 32, 64), "imagenet": ("resnet50", 224, 8)}
 
 
 def run_config(key: str, steps: int) -> dict:
