@@ -44,8 +44,8 @@ def demo_settings(quick: bool, n: int | None) -> dict:
             "joint_images": {"mask": 2},
         }
     return {
-        "validity_images": 120, "attack_images": n or 16, "pgd_steps": 40, "mask_iterations": 150, "ig_steps": 32,
-        "joint": {"default": {"warm_start": 20, "steps": 100},
+        "validity_images": 100, "attack_images": n or 16, "pgd_steps": 40, "mask_iterations": 150, "ig_steps": 32,
+        "joint": {"default": {"warm_start": 20, "steps": 60},
                   "mask": {"warm_start": 20, "steps": 30, "mask_reset_every": 10}},
         "joint_images": {"mask": 4},  # the bilevel MASK attack costs ~20x the others per image
     }
