@@ -117,7 +117,7 @@ ROWS: tuple[Row, ...] = (
 
 def target_ratio(row: Row, settings: JointDefaults | None) -> tuple[float | None, str]:
     """The issue's ceiling on the row's ratio, and where it comes from."""
-    if row.interpreter in ("grad",):
+    if row.interpreter == "grad":
         return GRAD_TARGET, "issue 3: ADV²-Grad <= 4"
     if row.is_mask:
         assert settings is not None

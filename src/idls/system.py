@@ -135,12 +135,52 @@ def _smooth_relu_primitive(z: Tensor, tau: float) -> Tensor:
     return torch.where(z < 0, z + root, root)
 
 
+class _SmoothGradReLUFunction(torch.autograd.Function):
+    """``relu(z)`` whose backward is ``g * r'(z)`` (``r`` = :func:`_smooth_relu_primitive`).
+
+    ``r'(z)`` and ``r''(z) = tau / (z^2 + tau)^(3/2)`` are computed once in the forward pass
+    (no graph); the backward is :class:`_SlopeProduct`, whose own backward uses them, so a
+    double back-propagation costs a few element-wise products per ReLU instead of the
+    recorded graph of ``r``. Exact to second order (a third derivative would miss the terms
+    of the third derivative of ``r``; nothing here takes one).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, tau: float) -> Tensor:
+        inverse_root = torch.rsqrt(z * z + tau)
+        slope = torch.addcmul((z < 0).to(z.dtype), z, inverse_root)
+        curvature = inverse_root.pow(3).mul_(tau)
+        ctx.save_for_backward(z, slope, curvature)
+        return z.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        z, slope, curvature = ctx.saved_tensors
+        return _SlopeProduct.apply(grad, z, slope, curvature), None
+
+
+class _SlopeProduct(torch.autograd.Function):
+    """``g * slope`` with ``d/dg = slope`` and ``d/dz = g * curvature`` (``z`` only carries the graph)."""
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, z: Tensor, slope: Tensor, curvature: Tensor) -> Tensor:
+        ctx.save_for_backward(grad, slope, curvature)
+        return grad * slope
+
+    @staticmethod
+    def backward(ctx, outer: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        grad, slope, curvature = ctx.saved_tensors
+        return outer * slope, outer * grad * curvature, None, None
+
+
 class SmoothGradReLU(nn.Module):
     """ReLU whose forward value is exact but whose derivatives (all orders) are smooth.
 
-    ``y = relu(z) + r(z) - stopgrad(r(z))``: the value is ``relu(z)``; the first
-    derivative is ``r'(z)`` and second derivatives no longer vanish, which is what
-    a double back-propagation through a gradient interpreter needs.
+    ``y = relu(z)`` with first derivative ``r'(z)`` (see :func:`_smooth_relu_primitive`),
+    whose own derivative does not vanish, which is what a double back-propagation through a
+    gradient interpreter needs. Custom autograd functions (:class:`_SmoothGradReLUFunction`)
+    replace the recorded graph of ``r``, which made double back-propagation about twice as
+    expensive (see benchmarks/joint_cost.py).
     """
 
     def __init__(self, tau: float = 1e-4) -> None:
@@ -148,18 +188,44 @@ class SmoothGradReLU(nn.Module):
         self.tau = tau
 
     def forward(self, z: Tensor) -> Tensor:
-        r = _smooth_relu_primitive(z, self.tau)
-        return torch.relu(z).detach() + (r - r.detach()) if z.requires_grad else torch.relu(z)
+        return _SmoothGradReLUFunction.apply(z, self.tau) if z.requires_grad else torch.relu(z)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}"
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """An eval-mode ``BatchNorm2d`` as the per-channel affine map it computes, ``z * scale + shift``.
+
+    Same values up to float rounding (~1e-5 on the logits of a ResNet), but its first and second
+    derivatives are two cheap element-wise products, where ``native_batch_norm``'s double backward
+    is expensive on CPU.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        with torch.no_grad():
+            scale = bn.running_var.add(bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+        self.register_buffer("scale", scale.view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.view(1, -1, 1, 1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.addcmul(self.shift, z, self.scale)
 
 
 def smooth_surrogate(classifier: Classifier, tau: float = 1e-4) -> Classifier:
     """A copy of ``classifier`` whose ReLUs have smooth derivatives (forward unchanged).
 
     The original model is untouched; parameters are copied, not shared, so the
-    surrogate can be moved or put in another mode independently.
+    surrogate can be moved independently. Its BatchNorm layers are frozen to their
+    eval-mode affine maps (:class:`FrozenBatchNorm2d`; equal values up to float
+    rounding, much cheaper double back-propagation), so it always computes the
+    eval-mode network, the one attacks run on.
     """
     surrogate = copy.deepcopy(classifier)
 
@@ -167,6 +233,8 @@ def smooth_surrogate(classifier: Classifier, tau: float = 1e-4) -> Classifier:
         for child_name, child in module.named_children():
             if isinstance(child, nn.ReLU):
                 setattr(module, child_name, SmoothGradReLU(tau))
+            elif isinstance(child, nn.BatchNorm2d) and child.track_running_stats and child.running_var is not None:
+                setattr(module, child_name, FrozenBatchNorm2d(child))
             else:
                 replace(child)
 
