@@ -23,7 +23,7 @@ from idls.attacks.joint import (
     combine_first_success,
     smoothed_cross_entropy,
 )
-from idls.attacks.joint_mask import bisect_step_sizes
+from idls.attacks.joint_mask import bisect_step_sizes, region_contrast
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
 from idls.interpreters.grad import gradient_map
@@ -112,6 +112,30 @@ def test_defaults_table_and_overrides():
         JointDefaults(steps=1, warm_start=1, lam=1.0).override(select_every=0)
     with pytest.raises(UserError):
         joint_defaults("cam", "fgsm", 32)
+    with pytest.raises(UserError, match="region_weight"):
+        joint_defaults("mask", "pgd", 32).override(region_weight=-1.0)
+    assert joint_defaults("mask", "pgd", 32).region_weight > 0 and joint_defaults("cam", "pgd", 32).region_weight == 0
+
+
+def test_region_contrast_matches_the_mask_objective(random_resnet20):
+    """p_t(x with m_t deleted) - p_t(x with the rest deleted), checked against MASK's own objective
+    (objective minus its penalty = the class probability after deletion); antisymmetric in m_t <-> 1 - m_t."""
+    from idls.interpreters.mask import MaskConfig, mask_objective, mask_penalty
+
+    config = MaskConfig.for_input(32)
+    x, targets = torch.rand(3, 3, 32, 32), torch.tensor([0, 5, 9])
+    maps = torch.rand(3, 8, 8)
+
+    def deleted(m):
+        return mask_objective(random_resnet20, x, m, targets, config) - mask_penalty(m, config)
+
+    contrast = region_contrast(random_resnet20, x, maps, targets, config)
+    torch.testing.assert_close(contrast, deleted(maps) - deleted(1 - maps), atol=1e-6, rtol=0)
+    torch.testing.assert_close(region_contrast(random_resnet20, x, 1 - maps, targets, config), -contrast,
+                               atol=1e-6, rtol=0)
+    x_req = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(region_contrast(random_resnet20, x_req, maps, targets, config).sum(), x_req)
+    assert bool(torch.isfinite(grad).all()) and grad.abs().sum() > 0
 
 
 def test_bisection_step_sizes_are_per_sample():

@@ -279,3 +279,12 @@ def test_unrolled_steps_gradient_matches_finite_differences(double_resnet20):
         numeric = (score(x + step * direction) - score(x - step * direction)) / (2 * step)
     assert analytic.abs() > 1e-6
     torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-8)
+
+
+def test_optimize_returns_the_interpreters_map_with_its_state(random_resnet20):
+    """ADV² continues the interpreter's own run: same maps as ``attribute``, Adam state after every step."""
+    interpreter = create_interpreter("mask", random_resnet20, iterations=6)
+    x, target = torch.rand(3, 3, 32, 32), torch.tensor([1, 3, 7])
+    run = interpreter.optimize(x, target)
+    torch.testing.assert_close(run.m, interpreter.attribute(x, target), atol=0, rtol=0)
+    assert bool((run.steps == 6).all()) and bool((run.exp_avg_sq > 0).any())

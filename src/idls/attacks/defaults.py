@@ -89,6 +89,10 @@ class JointDefaults:
         max_step: MASK: largest interpretation step (sign step, [0, 1] pixel scale).
         bisection_steps: MASK: bisection steps on the per-sample step size.
         margin: MASK: logit margin (target minus best other) the interpretation step must keep.
+        region_weight: MASK: weight of the region term added to the look-ahead distance,
+            ``p_t(phi(x; m_t)) - p_t(phi(x; 1 - m_t))`` (deleting the target map's region
+            should remove the target class, deleting the rest should keep it; see
+            :func:`idls.attacks.joint_mask.region_contrast`); 0 switches it off.
     """
 
     steps: int
@@ -105,6 +109,7 @@ class JointDefaults:
     max_step: float = 2 / 255
     bisection_steps: int = 12
     margin: float = 10.0
+    region_weight: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`UserError` on values that cannot work."""
@@ -116,9 +121,9 @@ class JointDefaults:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.joint_step_size is not None and self.joint_step_size <= 0:
             raise UserError(f"joint_step_size must be > 0, got {self.joint_step_size}")
-        if self.lam < 0 or self.encoder_weight < 0 or self.max_step < 0:
-            raise UserError(f"lam, encoder_weight and max_step must be >= 0, "
-                            f"got {self.lam}, {self.encoder_weight}, {self.max_step}")
+        if self.lam < 0 or self.encoder_weight < 0 or self.max_step < 0 or self.region_weight < 0:
+            raise UserError(f"lam, encoder_weight, max_step and region_weight must be >= 0, got "
+                            f"{self.lam}, {self.encoder_weight}, {self.max_step}, {self.region_weight}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown lambda schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         if self.label_smoothing is not None:
@@ -148,7 +153,8 @@ _PGD_LARGE: dict[str, JointDefaults] = {
                           select_every=10),
     "cam": JointDefaults(steps=1200, warm_start=400, lam=5.0),
     "rts": JointDefaults(steps=1200, warm_start=300, lam=5.0, encoder_weight=0.1),
-    "mask": JointDefaults(steps=1000, warm_start=400, lam=1.0, schedule="constant", max_step=2 / 255, margin=10.0),
+    "mask": JointDefaults(steps=1000, warm_start=400, lam=1.0, schedule="constant", max_step=2 / 255, margin=10.0,
+                          region_weight=3.0),
 }
 _PGD_SMALL: dict[str, JointDefaults] = {
     "grad": JointDefaults(steps=400, warm_start=20, lam=10.0, schedule="phases", label_smoothing=_GRAD_SMOOTHING,
@@ -156,20 +162,21 @@ _PGD_SMALL: dict[str, JointDefaults] = {
     "cam": JointDefaults(steps=300, warm_start=40, lam=5.0, joint_step_size=0.25 / 255),
     "rts": JointDefaults(steps=300, warm_start=40, lam=5.0, encoder_weight=0.1, joint_step_size=0.25 / 255),
     "mask": JointDefaults(steps=200, warm_start=20, lam=1.0, schedule="constant", reset_every=25,
-                          joint_step_size=0.25 / 255, max_step=0.5 / 255, margin=5.0),
+                          joint_step_size=0.25 / 255, max_step=0.5 / 255, margin=5.0, region_weight=3.0,
+                          bisection_steps=8),
 }
 # Adam frameworks: the joint term is added to the framework's own objective (margin loss, L2 or flow).
 _ADAM_LARGE: dict[str, JointDefaults] = {
     "grad": JointDefaults(steps=800, warm_start=0, lam=70.0, schedule="constant", select_every=10),
     "cam": JointDefaults(steps=600, warm_start=0, lam=30.0, schedule="constant"),
     "rts": JointDefaults(steps=600, warm_start=0, lam=120.0, schedule="constant", encoder_weight=0.1),
-    "mask": JointDefaults(steps=1000, warm_start=0, lam=30.0, schedule="constant"),
+    "mask": JointDefaults(steps=1000, warm_start=0, lam=30.0, schedule="constant", region_weight=3.0),
 }
 _ADAM_SMALL: dict[str, JointDefaults] = {
     "grad": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant", select_every=5),
     "cam": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant"),
     "rts": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant", encoder_weight=0.1),
-    "mask": JointDefaults(steps=200, warm_start=0, lam=30.0, schedule="constant", reset_every=25),
+    "mask": JointDefaults(steps=200, warm_start=0, lam=30.0, schedule="constant", reset_every=25, region_weight=3.0),
 }
 _TABLE: dict[tuple[str, bool], dict[str, JointDefaults]] = {
     ("pgd", True): _PGD_LARGE,

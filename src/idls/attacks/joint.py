@@ -459,7 +459,7 @@ class ADV2(Attack):
         select_every, joint_step_size: override :func:`~idls.attacks.defaults.joint_defaults`
             (see :class:`~idls.attacks.defaults.JointDefaults`).
         mask_inner_steps, mask_lookahead_steps, mask_reset_every, mask_max_step,
-        mask_bisection_steps, mask_margin: MASK bilevel settings (same table).
+        mask_bisection_steps, mask_margin, mask_region_weight: MASK bilevel settings (same table).
         stop_distance: stop a sample once it succeeds with map L1 <= this (PGD).
         check_every: joint iterations between those checks.
         framework_options: keyword arguments of the C&W / StAdv attack (``create_attack``).
@@ -499,6 +499,7 @@ class ADV2(Attack):
         mask_max_step: float | None = None,
         mask_bisection_steps: int | None = None,
         mask_margin: float | None = None,
+        mask_region_weight: float | None = None,
         stop_distance: float | None = None,
         check_every: int = DEFAULT_CHECK_EVERY,
         framework_options: dict[str, Any] | None = None,
@@ -541,7 +542,7 @@ class ADV2(Attack):
             steps=steps, warm_start=warm_start, lam=lam, schedule=lam_schedule, label_smoothing=label_smoothing,
             encoder_weight=encoder_weight, select_every=select_every, joint_step_size=joint_step_size,
             inner_steps=mask_inner_steps, lookahead_steps=mask_lookahead_steps, reset_every=mask_reset_every, max_step=mask_max_step,
-            bisection_steps=mask_bisection_steps, margin=mask_margin,
+            bisection_steps=mask_bisection_steps, margin=mask_margin, region_weight=mask_region_weight,
         )
         # fail early on bad overrides (checked against any row of the table)
         joint_defaults("cam", framework, 32).override(**self.overrides)

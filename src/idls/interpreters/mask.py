@@ -571,22 +571,24 @@ class MaskInterpreter(Interpreter):
         """Side of the native map for a square input (no optimisation run needed)."""
         return self.config_for(input_size).mask_size[1]
 
-    def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
+    def optimize(self, x: Tensor, target: Tensor | int) -> MaskOptimizer:
+        """The plain MASK run on ``x`` (``B x C x H x W``) for ``target``, returned with its state.
+
+        Its maps ``.m`` (``B x h x w``) equal ``attribute(x, target)``; its Adam moments and jitter
+        stream let ADV² continue the run where the interpreter stopped.
+        """
         check_images(x.detach())
         config = self.config_for(tuple(x.shape[-2:]))
-        m = optimize_masks(
-            self.classifier,
-            x,
-            target,
-            iterations=self.iterations,
-            lr=self.lr,
-            config=config,
-            seed=self.seed,
-            init_value=self.init_value,
-            progress=self.progress,
-        )
+        optimizer = MaskOptimizer.start(self.classifier, x, config, init_value=self.init_value, lr=self.lr,
+                                        seed=self.seed)
+        optimizer.step(x, target, self.iterations, progress=self.progress)
+        return optimizer
+
+    def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
+        m = self.optimize(x, target).m
         if not create_graph:
             return m
+        config = self.config_for(tuple(x.shape[-2:]))
         return unrolled_mask_steps(self.classifier, x, m, target, self.lookahead_steps, self.lookahead_lr, config=config)
 
 
