@@ -178,13 +178,20 @@ _ADAM_SMALL: dict[str, JointDefaults] = {
     "rts": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant", encoder_weight=0.1),
     "mask": JointDefaults(steps=200, warm_start=0, lam=30.0, schedule="constant", reset_every=25, region_weight=3.0),
 }
+# StAdv's flow moves CAM-like maps less per unit of loss than C&W's additive noise: with lambda 30 the map
+# L1 stayed at ~0.5 x plain StAdv's (CAM, Grad-CAM; 32 CIFAR images); 100 gave 0.32 x, 300 gave 0.21 x
+# (IoU@20% 0.56 -> 0.73 -> 0.80), success 1.00 throughout.
+_STADV_SMALL: dict[str, JointDefaults] = {
+    **_ADAM_SMALL,
+    "cam": JointDefaults(steps=300, warm_start=0, lam=300.0, schedule="constant"),
+}
 _TABLE: dict[tuple[str, bool], dict[str, JointDefaults]] = {
     ("pgd", True): _PGD_LARGE,
     ("pgd", False): _PGD_SMALL,
     ("cw", True): _ADAM_LARGE,
     ("cw", False): _ADAM_SMALL,
     ("stadv", True): _ADAM_LARGE,
-    ("stadv", False): _ADAM_SMALL,
+    ("stadv", False): _STADV_SMALL,
 }
 #: interpreters that borrow another family's settings (unknown names use CAM's)
 FAMILY = {"grad": "grad", "ig": "grad", "cam": "cam", "gradcam": "cam", "rts": "rts", "mask": "mask"}
