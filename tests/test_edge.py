@@ -134,3 +134,17 @@ def test_advedge_keeps_the_plain_step_in_the_joint_phase(cam_of_random_net):
     assert plus.joint_step_size == adv2.joint_step_size
     chosen = create_attack("advedge", interpreter=cam_of_random_net, joint_step_size=0.5 / 255)
     assert chosen.settings_for(cam_of_random_net, 32).joint_step_size == 0.5 / 255
+
+
+def test_advedge_doubles_the_joint_steps_only_where_its_mean_step_is_smaller(cam_of_random_net):
+    """Small inputs, PGD, CAM family: twice ADV²'s joint steps; not at 224 px, not on C&W, not when given."""
+    adv2 = create_attack("adv2", interpreter=cam_of_random_net).settings_for(cam_of_random_net, 32)
+    edge = create_attack("advedge", interpreter=cam_of_random_net)
+    assert edge.settings_for(cam_of_random_net, 32).steps == 2 * adv2.steps
+    large = create_attack("adv2", interpreter=cam_of_random_net).settings_for(cam_of_random_net, 224)
+    assert edge.settings_for(cam_of_random_net, 224).steps == large.steps
+    given = create_attack("advedge", interpreter=cam_of_random_net, steps=7)
+    assert given.settings_for(cam_of_random_net, 32).steps == 7
+    on_cw = create_attack("advedge", interpreter=cam_of_random_net, framework="cw")
+    assert on_cw.settings_for(cam_of_random_net, 32).steps == (
+        create_attack("adv2", interpreter=cam_of_random_net, framework="cw").settings_for(cam_of_random_net, 32).steps)

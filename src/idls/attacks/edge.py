@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.attacks.base import ATTACKS
-from idls.attacks.defaults import JointDefaults
+from idls.attacks.defaults import LARGE_INPUT, JointDefaults, interpreter_family
 from idls.attacks.joint import ADV2
 from idls.errors import UserError
 from idls.interpreters import Interpreter
@@ -39,6 +39,8 @@ from idls.interpreters import Interpreter
 SOBEL_SCALE = 4.0  #: divides the Sobel magnitude: a full-contrast step edge -> 1
 DEFAULT_THRESHOLD = 0.1  #: AdvEdge+ binarisation threshold (paper 000)
 EDGE_STAGES: tuple[str, ...] = ("all", "warm_start")
+#: AdvEdge on small inputs (PGD): joint-step multiplier per interpreter family (see :class:`AdvEdge`)
+SMALL_INPUT_STEP_FACTOR = {"cam": 2, "rts": 2}
 
 
 def sobel_edges(x: Tensor) -> Tensor:
@@ -82,7 +84,13 @@ class AdvEdge(_EdgeAttack):
     (e.g. 0.25/255 for CAM) and MASK's largest interpretation step (0.5/255);
     AdvEdge keeps the plain ``step_size`` (1/255, the paper's alpha) and
     ``2 * step_size`` there unless ``joint_step_size`` / ``mask_max_step`` are
-    given, because ``E(x)`` already shrinks its steps (mean ~0.14 on CIFAR-10).
+    given, because ``E(x)`` already shrinks its steps (mean ~0.13 on CIFAR-10).
+    On small inputs with PGD, CAM-like and RTS interpreters also get twice ADV²'s
+    joint steps (:data:`SMALL_INPUT_STEP_FACTOR`, unless ``steps`` is given): their
+    mean step (0.13/255) is half ADV²'s 0.25/255. Measured on the pretrained CIFAR
+    ResNet-20 (50 images, IoU@20% minus ADV²'s): CAM -0.024 / RTS -0.029 with 300
+    steps, -0.013 / -0.013 with 450, +0.011 / -0.003 with 600 (a step of 2/255
+    instead: CAM -0.044).
     """
 
     name = "advedge"
@@ -96,6 +104,9 @@ class AdvEdge(_EdgeAttack):
             settings = replace(settings, joint_step_size=None)
         if self.overrides.get("max_step") is None:
             settings = replace(settings, max_step=2 * self.step_size)
+        factor = SMALL_INPUT_STEP_FACTOR.get(interpreter_family(interpreter.name), 1)
+        if self.overrides.get("steps") is None and self.framework == "pgd" and input_size < LARGE_INPUT:
+            settings = replace(settings, steps=settings.steps * factor)
         return settings
 
     def edge_weights(self, x: Tensor) -> Tensor:
@@ -123,4 +134,13 @@ class AdvEdgePlus(_EdgeAttack):
         return binary_edges(x, self.threshold)
 
 
-__all__ = ["AdvEdge", "AdvEdgePlus", "DEFAULT_THRESHOLD", "EDGE_STAGES", "SOBEL_SCALE", "binary_edges", "sobel_edges"]
+__all__ = [
+    "AdvEdge",
+    "AdvEdgePlus",
+    "DEFAULT_THRESHOLD",
+    "EDGE_STAGES",
+    "SMALL_INPUT_STEP_FACTOR",
+    "SOBEL_SCALE",
+    "binary_edges",
+    "sobel_edges",
+]
