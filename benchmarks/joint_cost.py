@@ -49,7 +49,7 @@ from idls.attacks.base import Attack
 from idls.attacks.cw import DEFAULT_SEARCH_STEPS
 from idls.attacks.cw import DEFAULT_STEPS as CW_STEPS
 from idls.attacks.defaults import JointDefaults
-from idls.attacks.joint_mask import lookahead_distance
+from idls.attacks.joint_mask import lookahead_distance, region_contrast
 from idls.attacks.pgd import DEFAULT_STEPS as PGD_STEPS
 from idls.attacks.stadv import DEFAULT_STEPS as STADV_STEPS
 from idls.data.datasets import load_images
@@ -299,8 +299,9 @@ def interleaved_ratios(fns: dict[str, Callable[[], object]], denominator: Callab
 
 def mask_breakdown(runner: RowRunner, denominator: Callable[[], None], repeats: int) -> dict[str, float]:
     """Forward+backward equivalents of the pieces of an ADV²-MASK outer iteration: one look-ahead
-    step (unrolled, then back-propagated to the image) and one forward pass (a bisection step or the
-    success check). The prediction step is one forward+backward; an inner step costs a MASK step."""
+    step (unrolled, then back-propagated to the image), the region contrast (forward + backward of 2B
+    deleted images) and one forward pass (a bisection step or the success check). The prediction step
+    is one forward+backward; an inner step costs a MASK step."""
     s, interpreter, settings = runner.setting, runner.interpreter, runner.settings
     m = runner.mask_maps
     lookahead = settings.lookahead_steps
@@ -310,12 +311,19 @@ def mask_breakdown(runner: RowRunner, denominator: Callable[[], None], repeats: 
         distance = lookahead_distance(s.classifier, x, m, s.targets, m, interpreter, lookahead)
         torch.autograd.grad(distance.sum(), x)
 
+    def region_pass() -> None:
+        x = s.x.clone().requires_grad_(True)
+        config = interpreter.config_for(tuple(x.shape[-2:]))
+        torch.autograd.grad(region_contrast(s.classifier, x, m, s.targets, config).sum(), x)
+
     def forward() -> None:
         with torch.no_grad():
             s.classifier(s.x)
 
-    ratios = interleaved_ratios({"lookahead": lookahead_pass, "forward": forward}, denominator, repeats)
-    return {"lookahead_step_ratio": ratios["lookahead"] / lookahead, "forward_ratio": ratios["forward"]}
+    pieces = {"lookahead": lookahead_pass, "region": region_pass, "forward": forward}
+    ratios = interleaved_ratios(pieces, denominator, repeats)
+    return {"lookahead_step_ratio": ratios["lookahead"] / lookahead, "region_ratio": ratios["region"],
+            "forward_ratio": ratios["forward"]}
 
 
 def mask_reset_cost(setting: Setting, denominator: Callable[[], None], repeats: int) -> tuple[Differenced, int]:
@@ -383,9 +391,10 @@ def bench_row(row: Row, setting: Setting, repeats: int, pgd_unit: float | None) 
         entry["components"]["accounted_outer_ratio"] = (
             1.0 + settings.inner_steps * step.ratios["classifier"] + settings.lookahead_steps
             * pieces["lookahead_step_ratio"] + (settings.bisection_steps + 1) * pieces["forward_ratio"]
+            + (pieces["region_ratio"] if settings.region_weight else 0.0)
         )
         entry["components"]["accounted_as"] = ("1 prediction + inner x MASK step + look-ahead x look-ahead step "
-                                               "+ (bisection + 1) x forward")
+                                               "+ (bisection + 1) x forward + region contrast")
         ratio += amortised_ratio
         unit += run_seconds / runner.settings.reset_every
         setup += mask_runs(runner.settings) * run_seconds  # the resets are counted here, exactly

@@ -21,6 +21,9 @@ Examples (always single-threaded; one process at a time)::
         --interpreters cam,gradcam,rts,grad
     OMP_NUM_THREADS=1 python benchmarks/joint_quality.py --n 100 --attacks adv2 --targets patch --interpreters cam
     OMP_NUM_THREADS=1 python benchmarks/joint_quality.py --table          # markdown from the JSON alone
+    # two processes in parallel write separate files; merge them into the main file afterwards:
+    OMP_NUM_THREADS=1 python benchmarks/joint_quality.py --n 32 --frameworks stadv --attacks adv2 --out /tmp/a.json
+    python benchmarks/joint_quality.py --merge /tmp/a.json
     # a tiny smoke run of MASK (overrides are recorded in the cell and flagged in the table):
     OMP_NUM_THREADS=1 python benchmarks/joint_quality.py --n 2 --attacks adv2 --interpreters mask \\
         --attack-options '{"steps": 4, "warm_start": 2, "mask_reset_every": 2}' \\
@@ -68,7 +71,6 @@ EPSILON = 8 / 255
 PLAIN_ATTACKS = ("pgd", "cw", "stadv")  #: classifier-only baselines; each is its own framework
 JOINT_ATTACKS = ("adv2", "advedge", "advedge+")
 FRAMEWORKS = ("pgd", "cw", "stadv")
-JOINT_MODULES = ("defaults.py", "edge.py", "joint.py", "joint_mask.py", "target_maps.py")
 INTERPRETER_NAMES = ("grad", "cam", "gradcam", "rts", "mask")
 TARGETS = ("benign", "patch")
 
@@ -421,12 +423,25 @@ def non_default(entry: Mapping) -> bool:
     return bool(settings.get("overrides") or options)
 
 
+def relevant_modules(cell: Cell) -> set[str]:
+    """The attack modules whose code a cell's numbers depend on (shared machinery + its own pieces)."""
+    modules = {"__init__.py", "base.py", "targets.py", "pgd.py", f"{cell.framework}.py"}
+    if cell.attack in PLAIN_ATTACKS:
+        return modules
+    modules |= {"defaults.py", "joint.py", "target_maps.py"}
+    if cell.attack in ("advedge", "advedge+"):
+        modules.add("edge.py")
+    if cell.interpreter == "mask":
+        modules |= {"joint_mask.py", "cw.py"}  # the bilevel loop reuses C&W's best-iterate tracker
+    return modules
+
+
 def changed_sources(cell: Cell, entry: Mapping, current: Mapping[str, str]) -> list[str]:
-    """Attack modules whose code changed since the cell ran (empty when unknown); plain attacks ignore
-    the joint-attack modules."""
+    """Modules the cell depends on (:func:`relevant_modules`) whose code changed since it ran (empty when
+    unknown)."""
     ran = entry.get("settings", {}).get("attack_sources", {})
-    ignored = JOINT_MODULES if cell.attack in PLAIN_ATTACKS else ()
-    return sorted(name for name, digest in ran.items() if current.get(name) != digest and name not in ignored)
+    relevant = relevant_modules(cell)
+    return sorted(name for name, digest in ran.items() if current.get(name) != digest and name in relevant)
 
 
 BENIGN_HEADER = (
@@ -566,6 +581,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--table", action="store_true", help="write <out>.md from the JSON (no attack runs)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="copy the cells of these results files into --out (runs in parallel processes write "
+                             "separate files), then write the table; no attack runs")
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
         parser.error("--n and --batch-size must be positive")
@@ -579,6 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     try:
+        if args.merge:
+            for path in args.merge:
+                if not path.exists():
+                    raise UserError(f"no results at {path}; check the path given to --merge")
+                merge_cells(args.out, load_results(path).get("cells", {}))
+            args.table = True
         if args.table:
             if not args.out.exists():
                 raise UserError(f"no results at {args.out}; run the benchmark first")
