@@ -458,7 +458,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="row names (pgd always runs first)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default="joint_cost", help="results/<name>.json")
-    parser.add_argument("--merge", action="store_true", help="keep the other configurations already in the file")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep what is already in the file and not re-run (other configurations and rows)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     wanted = {"pgd", *args.rows.split(",")}
@@ -470,9 +471,13 @@ def main() -> None:
                 "min_span": MIN_SPAN, "mask_probe_steps": MASK_PROBE_STEPS}
     results = {key: {**run_setting(key, rows, args.repeats), "settings": settings} for key in args.configs.split(",")}
     previous = RESULTS / f"{args.output}.json"
-    if args.merge and previous.is_file():  # keep the configurations not re-run
-        kept = {k: v for k, v in json.loads(previous.read_text()).items() if k in CONFIGS and k not in results}
-        results = {**kept, **results}
+    if args.merge and previous.is_file():  # keep the configurations and rows not re-run
+        old = {k: v for k, v in json.loads(previous.read_text()).items() if k in CONFIGS}
+        for key, config in old.items():
+            if key in results:
+                results[key]["rows"] = {**config.get("rows", {}), **results[key]["rows"]}
+            else:
+                results[key] = config
     write(args.output, {"method": __doc__.split("\n\n    OMP_NUM_THREADS")[0], **results})
 
 
