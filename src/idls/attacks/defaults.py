@@ -161,7 +161,7 @@ _PGD_SMALL: dict[str, JointDefaults] = {
                           select_every=5, joint_step_size=0.1 / 255),
     "cam": JointDefaults(steps=300, warm_start=40, lam=5.0, joint_step_size=0.25 / 255),
     "rts": JointDefaults(steps=300, warm_start=40, lam=5.0, encoder_weight=0.1, joint_step_size=0.25 / 255),
-    "mask": JointDefaults(steps=200, warm_start=20, lam=1.0, schedule="constant", reset_every=25,
+    "mask": JointDefaults(steps=240, warm_start=20, lam=1.0, schedule="constant", reset_every=20,
                           joint_step_size=0.25 / 255, max_step=0.5 / 255, margin=5.0, region_weight=3.0,
                           bisection_steps=8),
 }
@@ -173,7 +173,7 @@ _ADAM_LARGE: dict[str, JointDefaults] = {
     "mask": JointDefaults(steps=1000, warm_start=0, lam=30.0, schedule="constant", region_weight=3.0),
 }
 _ADAM_SMALL: dict[str, JointDefaults] = {
-    "grad": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant", select_every=5),
+    "grad": JointDefaults(steps=300, warm_start=0, lam=300.0, schedule="constant", select_every=5),
     "cam": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant"),
     "rts": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant", encoder_weight=0.1),
     "mask": JointDefaults(steps=200, warm_start=0, lam=30.0, schedule="constant", reset_every=25, region_weight=3.0),
