@@ -45,6 +45,8 @@ look-ahead + region, weight 3        0.082  0.530
 ==================================  =====  ======
 
 (weight 10 tracked weight 3 or slightly below at every reset and was stopped.)
+With the defaults (weight 3, 240 iterations, a reset every 20) on 100 images:
+L1 0.093 (0.29 x PGD's), IoU@20% 0.507 (PGD 0.127), success 1.00.
 
 On C&W / StAdv (:class:`MaskJointHooks`) steps 2-3 and 5 run inside the
 framework's evaluation: lambda times ``l_int`` is its extra loss, Adam replaces
