@@ -354,6 +354,27 @@ class MaskOptimizer:
             m_init = x.new_full((x.shape[0], *config.mask_size), float(init_value))
         return cls(classifier, m_init.to(device=x.device, dtype=x.dtype), config, **options)
 
+    @classmethod
+    def run(
+        cls,
+        classifier: Classifier,
+        x: Tensor,
+        target: Tensor | int,
+        iterations: int,
+        config: MaskConfig | None = None,
+        m_init: Tensor | None = None,
+        *,
+        init_value: float = 1.0,
+        progress: bool = False,
+        **options,
+    ) -> MaskOptimizer:
+        """:meth:`start` on images ``x`` (checked) and :meth:`step` ``iterations`` times: the plain MASK run,
+        returned with its state (maps ``.m``, ``B x h x w``)."""
+        check_images(x.detach())
+        optimizer = cls.start(classifier, x, config, m_init, init_value=init_value, **options)
+        optimizer.step(x, target, iterations, progress=progress)
+        return optimizer
+
     def draw_shift(self) -> tuple[int, int]:
         """The next jitter translation (shared by the batch)."""
         j = self.config.jitter
@@ -451,10 +472,8 @@ def optimize_masks(
         init_value: start value when ``m_init`` is None (1 = all deleted, see the module notes).
         progress: show a progress bar.
     """
-    check_images(x.detach())
-    optimizer = MaskOptimizer.start(classifier, x, config, m_init, init_value=init_value, lr=lr, seed=seed)
-    optimizer.step(x, target, iterations, progress=progress)
-    return optimizer.m
+    return MaskOptimizer.run(classifier, x, target, iterations, config, m_init, init_value=init_value,
+                             progress=progress, lr=lr, seed=seed).m
 
 
 # ---------------------------------------------------------------------------------
@@ -577,12 +596,8 @@ class MaskInterpreter(Interpreter):
         Its maps ``.m`` (``B x h x w``) equal ``attribute(x, target)``; its Adam moments and jitter
         stream let ADV² continue the run where the interpreter stopped.
         """
-        check_images(x.detach())
-        config = self.config_for(tuple(x.shape[-2:]))
-        optimizer = MaskOptimizer.start(self.classifier, x, config, init_value=self.init_value, lr=self.lr,
-                                        seed=self.seed)
-        optimizer.step(x, target, self.iterations, progress=self.progress)
-        return optimizer
+        return MaskOptimizer.run(self.classifier, x, target, self.iterations, self.config_for(tuple(x.shape[-2:])),
+                                 init_value=self.init_value, progress=self.progress, lr=self.lr, seed=self.seed)
 
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         m = self.optimize(x, target).m
