@@ -16,6 +16,7 @@ from idls import metrics
 from idls.attacks import Iterate, create_attack
 from idls.attacks.defaults import GRAD_PHASES, JointDefaults, joint_defaults
 from idls.attacks.joint import (
+    ADV2,
     GradAdapter,
     JointObjective,
     LambdaSchedule,
@@ -115,6 +116,13 @@ def test_defaults_table_and_overrides():
     with pytest.raises(UserError, match="region_weight"):
         joint_defaults("mask", "pgd", 32).override(region_weight=-1.0)
     assert joint_defaults("mask", "pgd", 32).region_weight > 0 and joint_defaults("cam", "pgd", 32).region_weight == 0
+
+
+@pytest.mark.parametrize("option, value", [("mask_region_weight", -1.0), ("mask_reset_every", 0),
+                                           ("lam_schedule", "cosine"), ("lam", -2.0)])
+def test_adv2_errors_name_the_keyword_the_user_typed(option, value):
+    with pytest.raises(UserError, match=rf"\b{option}\b"):
+        ADV2(interpreter="mask", **{option: value})
 
 
 def test_region_contrast_matches_the_mask_objective(random_resnet20):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,15 @@ def test_user_errors_are_one_line(args, fragment, capsys):
 
 def test_reproduction_plan_picks_cifar_only_with_a_checkpoint(tmp_path):
     directory = bundled_experiments_dir()
-    system, files, overrides = plan_reproduction(directory, shared=tmp_path)  # empty shared folder
+    lone = tmp_path / "checkout" / "experiments"  # a copy with no shared data beside it
+    shutil.copytree(directory, lone)
+    system, files, overrides = plan_reproduction(lone)
     assert system == "embedded_cnn" and [f.stem for f in files] == list(EMBEDDED_EXPERIMENTS)
     assert overrides == {}
+    with pytest.raises(UserError, match="--shared .* has no"):  # asked for shared data that is not there
+        plan_reproduction(directory, shared=tmp_path)
+    with pytest.raises(UserError, match="--weights FILE or --shared DIR"):
+        plan_reproduction(lone, data="cifar10")
     checkpoint = tmp_path / "ckpt.th"
     checkpoint.write_bytes(b"")
     system, files, overrides = plan_reproduction(directory, weights=checkpoint, data="cifar10")
@@ -98,8 +105,7 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
     write_experiment(experiments / "embedded_targets.yaml", "embedded_targets", attacks=["adv2"],
                      attack_options={"adv2": {"steps": 4, "warm_start": 2}}, targets=["patch"])
     out = tmp_path / "reproduce"
-    code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--shared", str(tmp_path),
-                    "--out", str(out)])
+    code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--out", str(out)])
     assert code == 0
     assert (out / "embedded" / "records.jsonl").is_file() and (out / "embedded_targets" / "records.jsonl").is_file()
     scorecard = json.loads((out / "scorecard.json").read_text())

@@ -53,6 +53,7 @@ reference code's 301/201/101/101 steps at 1, 4, 10, 50 x c); ``'constant'``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -112,35 +113,45 @@ class JointDefaults:
     margin: float = 10.0
     region_weight: float = 0.0
 
-    def validate(self) -> None:
-        """Raise :class:`UserError` on values that cannot work."""
-        for name in ("steps", "warm_start"):
+    def validate(self, names: Mapping[str, str] | None = None) -> None:
+        """Raise :class:`UserError` on values that cannot work.
+
+        Args:
+            names: how the caller spells each setting (e.g. ``{'region_weight':
+                'mask_region_weight'}``), so that the error names the option the user typed.
+        """
+        def label(name: str) -> str:
+            return (names or {}).get(name, name)
+
+        for name in ("steps", "warm_start", "lam", "encoder_weight", "max_step", "region_weight"):
             if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{label(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("select_every", "inner_steps", "lookahead_steps", "reset_every", "bisection_steps"):
             if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{label(name)} must be >= 1, got {getattr(self, name)}")
         if self.joint_step_size is not None and self.joint_step_size <= 0:
-            raise UserError(f"joint_step_size must be > 0, got {self.joint_step_size}")
-        if self.lam < 0 or self.encoder_weight < 0 or self.max_step < 0 or self.region_weight < 0:
-            raise UserError(f"lam, encoder_weight, max_step and region_weight must be >= 0, got "
-                            f"{self.lam}, {self.encoder_weight}, {self.max_step}, {self.region_weight}")
+            raise UserError(f"{label('joint_step_size')} must be > 0, got {self.joint_step_size}")
         if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown lambda schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+            raise UserError(f"unknown lambda schedule {self.schedule!r} ({label('schedule')}); "
+                            f"choose one of: {', '.join(SCHEDULES)}")
         if self.label_smoothing is not None:
             start, end = self.label_smoothing
             if not (0 < start <= 1 and 0 < end <= 1):
-                raise UserError(f"label_smoothing must be (start, end) target probabilities in (0, 1], "
+                raise UserError(f"{label('label_smoothing')} must be (start, end) target probabilities in (0, 1], "
                                 f"got {self.label_smoothing}")
 
-    def override(self, **values: Any) -> JointDefaults:
-        """A copy with the given non-``None`` values replaced (unknown names raise)."""
+    def override(self, names: Mapping[str, str] | None = None, **values: Any) -> JointDefaults:
+        """A copy with the given non-``None`` values replaced (unknown names raise).
+
+        ``names`` maps setting names to the caller's option names for error messages
+        (see :meth:`validate`).
+        """
         known = {f.name for f in fields(self)}
         unknown = set(values) - known
         if unknown:
             raise UserError(f"unknown joint-attack setting(s): {', '.join(sorted(unknown))}")
         changed = replace(self, **{k: v for k, v in values.items() if v is not None})
-        changed.validate()
+        changed.validate(names)
         return changed
 
 

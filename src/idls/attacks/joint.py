@@ -442,6 +442,14 @@ def combine_first_success(warm: Tensor, joint: Tensor, warm_steps: int) -> Tenso
 # ---------------------------------------------------------------------------------
 # The attack
 # ---------------------------------------------------------------------------------
+#: :class:`~idls.attacks.defaults.JointDefaults` fields whose ADV2 keyword differs (for error messages)
+SETTING_OPTIONS = {
+    "schedule": "lam_schedule",
+    **{name: f"mask_{name}" for name in ("inner_steps", "lookahead_steps", "reset_every", "max_step",
+                                        "bisection_steps", "margin", "region_weight")},
+}
+
+
 @ATTACKS.register("adv2")
 class ADV2(Attack):
     """ADV² (paper 001): a targeted attack on the classifier *and* its interpreter.
@@ -545,7 +553,7 @@ class ADV2(Attack):
             bisection_steps=mask_bisection_steps, margin=mask_margin, region_weight=mask_region_weight,
         )
         # fail early on bad overrides (checked against any row of the table)
-        joint_defaults("cam", framework, 32).override(**self.overrides)
+        joint_defaults("cam", framework, 32).override(SETTING_OPTIONS, **self.overrides)
 
     # -- configuration ------------------------------------------------------------------
     def interpreter_for(self, classifier: Classifier) -> Interpreter:
@@ -559,7 +567,7 @@ class ADV2(Attack):
 
     def settings_for(self, interpreter: Interpreter, input_size: int) -> JointDefaults:
         """:func:`joint_defaults` of this interpreter/framework/size with the user's overrides."""
-        return joint_defaults(interpreter.name, self.framework, input_size).override(**self.overrides)
+        return joint_defaults(interpreter.name, self.framework, input_size).override(SETTING_OPTIONS, **self.overrides)
 
     def edge_weights(self, x: Tensor) -> Tensor | None:
         """``B x 1 x H x W`` step/perturbation weights (AdvEdge); ``None``: unweighted (ADV²)."""

@@ -90,9 +90,13 @@ def plan_reproduction(
         overrides["data.source"] = data
     shared_dir = shared if shared is not None else (experiments_dir / "../../shared/data")
     cifar = weights is not None or (shared_dir / RESNET20_CHECKPOINT).is_file()
+    if not cifar and shared is not None:
+        raise UserError(f"--shared {shared} has no {RESNET20_CHECKPOINT}; give the shared-data folder that holds it, "
+                        "or the checkpoint itself with --weights FILE")
+    if not cifar and (rts is not None or data is not None):
+        raise UserError("--rts and --data apply to the CIFAR experiments, which need the ResNet-20 checkpoint: "
+                        "add --weights FILE or --shared DIR")
     names = CIFAR_EXPERIMENTS if cifar else EMBEDDED_EXPERIMENTS
-    if not cifar:
-        overrides = {}  # the embedded files take none of these
     files = [experiments_dir / f"{name}.yaml" for name in names]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
