@@ -28,6 +28,9 @@ Examples (always single-threaded; one process at a time)::
     OMP_NUM_THREADS=1 python benchmarks/joint_quality.py --n 2 --attacks adv2 --interpreters mask \\
         --attack-options '{"steps": 4, "warm_start": 2, "mask_reset_every": 2}' \\
         --interpreter-options '{"mask": {"iterations": 10}}' --out /tmp/jq_smoke.json
+    # a change of an attack module flags the cells that depend on it for a re-run (code digests per module);
+    # after a change that cannot alter the numbers, keep them with a recorded reason (settings are re-checked):
+    python benchmarks/joint_quality.py --recertify defaults.py --reason "error messages name the keyword"
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from torch import Tensor
 
 from idls import evaluate
 from idls.attacks import create_attack
+from idls.attacks.defaults import JointDefaults
 from idls.data.datasets import LabeledImages, load_images, select_correct
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
@@ -121,6 +125,34 @@ def merge_cells(path: Path, entries: Mapping[str, Mapping]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True, default=float))
     tmp.replace(path)
+
+
+def merge_as_prefix(path: Path, source: Path) -> list[str]:
+    """Store the cells of ``source`` (a run on the first n images) as ``prefix_summaries[n]`` of the cells
+    with the same key in ``path`` (runs on more images), so that cells with n images compare on the same
+    images (:func:`summary_over`). Both runs must share data, model, seed, first images and settings.
+
+    Returns:
+        The keys merged.
+    """
+    results, incoming = load_results(path), load_results(source).get("cells", {})
+    same = ("data", "model", "seed", "image_ids_first", "overrides", "joint_settings", "interpreter_options")
+    merged = {}
+    for key, small in incoming.items():
+        large = results.get("cells", {}).get(key)
+        if large is None or large["n"] <= small["n"]:
+            raise UserError(f"{key}: {path} has no cell on more than {small['n']} images to add a prefix to")
+        differ = [name for name in same if large["settings"].get(name) != small["settings"].get(name)]
+        if differ:
+            raise UserError(f"{key}: the runs differ in {', '.join(differ)}; only a run of the same setting on the "
+                            "first images can stand for a prefix")
+        summary = {name: small["summary"][name] for name in IMAGE_FIELDS}
+        large.setdefault("prefix_summaries", {})[str(small["n"])] = {
+            **summary, "finished": small["finished"], "attack_sources": small["settings"]["attack_sources"],
+            "note": "separate run on the first n images (batch composition differs; the images are the same)"}
+        merged[key] = large
+    merge_cells(path, merged)
+    return sorted(merged)
 
 
 def _now() -> str:
@@ -249,9 +281,39 @@ def run_group(cells: Sequence[Cell], setup: Setup, n: int, log: Callable[[str], 
             "seconds_per_image": bucket.attack_seconds / max(count, 1),
             "wall_seconds_group": wall, "shared_attack_with": [c.interpreter for c in cells] if len(cells) > 1 else [],
             "settings": settings_of(attack, setup, cell),
+            "images": image_columns(bucket.main),
             "finished": _now(),
         }
     return entries
+
+
+#: per-image fields kept in a cell (``images``), enough to compare two cells on their common images
+IMAGE_FIELDS = ("success", "map_l1", "map_iou", "noise_rate")
+
+
+def image_columns(records: Sequence[Mapping]) -> dict[str, list]:
+    """``{'id': [...], field: [...]}`` of the per-image records (first image first)."""
+    columns: dict[str, list] = {"id": [r["image_id"] for r in records]}
+    for name in IMAGE_FIELDS:
+        columns[name] = [float(r[name]) for r in records]
+    return columns
+
+
+def summary_over(entry: Mapping | None, n: int) -> Mapping | None:
+    """A cell's summary over its first ``n`` images (the same images as another cell with ``n``), or ``None``.
+
+    Exact when the cell ran on ``n`` images, has per-image columns (``images``) for at least ``n``, or
+    holds a summary of a separate run on its first ``n`` images (``prefix_summaries``, see
+    :func:`merge_as_prefix`).
+    """
+    if entry is None:
+        return None
+    if entry["n"] == n:
+        return entry["summary"]
+    columns = entry.get("images")
+    if columns and len(columns["id"]) >= n:
+        return {name: sum(columns[name][:n]) / n for name in IMAGE_FIELDS}
+    return entry.get("prefix_summaries", {}).get(str(n))
 
 
 def attack_fields(attack) -> dict:
@@ -295,9 +357,63 @@ def settings_of(attack, setup: Setup, cell: Cell) -> dict:
     }
     if cell.attack not in PLAIN_ATTACKS:
         settings["overrides"] = dict(setup.attack_options)
-        joint = attack.settings_for(setup.interpreter(cell.interpreter), setup.classifier.input_size)
-        settings["joint_settings"] = dataclasses.asdict(joint)
+        settings["joint_settings"] = joint_settings_of(attack, setup, cell)
     return settings
+
+
+def joint_settings_of(attack, setup: Setup, cell: Cell) -> dict:
+    """The effective joint settings (defaults table + overrides) of a joint attack, as JSON values."""
+    joint = attack.settings_for(setup.interpreter(cell.interpreter), setup.classifier.input_size)
+    return json.loads(json.dumps(dataclasses.asdict(joint)))
+
+
+def changed_settings(recorded: Mapping, now: Mapping) -> list[str]:
+    """Joint settings that differ between a cell's record and now. A setting added since the cell ran
+    counts as unchanged at its neutral default (new settings default to the old behaviour)."""
+    neutral = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(JointDefaults)
+                                     if f.default is not dataclasses.MISSING}))
+    return sorted(name for name, value in now.items()
+                  if recorded.get(name, neutral.get(name, dataclasses.MISSING)) != value)
+
+
+def recertify(path: Path, modules: Sequence[str], reason: str, setup: Setup) -> tuple[list[str], list[str]]:
+    """Mark cells as still valid after a change of ``modules`` that cannot alter their numbers.
+
+    Only cells whose changed modules are all in ``modules`` qualify, and a joint cell only if its
+    effective settings (:func:`joint_settings_of`, with its recorded overrides) are unchanged. Each
+    qualifying cell gets the current digests and a ``recertified`` record (date, module, old and new
+    digest, ``reason``) in its settings.
+
+    Returns:
+        ``(recertified keys, refused keys with why)``.
+    """
+    results = load_results(path)
+    current = attack_sources()
+    done, refused = [], []
+    for key, entry in results.get("cells", {}).items():
+        cell = Cell.from_key(key)
+        changed = changed_sources(cell, entry, current)
+        if not changed:
+            continue
+        settings = entry["settings"]
+        others = sorted(set(changed) - set(modules))
+        if others:
+            refused.append(f"{key} (also changed: {', '.join(others)})")
+            continue
+        if "joint_settings" in settings:
+            given = dataclasses.replace(setup, attack_options=dict(settings.get("overrides", {})))
+            differ = changed_settings(settings["joint_settings"], joint_settings_of(build_attack(cell, given), given, cell))
+            if differ:
+                refused.append(f"{key} (its settings changed: {', '.join(differ)})")
+                continue
+        for name in changed:
+            settings.setdefault("recertified", []).append({
+                "date": _now()[:10], "module": name, "from": settings["attack_sources"][name], "to": current[name],
+                "reason": reason})
+            settings["attack_sources"][name] = current[name]
+        done.append(key)
+    merge_cells(path, {key: results["cells"][key] for key in done})
+    return done, refused
 
 
 def plan(frameworks: Sequence[str], attacks: Sequence[str], interpreters: Sequence[str],
@@ -344,6 +460,10 @@ def build_setup(args: argparse.Namespace) -> Setup:
         print(f"warning: only {len(data)} of the {len(loaded)} images are classified correctly (asked {args.n})",
               file=sys.stderr)
     names = set(args.interpreters)
+    if "rts" in names and "checkpoint" not in args.interpreter_options.get("rts", {}) and not args.rts_checkpoint.is_file():
+        raise UserError(f"no RTS checkpoint at {args.rts_checkpoint}; train it with `OMP_NUM_THREADS=1 python "
+                        "benchmarks/train_rts_cifar.py` (about 4 minutes; one thread reproduces the committed "
+                        "sidecar's tensors_sha256) or pass --rts-checkpoint FILE")
     options = {name: interpreter_options_for(name, args.interpreter_options, args.rts_checkpoint) for name in names}
     return Setup(classifier=classifier, data=data, interpreter_options=options, attack_options=args.attack_options,
                  batch_size=args.batch_size, seed=args.seed, source=str(args.data))
@@ -506,12 +626,17 @@ def table(results: Mapping) -> str:
     """Markdown tables (benign targets; patch targets) with the checks of issue 3."""
     cells = {Cell.from_key(key): entry for key, entry in results.get("cells", {}).items()}
 
-    def summary_of(framework: str, attack: str, interpreter: str) -> Mapping | None:
+    def reference(framework: str, attack: str, interpreter: str, n: int) -> tuple[Mapping | None, bool]:
+        """The reference cell's summary on the same images as a cell of ``n`` (``same=True``), else over all
+        of its own images (``same=False``), else ``None``."""
         entry = cells.get(Cell(framework, attack, interpreter, "benign"))
-        return entry["summary"] if entry else None
+        same = summary_over(entry, n)
+        if same is not None:
+            return same, True
+        return (entry["summary"] if entry else None), False
 
     current = attack_sources()
-    benign_rows, patch_rows, stale, overridden = [], [], [], False
+    benign_rows, patch_rows, stale, overridden, other_images = [], [], [], False, False
     for cell in sorted(cells, key=_sort_key):
         entry = cells[cell]
         mark = " *" if non_default(entry) else ""
@@ -521,8 +646,12 @@ def table(results: Mapping) -> str:
             stale.append(f"{cell.key} ({', '.join(changed)})")
         if cell.target == "benign":
             is_edge = cell.attack in ("advedge", "advedge+")
-            adv2 = summary_of(cell.framework, "adv2", cell.interpreter) if is_edge else None
-            baseline = summary_of(cell.framework, cell.framework, cell.interpreter)
+            adv2, adv2_same = (reference(cell.framework, "adv2", cell.interpreter, entry["n"]) if is_edge
+                               else (None, True))
+            baseline, baseline_same = reference(cell.framework, cell.framework, cell.interpreter, entry["n"])
+            if not (adv2_same and baseline_same):
+                mark += " †"
+                other_images = True
             benign_rows.append(benign_row(cell, entry, baseline, adv2, mark))
         else:
             patch_rows.append(patch_row(cell, entry, mark))
@@ -531,6 +660,9 @@ def table(results: Mapping) -> str:
         lines += ["", PATCH_HEADER, *patch_rows]
     if overridden:
         lines += ["", "\\* non-default attack or interpreter settings (see the cell's `settings` in the JSON)."]
+    if other_images:
+        lines += ["", "† compared with a baseline or ADV² cell that ran on more images and holds no result on this "
+                      "cell's first n (per-image columns or a prefix summary): ratios and checks mix image sets."]
     if stale:
         lines += ["", "Cells run before a change of these attack modules (re-run them): " + "; ".join(stale) + "."]
     return "\n".join(lines) + "\n"
@@ -581,12 +713,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--table", action="store_true", help="write <out>.md from the JSON (no attack runs)")
+    parser.add_argument("--merge-as-prefix", type=Path, nargs="+", metavar="JSON",
+                        help="add the cells of these results files (runs on the first n images) as summaries over "
+                             "the first n images of the same cells in --out, so that cells with n images compare on "
+                             "the same images; then write the table")
+    parser.add_argument("--recertify", nargs="+", metavar="MODULE",
+                        help="after a change of these attack modules (e.g. defaults.py) that cannot alter the numbers "
+                             "(messages, validation), keep the cells that depend on them instead of flagging them "
+                             "for a re-run; needs --reason; cells whose effective settings changed are refused")
+    parser.add_argument("--reason", help="why the --recertify change leaves the numbers alone (recorded per cell)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="copy the cells of these results files into --out (runs in parallel processes write "
                              "separate files), then write the table; no attack runs")
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
         parser.error("--n and --batch-size must be positive")
+    if args.recertify and not (args.reason or "").strip():
+        parser.error("--recertify needs --reason 'why the change cannot alter the numbers'")
+    if args.recertify:
+        unknown = sorted(set(args.recertify) - set(attack_sources()))
+        if unknown:
+            parser.error(f"unknown attack module(s) {', '.join(unknown)}; choose from {', '.join(attack_sources())}")
     if not all(isinstance(v, dict) for v in args.interpreter_options.values()):
         parser.error("--interpreter-options must map interpreter names to JSON objects")
     return args
@@ -602,6 +749,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not path.exists():
                     raise UserError(f"no results at {path}; check the path given to --merge")
                 merge_cells(args.out, load_results(path).get("cells", {}))
+            args.table = True
+        for source in args.merge_as_prefix or ():
+            if not source.exists():
+                raise UserError(f"no results at {source}; check the path given to --merge-as-prefix")
+            print(f"prefix summaries added to: {', '.join(merge_as_prefix(args.out, source))}")
+            args.table = True
+        if args.recertify:
+            if not args.out.exists():
+                raise UserError(f"no results at {args.out}; check --out")
+            cells = load_results(args.out)["cells"]
+            args.n, args.interpreters = 1, sorted({Cell.from_key(key).interpreter for key in cells})
+            done, refused = recertify(args.out, args.recertify, args.reason, build_setup(args))
+            print(f"recertified {len(done)} cell(s)" + "".join(f"\nrefused {why}" for why in refused))
             args.table = True
         if args.table:
             if not args.out.exists():
