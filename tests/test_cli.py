@@ -34,6 +34,10 @@ def test_list_names_every_registry(capsys):
         (["attack", "--attack", "adv2", "--target", "/no/maps.safetensors"], "does not exist"),
         (["attack", "--attack", "adv2", "-o", "lam"], "not KEY=VALUE"),
         (["attack", "--attack", "adv2", "--mode", "untargeted", "-i", "cam", "--n", "2"], "targeted attack"),
+        # bad attack options fail before the model is loaded (here: before "needs --weights")
+        (["attack", "--attack", "adv2", "-o", "mask_region_weight=-1", "--model", "cifar_resnet20"],
+         "mask_region_weight must be >= 0"),
+        (["attack", "--attack", "pgd", "-o", "bogus=1", "--model", "cifar_resnet20"], "bogus"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(args, fragment, capsys):

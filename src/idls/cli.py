@@ -98,6 +98,15 @@ def _interpreter_options(names: list[str], rts: Path | None, mask_iterations: in
     return options
 
 
+def _check_attack_options(attack: str, options: dict, mode: str, interpreters: list[str] | None) -> None:
+    """Build the attack once without a model, so that bad options fail before any loading or training."""
+    from idls.attacks import create_attack
+    from idls.runner import attack_needs_interpreter
+
+    extra = {"interpreter": (interpreters or ["cam"])[0]} if attack_needs_interpreter(attack) else {}
+    create_attack(attack, mode=mode, **extra, **options)
+
+
 def _joint_options(attack: str, framework: str | None, target: str | None, mode: str) -> dict:
     """``framework`` / ``target_map`` options of a joint attack, refused with a hint for plain attacks."""
     from idls.attacks import ATTACKS
@@ -287,6 +296,7 @@ def attack(
     options = {key: value for key, value in given.items() if value is not None}
     options.update(_joint_options(attack, framework, target, mode))
     options.update(_key_values(option or []))
+    _check_attack_options(attack, options, mode, interpreter)
     classifier = _classifier(model, weights, _device(device))
     images = _data(classifier, data, n, seed)
     names = interpreter or _default_interpreters(classifier, rts)
