@@ -23,7 +23,7 @@ cam          1.00    0.09        0.94 (0.35)    0.9
 gradcam      1.00    0.08        0.93 (0.35)    0.9
 rts          1.00    0.04        0.71 (0.35)    1.0
 grad         1.00    0.39        0.61 (0.22)    3.2
-mask         1.00    0.29        0.51 (0.13)    25
+mask         1.00    0.28        0.51 (0.13)    21
 ==========  ======  ==========  =============  ===========
 
 MASK is deterministic for a fixed seed, but two runs with different jitter
@@ -175,7 +175,7 @@ _PGD_SMALL: dict[str, JointDefaults] = {
     "rts": JointDefaults(steps=300, warm_start=40, lam=5.0, encoder_weight=0.1, joint_step_size=0.25 / 255),
     "mask": JointDefaults(steps=240, warm_start=20, lam=1.0, schedule="constant", reset_every=20,
                           joint_step_size=0.25 / 255, max_step=0.5 / 255, margin=5.0, region_weight=3.0,
-                          bisection_steps=8),
+                          bisection_steps=8, lookahead_steps=2),
 }
 # Adam frameworks: the joint term is added to the framework's own objective (margin loss, L2 or flow).
 _ADAM_LARGE: dict[str, JointDefaults] = {

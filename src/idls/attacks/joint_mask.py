@@ -45,8 +45,16 @@ look-ahead + region, weight 3        0.082  0.530
 ==================================  =====  ======
 
 (weight 10 tracked weight 3 or slightly below at every reset and was stopped.)
-With the defaults (weight 3, 240 iterations, a reset every 20) on 100 images:
-L1 0.093 (0.29 x PGD's), IoU@20% 0.507 (PGD 0.127), success 1.00.
+With weight 3, 240 iterations, a reset every 20 and 4 look-ahead steps, on 100
+images: L1 0.093 (0.29 x PGD's), IoU@20% 0.507 (PGD 0.127), success 1.00.
+
+Look-ahead steps. With the region term present, 2 look-ahead steps do as well
+as 4 at 0.79 of the time: on 100 images IoU@20% 0.508 (L1 0.090, 21 s / image)
+against 0.507 (0.093, 27 s / image). The small-input default is 2; ImageNet-size
+inputs keep 4 (not measured there). MASK's jitter makes single runs noisy: the
+same 24 images gave IoU@20% 0.490 inside that 100-image run (batches of 50) and
+0.542 in a run of their own (one batch of 24), so compare variants on the same
+batches (``benchmarks/joint_quality.py`` stores per-image results for that).
 
 On C&W / StAdv (:class:`MaskJointHooks`) steps 2-3 and 5 run inside the
 framework's evaluation: lambda times ``l_int`` is its extra loss, Adam replaces
