@@ -661,8 +661,9 @@ def table(results: Mapping) -> str:
     if overridden:
         lines += ["", "\\* non-default attack or interpreter settings (see the cell's `settings` in the JSON)."]
     if other_images:
-        lines += ["", "† compared with a baseline or ADV² cell that ran on more images and holds no result on this "
-                      "cell's first n (per-image columns or a prefix summary): ratios and checks mix image sets."]
+        lines += ["", "† compared with a baseline or ADV² cell that ran on other images (a different n) and holds no "
+                      "result on this cell's first n (per-image columns or a prefix summary): ratios and checks mix "
+                      "image sets."]
     if stale:
         lines += ["", "Cells run before a change of these attack modules (re-run them): " + "; ".join(stale) + "."]
     return "\n".join(lines) + "\n"
