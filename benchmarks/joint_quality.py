@@ -312,7 +312,7 @@ def summary_over(entry: Mapping | None, n: int) -> Mapping | None:
         return entry["summary"]
     columns = entry.get("images")
     if columns and len(columns["id"]) >= n:
-        return {name: sum(columns[name][:n]) / n for name in IMAGE_FIELDS}
+        return evaluate.summarize([{name: columns[name][i] for name in IMAGE_FIELDS} for i in range(n)])
     return entry.get("prefix_summaries", {}).get(str(n))
 
 
@@ -367,13 +367,16 @@ def joint_settings_of(attack, setup: Setup, cell: Cell) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(joint)))
 
 
+#: the defaults of :class:`JointDefaults`'s optional fields, as JSON values (see :func:`changed_settings`)
+NEUTRAL_SETTINGS = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(JointDefaults)
+                                          if f.default is not dataclasses.MISSING}))
+
+
 def changed_settings(recorded: Mapping, now: Mapping) -> list[str]:
     """Joint settings that differ between a cell's record and now. A setting added since the cell ran
     counts as unchanged at its neutral default (new settings default to the old behaviour)."""
-    neutral = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(JointDefaults)
-                                     if f.default is not dataclasses.MISSING}))
     return sorted(name for name, value in now.items()
-                  if recorded.get(name, neutral.get(name, dataclasses.MISSING)) != value)
+                  if recorded.get(name, NEUTRAL_SETTINGS.get(name, dataclasses.MISSING)) != value)
 
 
 def recertify(path: Path, modules: Sequence[str], reason: str, setup: Setup) -> tuple[list[str], list[str]]:
