@@ -1,4 +1,4 @@
-"""ADV²: joint objective, adapters, schedules, warm start, selection, MASK bisection, frameworks."""
+"""ADV²: joint objective, interpreters' joint views, schedules, warm start, selection, MASK bisection, frameworks."""
 
 from __future__ import annotations
 
@@ -15,18 +15,11 @@ from PIL import Image
 from idls import metrics
 from idls.attacks import Iterate, create_attack
 from idls.attacks.defaults import GRAD_PHASES, JointDefaults, joint_defaults
-from idls.attacks.joint import (
-    ADV2,
-    GradAdapter,
-    JointObjective,
-    LambdaSchedule,
-    adapter_for,
-    combine_first_success,
-    smoothed_cross_entropy,
-)
+from idls.attacks.joint import ADV2
+from idls.attacks.joint_objective import JointObjective, LambdaSchedule, combine_first_success, smoothed_cross_entropy
 from idls.attacks.joint_mask import bisect_step_sizes, region_contrast
 from idls.errors import UserError
-from idls.interpreters import create_interpreter
+from idls.interpreters import create_interpreter, interpreter_class, list_interpreters
 from idls.interpreters.grad import gradient_map
 from idls.interpreters.rts import RTSInterpreter, RTSMasker
 
@@ -100,10 +93,14 @@ def test_combine_first_success():
 
 
 def test_defaults_table_and_overrides():
-    for name in ("grad", "ig", "cam", "gradcam", "rts", "mask", "user-made"):
-        for framework in ("pgd", "cw", "stadv"):
+    from idls.attacks import ATTACKS, list_frameworks
+
+    for name in list_interpreters():  # every registered interpreter declares a family with a row
+        for framework in list_frameworks():
             for size in (32, 64, 224):
-                joint_defaults(name, framework, size).validate()
+                joint_defaults(interpreter_class(name).family, ATTACKS.get(framework).joint_table, size).validate()
+    with pytest.raises(UserError, match="no joint-attack defaults for interpreter family 'user-made'"):
+        joint_defaults("user-made", "pgd", 32)  # an unknown family is refused, not given CAM's settings
     assert joint_defaults("cam", "pgd", 224).steps == 1200 and joint_defaults("cam", "pgd", 224).warm_start == 400
     assert joint_defaults("rts", "pgd", 32).encoder_weight == 0.1
     assert joint_defaults("grad", "pgd", 32).label_smoothing == (0.95, 0.99)
@@ -205,11 +202,11 @@ def test_grad_loss_uses_the_surrogate_and_selection_the_real_model(resnet20, ran
     """A deliberately different 'surrogate' (another network) makes the two roles distinguishable."""
     x, labels = cifar16[0][:3], cifar16[1][:3]
     grad = create_interpreter("grad", resnet20, surrogate=random_resnet20)
-    adapter = adapter_for(grad)
-    assert isinstance(adapter, GradAdapter) and adapter.surrogate is random_resnet20 and not adapter.exact
+    view = grad.for_joint_attack()
+    assert view is grad and not view.joint_map_is_exact
     targets = (labels + 1) % 10
     target_maps = grad.attribute(x, labels)
-    objective = JointObjective(adapter, targets, target_maps, LambdaSchedule("constant", 1.0, 10),
+    objective = JointObjective(view, targets, target_maps, LambdaSchedule("constant", 1.0, 10),
                                select_every=1, last_iteration=10)
     it = Iterate(x=x.clone().requires_grad_(True), index=torch.arange(3), iteration=0)
     evaluation = objective.evaluate(it)
@@ -227,21 +224,32 @@ def test_grad_loss_uses_the_surrogate_and_selection_the_real_model(resnet20, ran
     assert bool(torch.isinf(objective.score(late, evaluation)).all())
 
 
-@pytest.mark.parametrize("name", ["cam", "gradcam", "rts"])
-def test_exact_adapters_reproduce_the_interpreter_and_classifier(name, resnet20, cifar16, threads):
+EXACT_IN_GRAPH = [name for name in list_interpreters()
+                  if not interpreter_class(name).needs_smooth_surrogate and not interpreter_class(name).map_is_optimised]
+
+
+@pytest.mark.parametrize("name", EXACT_IN_GRAPH)
+def test_exact_joint_views_reproduce_the_interpreter_and_classifier(name, resnet20, cifar16, threads):
     x, labels = cifar16[0][:3], cifar16[1][:3]
     interpreter = _interpreter(name, resnet20)
-    adapter = adapter_for(interpreter)
-    assert adapter.exact
-    out = adapter.forward(x.clone().requires_grad_(True), (labels + 2) % 10)
+    view = interpreter.for_joint_attack()
+    assert view.joint_map_is_exact
+    x_in = x.clone().requires_grad_(True)
+    out = view.joint_forward(x_in, (labels + 2) % 10)
     assert torch.allclose(out.maps, interpreter.attribute(x, (labels + 2) % 10), atol=1e-5)
     assert torch.allclose(out.logits, resnet20(x), atol=1e-4)
-    assert (out.encoder_logits is not None) == (name == "rts")
+    (grad,) = torch.autograd.grad(out.maps.sum(), x_in)  # in the graph: the joint loss can differentiate it
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+    if out.encoder_logits is not None:
+        assert torch.allclose(out.encoder_logits, resnet20(x), atol=1e-4)
 
 
-def test_default_grad_adapter_builds_a_smooth_surrogate(resnet20):
-    adapter = adapter_for(create_interpreter("grad", resnet20))
-    assert adapter.surrogate is not resnet20 and adapter.surrogate.info.name.endswith("+smooth")
+def test_joint_view_of_grad_builds_a_smooth_surrogate_and_leaves_the_interpreter_alone(resnet20):
+    grad = create_interpreter("grad", resnet20)
+    view = grad.for_joint_attack()
+    assert grad.surrogate is None and view is not grad
+    assert view.surrogate is not resnet20 and view.surrogate.info.name.endswith("+smooth")
+    assert view.classifier is resnet20
 
 
 # -- the key property: ADV² keeps the benign CAM, PGD does not -------------------------------------

@@ -92,7 +92,7 @@ def test_unsupported_model_raises_user_error():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
     info = ModelInfo(name="densenet121", num_classes=3, input_size=32)
     classifier = Classifier(net, body=lambda n, z: n(z), head=lambda n, a: a.mean(dim=(2, 3))[:, :3], info=info)
-    with pytest.raises(UserError, match="no encoder for model 'densenet121'"):
+    with pytest.raises(UserError, match="'densenet121' exposes no feature pyramid, so RTS has no encoder"):
         RTSMasker(classifier)
     with pytest.raises(UserError, match="densenet121"):
         create_interpreter("rts", classifier)
@@ -256,7 +256,7 @@ def test_embedded_masker_is_trained_once_cached_and_retrained_for_other_weights(
     assert torch.equal(interpreter.attribute(x), RTSInterpreter(classifier, masker=first).attribute(x))
     rts_training.embedded_rts_masker(random_embedded(1))  # other weights: retrain, not a stale load
     assert len(calls) == 2
-    with pytest.raises(UserError, match="embedded_cnn"):
+    with pytest.raises(UserError, match="cached RTS masker is for the embedded model, not 'cifar_resnet20'"):
         rts_training.embedded_rts_masker(create_model("cifar_resnet20"))
 
 

@@ -109,8 +109,7 @@ def _check_attack_options(attack: str, options: dict, mode: str, interpreters: l
 
 def _joint_options(attack: str, framework: str | None, target: str | None, mode: str) -> dict:
     """``framework`` / ``target_map`` options of a joint attack, refused with a hint for plain attacks."""
-    from idls.attacks import ATTACKS
-    from idls.attacks.defaults import FRAMEWORKS
+    from idls.attacks import ATTACKS, list_frameworks
     from idls.attacks.target_maps import MAP_FILE_SUFFIXES, TARGET_MAP_KINDS
     from idls.runner import attack_needs_interpreter
 
@@ -128,8 +127,8 @@ def _joint_options(attack: str, framework: str | None, target: str | None, mode:
                         "use --mode targeted or least_likely")
     options: dict = {}
     if framework is not None:
-        if framework not in FRAMEWORKS:
-            raise UserError(f"unknown --framework {framework!r}; choose one of: {', '.join(FRAMEWORKS)}")
+        if framework not in list_frameworks():
+            raise UserError(f"unknown --framework {framework!r}; choose one of: {', '.join(list_frameworks())}")
         options["framework"] = framework
     else:
         options["framework"] = "pgd"
@@ -305,7 +304,9 @@ def attack(
         classifier, interpreters, attack, options, images.images, images.labels, images.ids,
         mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model,
     )
-    cell = {"framework": options.get("framework", attack if attack in ("pgd", "cw", "stadv") else "pgd"),
+    from idls.attacks import list_frameworks
+
+    cell = {"framework": options.get("framework", attack if attack in list_frameworks() else "pgd"),
             "target": options.get("target_map", "benign" if "framework" in options else "none")}
     for record in run.records:
         record.update(cell)

@@ -97,7 +97,7 @@ def train_embedded(config: TrainConfig | None = None, *, progress: bool = True) 
 
 
 def _train_embedded(config: TrainConfig, *, progress: bool) -> tuple[dict[str, Tensor], dict]:
-    from idls.models import create_model
+    from idls.models.registry import create_model
 
     start, cpu_start = time.perf_counter(), time.process_time()
     train = make_synthetic(config.train_size, TRAIN_SEED)

@@ -37,6 +37,8 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()
     gap_linear_head: bool = True
     weights: str | None = None
+    #: trained on the embedded synthetic data set (an RTS masker can then be trained on that data on first use)
+    embedded: bool = False
     extra: dict = field(default_factory=dict)
 
     def class_name(self, index: int) -> str:
@@ -52,6 +54,8 @@ class Classifier(nn.Module):
         head: ``head(net, A) -> logits`` ``B x N``.
         info: :class:`ModelInfo`.
         linear: the ``nn.Linear`` after global average pooling, if the head is GAP + linear.
+        pyramid: ``pyramid(net, z) -> [A_1, ..., A_L]``, the multi-scale feature maps of the
+            normalised image (fine to coarse, the last one ``A``), if the model exposes them (RTS's encoder).
     """
 
     def __init__(
@@ -61,12 +65,14 @@ class Classifier(nn.Module):
         head: Callable[[nn.Module, Tensor], Tensor],
         info: ModelInfo,
         linear: Callable[[nn.Module], nn.Linear] | None = None,
+        pyramid: Callable[[nn.Module, Tensor], list[Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self._body = body
         self._head = head
         self._linear = linear
+        self._pyramid = pyramid
         self.info = info
         self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
@@ -98,6 +104,24 @@ class Classifier(nn.Module):
         """Predicted classes ``B`` (long), evaluated in chunks without gradients."""
         out = [self(chunk).argmax(1) for chunk in x.split(batch_size)]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
+
+    @property
+    def has_feature_pyramid(self) -> bool:
+        """Whether :meth:`feature_pyramid` is available (the model registration declares it)."""
+        return self._pyramid is not None
+
+    def feature_pyramid_check(self) -> None:
+        """Raise :class:`UserError` when the model exposes no feature pyramid."""
+        if self._pyramid is None:
+            raise UserError(
+                f"model {self.info.name!r} exposes no feature pyramid, so RTS has no encoder for it; "
+                "explain this model with cam, gradcam, grad or mask instead"
+            )
+
+    def feature_pyramid(self, x: Tensor) -> list[Tensor]:
+        """Multi-scale feature maps of pixels ``x`` (fine to coarse; each ``B x K_l x h_l x w_l``)."""
+        self.feature_pyramid_check()
+        return self._pyramid(self.net, self.normalize(x))
 
     # -- head access ----------------------------------------------------------------
     @property

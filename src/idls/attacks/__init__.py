@@ -20,13 +20,14 @@ from idls.attacks.base import (
     create_attack,
     flush_denormal,
     list_attacks,
+    list_frameworks,
     prediction_loss,
 )
 from idls.attacks.pgd import PGD, Evaluation, Iterate, project, projected_gradient_descent
 from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
 
 # Attacks written in other modules register themselves on import; one not written yet must not break the others.
-for _module in ("cw", "stadv", "joint", "edge", "universal", "adaptive"):
+for _module in ("mifgsm", "cw", "stadv", "joint", "edge", "universal", "adaptive"):
     try:
         importlib.import_module(f"idls.attacks.{_module}")
     except ModuleNotFoundError as exc:
@@ -46,6 +47,7 @@ __all__ = [
     "flush_denormal",
     "least_likely_targets",
     "list_attacks",
+    "list_frameworks",
     "prediction_loss",
     "project",
     "projected_gradient_descent",

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from idls import metrics
 from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
+from idls.attacks.threats import Threat
 from idls.errors import UserError, check_images
 from idls.registry import Registry
 from idls.system import Classifier
@@ -106,6 +107,14 @@ class Attack:
     """
 
     name: ClassVar[str] = "attack"
+    #: the joint attacks can run on this attack's optimiser (``--framework NAME``): which row set of
+    #: :mod:`idls.attacks.defaults` they then use (``None``: not a framework)
+    joint_table: ClassVar[str | None] = None
+    #: how a joint attack drives it: ``'steps'`` (projected gradient steps on the shared engine,
+    #: :meth:`step_rule`) or ``'adam'`` (an optimiser with evaluate / score hooks, ``optimise_joint``)
+    joint_kind: ClassVar[str | None] = None
+    #: the threat model has an epsilon ball (StAdv bounds a flow instead)
+    uses_epsilon: ClassVar[bool] = True
 
     def __init__(self, *, mode: str | TargetMode = TargetMode.TARGETED, seed: int = 0, progress: bool = False) -> None:
         self.mode = TargetMode.parse(mode)
@@ -143,6 +152,7 @@ class Attack:
         targets = self.resolve_targets(classifier, x, labels, targets, indices)
         self.batch_indices = None if indices is None else torch.as_tensor(indices).long()
         outcome = self._perturb(classifier, x, labels, targets)
+        self._check_threat(x, outcome.x_adv)
         with torch.no_grad():
             logits = classifier(outcome.x_adv)
         pred = logits.argmax(1)
@@ -195,6 +205,17 @@ class Attack:
             with torch.no_grad():
                 return least_likely_targets(classifier(x))
         return random_targets(labels, classifier.num_classes, self.seed, indices)
+
+    def threat(self) -> Threat:
+        """The set of images this attack may return (checked after every run); default: the pixel box."""
+        return Threat()
+
+    def _check_threat(self, x: Tensor, x_adv: Tensor) -> None:
+        inside = self.threat().contains(x, x_adv.to(x))
+        if not bool(inside.all()):
+            outside = (~inside).nonzero().flatten().tolist()[:5]
+            raise RuntimeError(f"{self.name} returned images outside its threat set ({self.threat().describe()}) "
+                               f"for samples {outside}: a bug in the attack, please report it")
 
     # -- for subclasses ---------------------------------------------------------------
     def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
@@ -271,9 +292,27 @@ def flush_denormal() -> Iterator[None]:
 ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
 
 
+def attack_options(attack: type[Attack]) -> list[str]:
+    """The keyword options an attack class accepts, including those it forwards to its base classes."""
+    names: dict[str, None] = {}
+    for cls in attack.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None or cls is object:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                names.setdefault(parameter.name)
+    return list(names)
+
+
 def create_attack(name: str, **options: Any) -> Attack:
     """Build attack ``name`` (options are its keyword arguments, e.g. ``epsilon=8/255``)."""
     factory = ATTACKS.get(name)
+    known = attack_options(factory)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"bad option for attack {name!r}: unexpected {', '.join(unknown)}; "
+                        f"it takes: {', '.join(sorted(known))}")
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as exc:
@@ -285,13 +324,20 @@ def list_attacks() -> list[str]:
     return ATTACKS.names()
 
 
+def list_frameworks() -> list[str]:
+    """Attacks the joint attacks can run on (``--framework``): those whose class declares a ``joint_table``."""
+    return [name for name in ATTACKS.names() if getattr(ATTACKS.get(name), "joint_table", None) is not None]
+
+
 __all__ = [
     "ATTACKS",
     "Attack",
     "AttackResult",
     "Perturbation",
+    "attack_options",
     "create_attack",
     "flush_denormal",
     "list_attacks",
+    "list_frameworks",
     "prediction_loss",
 ]

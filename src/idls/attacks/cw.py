@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal
 from idls.attacks.pgd import Evaluation, Iterate
 from idls.attacks.targets import TargetMode
+from idls.attacks.threats import LpBall, Threat
 from idls.errors import UserError
 from idls.system import Classifier
 
@@ -551,6 +552,8 @@ class CarliniWagnerL2(Attack):
     """
 
     name = "cw"
+    joint_table = "cw"
+    joint_kind = "adam"
 
     def __init__(
         self,
@@ -606,6 +609,25 @@ class CarliniWagnerL2(Attack):
             progress=self.progress,
             description=f"{self.name} ({self.mode.value})",
         )
+
+    def threat(self) -> Threat:
+        return Threat() if self.epsilon is None else LpBall("linf", self.epsilon)
+
+    # -- as a joint-attack framework ---------------------------------------------------
+    @property
+    def iterations_per_run(self) -> int:
+        """Gradient steps of one :meth:`optimise` call at most (all binary-search rounds)."""
+        return self.steps * self.search_steps
+
+    def optimise_joint(self, x: Tensor, evaluate: EvaluateFn, targets: Tensor, *, score_fn: ScoreFn | None,
+                       weights: Tensor | None, start: dict[str, Tensor]) -> Perturbation:
+        """Targeted :meth:`optimise` with step weights ``weights`` (on the perturbation) from ``start``."""
+        return self.optimise(x, evaluate, targets, targeted=True, score_fn=score_fn, perturbation_weights=weights,
+                             x_init=start.get("x_init"))
+
+    def continuation(self, warm: Perturbation, weights: Tensor | None) -> dict[str, Tensor]:
+        """Start of a joint run from a warm-start run: its images."""
+        return {"x_init": warm.x_adv}
 
     def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
         targeted = targets is not None

@@ -61,7 +61,10 @@ from idls.errors import UserError
 
 Schedule = Literal["ramp", "phases", "constant"]
 SCHEDULES: tuple[str, ...] = ("ramp", "phases", "constant")
-FRAMEWORKS: tuple[str, ...] = ("pgd", "cw", "stadv")
+#: the defaults tables: a framework attack names the one it uses (its ``joint_table``)
+TABLES: tuple[str, ...] = ("pgd", "cw", "stadv")
+#: the interpreter families with tuned rows (an interpreter declares its ``family``)
+FAMILIES: tuple[str, ...] = ("grad", "cam", "rts", "mask")
 #: (share of the joint steps, multiplier of c) for the 'phases' schedule
 GRAD_PHASES: tuple[tuple[float, float], ...] = ((0.43, 1.0), (0.28, 4.0), (0.145, 10.0), (0.145, 50.0))
 LARGE_INPUT = 128  #: input sides from here on use the paper's (ImageNet) settings
@@ -205,29 +208,28 @@ _TABLE: dict[tuple[str, bool], dict[str, JointDefaults]] = {
     ("stadv", True): _ADAM_LARGE,
     ("stadv", False): _STADV_SMALL,
 }
-#: interpreters that borrow another family's settings (unknown names use CAM's)
-FAMILY = {"grad": "grad", "ig": "grad", "cam": "cam", "gradcam": "cam", "rts": "rts", "mask": "mask"}
+def joint_defaults(family: str, table: str, input_size: int) -> JointDefaults:
+    """Default settings of an interpreter ``family`` on the framework ``table`` at ``input_size`` px.
 
-
-def interpreter_family(name: str) -> str:
-    """The row of the table an interpreter uses: grad, cam, rts or mask."""
-    return FAMILY.get(name, "cam")
-
-
-def joint_defaults(interpreter: str, framework: str, input_size: int) -> JointDefaults:
-    """Default settings for ``interpreter`` (registry name) on ``framework`` at ``input_size`` px."""
-    if framework not in FRAMEWORKS:
-        raise UserError(f"unknown attack framework {framework!r}; choose one of: {', '.join(FRAMEWORKS)}")
-    return _TABLE[(framework, input_size >= LARGE_INPUT)][interpreter_family(interpreter)]
+    Args:
+        family: the interpreter's declared family (``Interpreter.family``): grad, cam, rts or mask.
+        table: the framework attack's declared table (``Attack.joint_table``): pgd, cw or stadv.
+        input_size: the input side in pixels (from :data:`LARGE_INPUT` on, the paper's settings).
+    """
+    if table not in TABLES:
+        raise UserError(f"unknown joint-attack defaults table {table!r}; choose one of: {', '.join(TABLES)}")
+    if family not in FAMILIES:
+        raise UserError(f"no joint-attack defaults for interpreter family {family!r}; "
+                        f"choose one of: {', '.join(FAMILIES)}")
+    return _TABLE[(table, input_size >= LARGE_INPUT)][family]
 
 
 __all__ = [
-    "FAMILY",
-    "FRAMEWORKS",
+    "FAMILIES",
     "GRAD_PHASES",
     "JointDefaults",
     "LARGE_INPUT",
     "SCHEDULES",
-    "interpreter_family",
+    "TABLES",
     "joint_defaults",
 ]

@@ -22,7 +22,6 @@ per image, so low-contrast images get small weights.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.attacks.base import ATTACKS
-from idls.attacks.defaults import LARGE_INPUT, JointDefaults, interpreter_family
+from idls.attacks.defaults import LARGE_INPUT, JointDefaults
 from idls.attacks.joint import ADV2
 from idls.errors import UserError
 from idls.interpreters import Interpreter
@@ -64,9 +63,6 @@ class _EdgeAttack(ADV2):
     """ADV² with edge-weighted updates (see the module docstring)."""
 
     def __init__(self, *, edge_stage: str = "all", **options: Any) -> None:
-        unknown = sorted(set(options) - set(inspect.signature(ADV2.__init__).parameters))
-        if unknown:
-            raise UserError(f"bad option for attack {self.name!r}: unexpected {', '.join(unknown)}")
         super().__init__(**options)
         if edge_stage not in EDGE_STAGES:
             raise UserError(f"unknown edge_stage {edge_stage!r}; choose one of: {', '.join(EDGE_STAGES)}")
@@ -106,8 +102,8 @@ class AdvEdge(_EdgeAttack):
             settings = replace(settings, joint_step_size=None)
         if self.overrides.get("max_step") is None:
             settings = replace(settings, max_step=2 * self.step_size)
-        factor = SMALL_INPUT_STEP_FACTOR.get(interpreter_family(interpreter.name), 1)
-        if self.overrides.get("steps") is None and self.framework == "pgd" and input_size < LARGE_INPUT:
+        factor = SMALL_INPUT_STEP_FACTOR.get(interpreter.family, 1)
+        if self.overrides.get("steps") is None and self.framework_class.joint_kind == "steps" and input_size < LARGE_INPUT:
             settings = replace(settings, steps=settings.steps * factor)
         return settings
 

@@ -79,8 +79,8 @@ from idls import metrics
 from idls.attacks.base import Perturbation, flush_denormal
 from idls.attacks.cw import BestIterate, StepOutcome, margin
 from idls.attacks.defaults import JointDefaults
-from idls.attacks.joint import LambdaSchedule, combine_first_success, map_mse, warm_start_pgd
-from idls.attacks.pgd import Evaluation, Iterate, project
+from idls.attacks.joint_objective import LambdaSchedule, combine_first_success, map_mse, warm_start_pgd
+from idls.attacks.pgd import Evaluation, Iterate, StepRule, project
 from idls.interpreters import Interpreter
 from idls.interpreters.mask import MaskConfig, MaskOptimizer, gaussian_blur, perturb, unrolled_mask_steps
 from idls.system import Classifier
@@ -168,8 +168,12 @@ def interpretation_loss(classifier: Classifier, x: Tensor, m: Tensor, targets: T
     return loss
 
 
-def _weighted_sign(grad: Tensor, weights: Tensor | None) -> Tensor:
-    direction = grad.sign()
+def _weighted_direction(grad: Tensor, weights: Tensor | None, step_rule: StepRule | None = None) -> Tensor:
+    """The unit step (sign, or the framework's step rule over the whole batch), times the edge weights."""
+    if step_rule is None:
+        direction = grad.sign()
+    else:
+        direction = step_rule(grad, torch.arange(grad.shape[0], device=grad.device))
     return direction if weights is None else direction * weights
 
 
@@ -240,18 +244,20 @@ def joint_mask_attack(
 ) -> Perturbation:
     """The bilevel ADV² attack on MASK for ``attack`` (an :class:`~idls.attacks.joint.ADV2`).
 
-    PGD: the loop of the module docstring. C&W / StAdv: :class:`MaskJointHooks`
+    Step frameworks (PGD, MI-FGSM): the loop of the module docstring, whose prediction
+    steps use the framework's step rule. Adam frameworks (C&W, StAdv): :class:`MaskJointHooks`
     through ``attack``'s framework runner.
     """
-    if attack.framework != "pgd":
+    if attack.framework_class.joint_kind != "steps":
         return attack.run_adam_framework(
             classifier, x, targets, settings, warm_weights, joint_weights,
             lambda total, start: MaskJointHooks(classifier, interpreter, start, targets, target_maps, settings, total),
         )
     epsilon, alpha = attack.epsilon, attack.step_size
     joint_alpha = alpha if settings.joint_step_size is None else settings.joint_step_size
+    step_rule = attack.framework_attack().step_rule()  # the framework's prediction steps (PGD: sign)
     warm = warm_start_pgd(classifier, x, targets, epsilon=epsilon, step_size=alpha, steps=settings.warm_start,
-                          step_weights=warm_weights, progress=attack.progress)
+                          step_weights=warm_weights, step_rule=step_rule, progress=attack.progress)
     x = x.detach()
     x_adv = warm.x_adv.detach().clone()
     batch = x.shape[0]
@@ -284,7 +290,8 @@ def joint_mask_attack(
             with torch.enable_grad():
                 ce = torch.nn.functional.cross_entropy(classifier(x_req), targets, reduction="sum")
                 (grad,) = torch.autograd.grad(ce, x_req)
-            moved = project(x_adv - joint_alpha * _weighted_sign(grad, joint_weights), x, epsilon, "linf")
+            moved = project(x_adv - joint_alpha * _weighted_direction(grad, joint_weights, step_rule), x, epsilon,
+                            "linf")
             x_adv = torch.where(frozen, x_adv, moved).detach()
             # 2. inner MASK steps on the current image
             inner.step(x_adv, targets, settings.inner_steps)
@@ -293,7 +300,7 @@ def joint_mask_attack(
             with torch.enable_grad():
                 loss = interpretation_loss(classifier, x_req, inner.m, targets, target_maps, interpreter, settings)
                 (grad,) = torch.autograd.grad(schedule(t) * loss.sum(), x_req)
-            direction = _weighted_sign(grad, joint_weights)
+            direction = _weighted_direction(grad, joint_weights)
             # 4. per-sample bisection on the step size
             start = x_adv
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal, prediction_loss
 from idls.attacks.targets import TargetMode
+from idls.attacks.threats import LpBall
 from idls.errors import UserError
 from idls.system import Classifier
 
@@ -82,6 +83,9 @@ class Evaluation:
 
 LossFn = Callable[[Iterate], "Tensor | Evaluation"]
 CriterionFn = Callable[[Iterate, Evaluation], Tensor]
+#: ``rule(grad, index) -> direction``: the unit step of the active rows ``index`` (``B_active x C x H x W``)
+#: from their loss gradient; ``None`` in the engine means :func:`step_direction` (sign / L2-normalised)
+StepRule = Callable[[Tensor, Tensor], Tensor]
 
 
 def _per_sample(value: float | Tensor, index: Tensor, like: Tensor) -> Tensor | float:
@@ -175,6 +179,7 @@ def projected_gradient_descent(
     early_stop: bool = False,
     patience: int = 0,
     generator: torch.Generator | None = None,
+    step_rule: StepRule | None = None,
     progress: bool = False,
     description: str = "pgd",
 ) -> Perturbation:
@@ -217,6 +222,8 @@ def projected_gradient_descent(
         early_stop: freeze samples that are done (see above).
         patience: evaluations without improvement before a successful sample is done.
         generator: randomness of the random start (CPU generator recommended).
+        step_rule: ``rule(grad, index) -> direction`` replacing the plain sign / L2
+            direction (e.g. MI-FGSM's momentum, :class:`idls.attacks.mifgsm.Momentum`).
         progress: show a tqdm bar.
         description: the bar's label.
 
@@ -273,7 +280,8 @@ def projected_gradient_descent(
                 break
             (grad,) = torch.autograd.grad(evaluation.loss.sum(), x_act)
             with torch.no_grad():
-                step = step_direction(grad, norm) * _per_sample(step_size, index, x_act)
+                direction = step_direction(grad, norm) if step_rule is None else step_rule(grad, index)
+                step = direction * _per_sample(step_size, index, x_act)
                 if step_weights is not None:
                     step = step * step_weights.to(x_act)[index]
                 x_new = project(x_act.detach() - step, x[index], _per_sample(epsilon, index, x_act), norm)
@@ -338,6 +346,8 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    joint_table = "pgd"
+    joint_kind = "steps"
 
     def __init__(
         self,
@@ -365,6 +375,13 @@ class PGD(Attack):
         self.early_stop = bool(early_stop)
         self.patience = int(patience)
 
+    def threat(self) -> LpBall:
+        return LpBall(self.norm, self.epsilon)
+
+    def step_rule(self) -> StepRule | None:
+        """A fresh step rule for one run (``None``: the engine's sign / L2-normalised step)."""
+        return None
+
     def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
         targeted = targets is not None
         classes = targets if targeted else labels
@@ -390,12 +407,14 @@ class PGD(Attack):
             early_stop=self.early_stop,
             patience=self.patience,
             generator=self.generator(),
+            step_rule=self.step_rule(),
             progress=self.progress,
             description=f"{self.name} ({self.mode.value})",
         )
 
 
 __all__ = [
+    "StepRule",
     "DEFAULT_EPSILON",
     "DEFAULT_STEPS",
     "Evaluation",

@@ -243,6 +243,9 @@ class StAdv(Attack):
     """
 
     name = "stadv"
+    joint_table = "stadv"
+    joint_kind = "adam"
+    uses_epsilon = False
 
     def __init__(
         self,
@@ -298,6 +301,25 @@ class StAdv(Attack):
             progress=self.progress,
             description=f"{self.name} ({self.mode.value})",
         )
+
+    # -- as a joint-attack framework ---------------------------------------------------
+    @property
+    def iterations_per_run(self) -> int:
+        """Gradient steps of one :meth:`optimise` call at most."""
+        return self.steps
+
+    def optimise_joint(self, x: Tensor, evaluate: EvaluateFn, targets: Tensor, *, score_fn: ScoreFn | None,
+                       weights: Tensor | None, start: dict[str, Tensor]) -> Perturbation:
+        """Targeted :meth:`optimise` with step weights ``weights`` (on the flow) from ``start``."""
+        return self.optimise(x, evaluate, targets, targeted=True, score_fn=score_fn, flow_weights=weights,
+                             flow_init=start.get("flow_init"))
+
+    def continuation(self, warm: Perturbation, weights: Tensor | None) -> dict[str, Tensor]:
+        """Start of a joint run from a warm-start run: its flow, before the weights were applied."""
+        flow = warm.extras["flow"]  # the applied (weighted) flow
+        if weights is not None:
+            flow = torch.where(weights > 0, flow / weights.clamp_min(1e-12), torch.zeros_like(flow))
+        return {"flow_init": flow}
 
     def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
         targeted = targets is not None

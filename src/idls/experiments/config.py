@@ -386,7 +386,7 @@ def substitute_variables(value: Any, variables: Mapping[str, Any], overrides: Ma
 # ---------------------------------------------------------------------------------
 def _build(config: dict[str, Any], base_dir: Path, default_name: str, source_file: str | None) -> Experiment:
     from idls.attacks import ATTACKS
-    from idls.attacks.defaults import FRAMEWORKS
+    from idls.attacks import list_frameworks
     from idls.attacks.targets import TargetMode
 
     _check_keys(config, TOP_LEVEL_KEYS, "")
@@ -407,8 +407,8 @@ def _build(config: dict[str, Any], base_dir: Path, default_name: str, source_fil
         _check_not_grid_keys(options, f"attack_options.{key}")
     frameworks = _strings(config.get("frameworks", ["pgd"]), "frameworks")
     for name in frameworks:
-        if name not in FRAMEWORKS:
-            raise UserError(f"frameworks: unknown framework {name!r}; choose from {', '.join(FRAMEWORKS)}")
+        if name not in list_frameworks():
+            raise UserError(f"frameworks: unknown framework {name!r}; choose from {', '.join(list_frameworks())}")
     mode = TargetMode.parse(config.get("mode", "targeted")).value
     experiment = Experiment(
         name=str(config.get("name") or default_name),

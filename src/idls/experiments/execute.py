@@ -89,18 +89,16 @@ class Workspace:
     # -- interpreters -----------------------------------------------------------------
     def usable_interpreters(self, model_index: int) -> tuple[list[str], list[str]]:
         """The listed interpreters that apply to the model, and a warning for each one left out."""
-        from idls.models import MODELS
+        from idls.interpreters import interpreter_class
 
         model = self.experiment.models[model_index]
         classifier = self.model_classifier(model_index)
         usable, warnings = [], []
         for name in self.experiment.interpreters:
             options = self.experiment.interpreter_options_for(model, name)
-            if name == "cam" and not classifier.info.gap_linear_head:
-                warnings.append(f"skipping cam on {model.name}: it has no global-average-pool + linear head")
-            elif name == "rts" and MODELS.get(model.name).family != "embedded" and not options.get("checkpoint"):
-                warnings.append(f"skipping rts on {model.name}: no RTS checkpoint; train one with `idls train-rts` "
-                                f"and --set models.{model.name}.interpreter_options.rts.checkpoint=PATH")
+            reason = interpreter_class(name).unavailable_reason(classifier, options)
+            if reason is not None:
+                warnings.append(f"skipping {name} on {model.name}: {reason}")
             else:
                 usable.append(name)
         return usable, warnings

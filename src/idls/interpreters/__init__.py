@@ -1,28 +1,24 @@
-"""Interpreter registry: ``create_interpreter(name, classifier, **options)``.
+"""Interpreters: ``create_interpreter(name, classifier, **options)``.
 
-Names: grad, ig, cam, gradcam, rts, mask (see ``idls list``).
+Names: grad, ig, cam, gradcam, rts, mask (see ``idls list``). Each interpreter
+class declares its own capabilities (its joint-attack family, whether its
+in-graph map is exact, which classifiers it applies to); see
+:class:`~idls.interpreters.base.Interpreter`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+# Importing the modules registers the built-in interpreters.
+from idls.interpreters import cam, grad, gradcam, integrated_gradients, mask, rts  # noqa: F401
+from idls.interpreters.base import Interpreter, JointOutput, minmax_normalize
+from idls.interpreters.registry import INTERPRETERS, create_interpreter, interpreter_class, list_interpreters
 
-from idls.interpreters.base import Interpreter, minmax_normalize
-from idls.registry import Registry
-from idls.system import Classifier
-
-INTERPRETERS: Registry[Callable[..., Interpreter]] = Registry("interpreter")
-
-
-def create_interpreter(name: str, classifier: Classifier, **options) -> Interpreter:
-    """Build interpreter ``name`` for ``classifier`` (options are the interpreter's keyword arguments)."""
-    return INTERPRETERS.get(name)(classifier, **options)
-
-
-def list_interpreters() -> list[str]:
-    return INTERPRETERS.names()
-
-
-from idls.interpreters import _register  # noqa: E402,F401
-
-__all__ = ["INTERPRETERS", "Interpreter", "create_interpreter", "list_interpreters", "minmax_normalize"]
+__all__ = [
+    "INTERPRETERS",
+    "Interpreter",
+    "JointOutput",
+    "create_interpreter",
+    "interpreter_class",
+    "list_interpreters",
+    "minmax_normalize",
+]

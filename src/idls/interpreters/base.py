@@ -10,7 +10,8 @@ Maps are ``B x h x w`` at the interpreter's native resolution with values in
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,15 +29,78 @@ def minmax_normalize(maps: Tensor, eps: float = EPS) -> Tensor:
     return ((flat - lo) / (hi - lo + eps)).view_as(maps)
 
 
+@dataclass
+class JointOutput:
+    """What a joint attack needs from one pass at an iterate (all inside the autograd graph).
+
+    Attributes:
+        logits: ``B x N`` classifier logits.
+        maps: ``B x h x w`` differentiable maps of the explained classes.
+        encoder_logits: ``B x N`` logits of the interpreter's own encoder, if it has one (RTS).
+    """
+
+    logits: Tensor
+    maps: Tensor
+    encoder_logits: Tensor | None = None
+
+
 class Interpreter(nn.Module):
     """Base class: explain ``classifier``'s decision for a batch of [0, 1] images.
 
-    Subclasses implement :meth:`_attribute`; callers use :meth:`attribute`.
+    Subclasses implement :meth:`_attribute`; callers use :meth:`attribute`. A
+    subclass declares what the rest of the library needs to know about it as
+    class attributes and hooks, so that no code outside this package asks for
+    an interpreter by name:
+
+    * :attr:`family`: the row of the joint attacks' defaults table it uses
+      (``'grad'``, ``'cam'``, ``'rts'`` or ``'mask'``; ``None``: no tuned
+      defaults, joint attacks refuse it until it declares one);
+    * :attr:`needs_smooth_surrogate`: its map's input gradient needs the
+      smooth-ReLU surrogate (then the in-graph map is not the real map);
+    * :attr:`map_is_optimised`: its map is itself the result of an optimisation
+      (MASK), so joint attacks run their bilevel loop instead of
+      differentiating :meth:`joint_forward`;
+    * :meth:`joint_forward`: logits and differentiable maps in one pass;
+    * :meth:`unavailable_reason`: why it cannot explain a given classifier.
     """
 
     name: ClassVar[str] = "interpreter"
+    #: row of the joint-attack defaults table (see :mod:`idls.attacks.defaults`)
+    family: ClassVar[str | None] = None
     #: gradients of the map w.r.t. the input need the smooth-ReLU surrogate (GRAD, IG)
     needs_smooth_surrogate: ClassVar[bool] = False
+    #: the map is the result of an optimisation per image (MASK): joint attacks use the bilevel loop
+    map_is_optimised: ClassVar[bool] = False
+
+    @classmethod
+    def unavailable_reason(cls, classifier: Classifier, options: dict[str, Any]) -> str | None:
+        """Why this interpreter cannot explain ``classifier`` with ``options``, or ``None`` if it can."""
+        return None
+
+    @property
+    def joint_map_is_exact(self) -> bool:
+        """Whether :meth:`joint_forward`'s map equals the real map (else a surrogate's)."""
+        return not self.needs_smooth_surrogate
+
+    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+        """Logits ``B x N`` and differentiable maps ``B x h x w`` of ``classes`` at images ``x``.
+
+        The default runs the classifier and :meth:`attribute` with ``create_graph=True``
+        (two passes); interpreters that can share one pass override it.
+        """
+        return JointOutput(self.classifier(x), self.attribute(x, classes, create_graph=True))
+
+    def for_joint_attack(self) -> Interpreter:
+        """The interpreter a joint attack differentiates (called once per attacked batch).
+
+        Gradient interpreters return a twin with a smooth surrogate; most return ``self``.
+        """
+        return self
+
+    def attribute_in_chunks(self, x: Tensor, target: Tensor, chunk: int = 256) -> Tensor:
+        """Real (non-differentiable) maps ``B x h x w`` of ``target`` classes, ``chunk`` images at a time."""
+        parts = [self.attribute(xs, cs) for xs, cs in zip(x.detach().split(chunk), target.split(chunk))]
+        return torch.cat(parts) if parts else x.new_zeros(0)
 
     def __init__(self, classifier: Classifier) -> None:
         super().__init__()

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from idls.interpreters import INTERPRETERS
-from idls.interpreters.base import Interpreter, minmax_normalize
+from idls.interpreters.registry import INTERPRETERS
+from idls.interpreters.base import Interpreter, JointOutput, minmax_normalize
 from idls.interpreters.grad import class_indices
 from idls.system import Classifier
 
@@ -35,9 +35,14 @@ def class_activation_map(classifier: Classifier, x: Tensor, target: Tensor | int
         normalize: min-max to [0, 1] per sample; ``False`` returns the raw map whose
             spatial mean plus ``linear.bias[c]`` is the logit of class ``c``.
     """
-    linear = classifier.linear  # raises UserError for models without a GAP + linear head
     cls = class_indices(target, x, classifier.num_classes)
-    cam = weighted_feature_sum(classifier.features(x), linear.weight[cls])
+    return cam_from_features(classifier, classifier.features(x), cls, normalize=normalize)
+
+
+def cam_from_features(classifier: Classifier, features: Tensor, cls: Tensor, normalize: bool = True) -> Tensor:
+    """CAM ``B x h x w`` of classes ``cls`` (``B`` long) from the feature map ``A`` (``B x K x h x w``)."""
+    linear = classifier.linear  # raises UserError for models without a GAP + linear head
+    cam = weighted_feature_sum(features, linear.weight[cls])
     return minmax_normalize(cam) if normalize else cam
 
 
@@ -46,6 +51,13 @@ class CAMInterpreter(Interpreter):
     """CAM at the last feature map's resolution, min-max normalised, no ReLU."""
 
     name = "cam"
+    family = "cam"
+
+    @classmethod
+    def unavailable_reason(cls, classifier: Classifier, options: dict) -> str | None:
+        if not classifier.info.gap_linear_head:
+            return "it has no global-average-pool + linear head"
+        return None
 
     def __init__(self, classifier: Classifier) -> None:
         super().__init__(classifier)
@@ -54,3 +66,8 @@ class CAMInterpreter(Interpreter):
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             return class_activation_map(self.classifier, x, target)
+
+    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+        """One forward gives the feature map (-> the map) and the logits."""
+        features, logits = self.classifier.features_and_logits(x)
+        return JointOutput(logits, cam_from_features(self.classifier, features, classes))

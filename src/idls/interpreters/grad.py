@@ -21,6 +21,7 @@ setting, 56 x 56 maps) and 1 (no pooling) below 112 px, so CIFAR maps are
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.errors import UserError
-from idls.interpreters import INTERPRETERS
-from idls.interpreters.base import Interpreter, minmax_normalize
+from idls.interpreters.registry import INTERPRETERS
+from idls.interpreters.base import Interpreter, JointOutput, minmax_normalize
 from idls.system import Classifier, smooth_surrogate
 
 GradLoss = Literal["cross_entropy", "logit"]
@@ -156,6 +157,11 @@ def gradient_map(
     if pool < 1:
         raise UserError(f"grad pool must be a positive integer, got {pool}")
     grad = input_gradient(classifier, x, target, loss=loss, create_graph=create_graph)
+    return gradient_to_map(grad, pool)
+
+
+def gradient_to_map(grad: Tensor, pool: int) -> Tensor:
+    """Input gradients ``B x C x H x W`` -> Grad maps ``B x ceil(H/pool) x ceil(W/pool)`` in [0, 1]."""
     return normalize_magnitudes(channel_max_pool(grad.abs(), pool))
 
 
@@ -171,10 +177,20 @@ class GradientInterpreter(Interpreter):
     """
 
     needs_smooth_surrogate = True
+    family = "grad"
 
     def __init__(self, classifier: Classifier, surrogate: Classifier | bool | None = None) -> None:
         super().__init__(classifier)
         self.surrogate = resolve_surrogate(classifier, surrogate)
+
+    def for_joint_attack(self) -> GradientInterpreter:
+        """This interpreter if it has a surrogate, else a twin with a fresh smooth surrogate
+        (the user's interpreter is not modified; the classifier is shared)."""
+        if self.surrogate is not None:
+            return self
+        twin = copy.deepcopy(self, memo={id(self.classifier): self.classifier})
+        twin.surrogate = smooth_surrogate(self.classifier)
+        return twin
 
     def model_for(self, create_graph: bool) -> Classifier:
         """The surrogate for differentiable maps (if one is set), else the real classifier."""
@@ -215,6 +231,14 @@ class GradInterpreter(GradientInterpreter):
         return gradient_map(
             self.model_for(create_graph), x, target, pool=self.pool, loss=self.loss, create_graph=create_graph
         )
+
+    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+        """The surrogate's logits (equal to the real ones) and its map, from one forward pass."""
+        model = self.model_for(True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(class_score(logits, classes, self.loss), x, create_graph=True)
+        pool = default_pool(x.shape[-2]) if self.pool is None else self.pool
+        return JointOutput(logits, gradient_to_map(grad, pool))
 
     def extra_repr(self) -> str:
         return f"pool={self.pool}, loss={self.loss!r}, surrogate={self.surrogate is not None}"

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from idls.interpreters import INTERPRETERS
-from idls.interpreters.base import Interpreter
+from idls.interpreters.registry import INTERPRETERS
+from idls.interpreters.base import Interpreter, JointOutput
 from idls.interpreters.cam import weighted_feature_sum
 from idls.interpreters.grad import class_indices, class_score, normalize_magnitudes
 from idls.system import Classifier
@@ -40,8 +40,15 @@ def gradcam_map(
         features = classifier.features(x)
         if not features.requires_grad:  # frozen parameters and a constant input
             features = features.detach().requires_grad_(True)
-        score = class_score(classifier.logits_from_features(features), cls, "logit")
-        (grad,) = torch.autograd.grad(score, features, create_graph=create_graph)
+        logits = classifier.logits_from_features(features)
+        return gradcam_from_features(features, logits, cls, normalize=normalize, create_graph=create_graph)
+
+
+def gradcam_from_features(features: Tensor, logits: Tensor, cls: Tensor, *, normalize: bool = True,
+                          create_graph: bool = False) -> Tensor:
+    """Grad-CAM ``B x h x w`` from the feature map ``A`` (``B x K x h x w``) and the logits computed from it."""
+    score = class_score(logits, cls, "logit")
+    (grad,) = torch.autograd.grad(score, features, create_graph=create_graph)
     cam = torch.relu(weighted_feature_sum(features, grad.mean(dim=(2, 3))))
     return normalize_magnitudes(cam) if normalize else cam
 
@@ -51,6 +58,12 @@ class GradCAMInterpreter(Interpreter):
     """Grad-CAM at the last feature map's resolution, ReLU, min-max normalised."""
 
     name = "gradcam"
+    family = "cam"
 
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         return gradcam_map(self.classifier, x, target, create_graph=create_graph)
+
+    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+        """One forward; the channel weights are differentiated again (double back-propagation)."""
+        features, logits = self.classifier.features_and_logits(x)
+        return JointOutput(logits, gradcam_from_features(features, logits, classes, create_graph=True))

@@ -35,7 +35,7 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from idls.errors import UserError
-from idls.interpreters import INTERPRETERS
+from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.grad import (
     GradientInterpreter,
     channel_max_pool,

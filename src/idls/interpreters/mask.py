@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.errors import UserError, check_images
-from idls.interpreters import INTERPRETERS
+from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.base import Interpreter
 from idls.system import Classifier
 
@@ -540,6 +540,8 @@ class MaskInterpreter(Interpreter):
     """
 
     name = "mask"
+    family = "mask"
+    map_is_optimised = True
 
     def __init__(
         self,

@@ -27,270 +27,23 @@ Training (two phases, class selector then decoder), saving and loading live in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import NamedTuple
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from idls.errors import UserError
-from idls.interpreters import INTERPRETERS
-from idls.interpreters.base import Interpreter
+from idls.interpreters import rts_training
+from idls.interpreters.base import Interpreter, JointOutput
 from idls.interpreters.grad import class_indices
+from idls.interpreters.registry import INTERPRETERS
+from idls.interpreters.rts_model import (
+    OUTPUT_STRIDE,
+    RTSConfig,
+    RTSHead,
+    RTSMasker,
+    RTSOutput,
+    model_family,
+)
 from idls.system import Classifier
-
-OUTPUT_STRIDE = 4  # DESIGN §1: RTS maps are input/4
-MASK_EPS = 1e-8
-
-# ----------------------------------------------------------------------------------
-# Encoder adapters: classifier.net + normalised image -> feature pyramid (fine to coarse)
-# ----------------------------------------------------------------------------------
-PyramidFn = Callable[[nn.Module, Tensor], list[Tensor]]
-
-
-def _cifar_resnet_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
-    """CIFAR ResNet: layer1 (stride 1), layer2 (2), layer3 (4)."""
-    h = net.relu(net.bn1(net.conv1(z)))
-    l1 = net.layer1(h)
-    l2 = net.layer2(l1)
-    return [l1, l2, net.layer3(l2)]
-
-
-def _embedded_cnn_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
-    """Embedded CNN: the output of every stage (taken before each max-pool, and the last)."""
-    levels = []
-    for layer in net.features:
-        if isinstance(layer, nn.MaxPool2d):
-            levels.append(z)
-        z = layer(z)
-    levels.append(z)
-    return levels
-
-
-def _torchvision_resnet_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
-    """torchvision ResNet: layer1 (stride 4) .. layer4 (stride 32)."""
-    z = net.maxpool(net.relu(net.bn1(net.conv1(z))))
-    levels = []
-    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
-        z = stage(z)
-        levels.append(z)
-    return levels
-
-
-_TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2")
-
-
-def model_family(name: str) -> str:
-    """The base registry name of a (possibly smooth-surrogate) classifier name."""
-    return name.removesuffix("+smooth")
-
-
-def pyramid_function(classifier: Classifier) -> PyramidFn:
-    """The feature-pyramid adapter for ``classifier`` (chosen from ``classifier.info.name``).
-
-    Raises:
-        UserError: the model family has no RTS encoder adapter.
-    """
-    name = model_family(classifier.info.name)
-    if name.startswith("cifar_resnet"):
-        return _cifar_resnet_pyramid
-    if name == "embedded_cnn":
-        return _embedded_cnn_pyramid
-    if name in _TORCHVISION_RESNETS:
-        return _torchvision_resnet_pyramid
-    raise UserError(
-        f"RTS has no encoder for model {name!r}; it supports cifar_resnet*, embedded_cnn and the torchvision "
-        "ResNets (resnet18/50, wide_resnet50_2); explain this model with cam, gradcam, grad or mask instead"
-    )
-
-
-# ----------------------------------------------------------------------------------
-# Masking model
-# ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RTSConfig:
-    """Shape of the trainable part; saved in the checkpoint sidecar.
-
-    ``channels``/``strides`` describe the encoder pyramid (fine to coarse).
-    """
-
-    num_classes: int
-    channels: tuple[int, ...]
-    strides: tuple[int, ...]
-    width: int
-    out_stride: int = OUTPUT_STRIDE
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> RTSConfig:
-        return cls(
-            num_classes=int(data["num_classes"]),
-            channels=tuple(int(c) for c in data["channels"]),
-            strides=tuple(int(s) for s in data["strides"]),
-            width=int(data["width"]),
-            out_stride=int(data.get("out_stride", OUTPUT_STRIDE)),
-        )
-
-
-class ClassSelector(nn.Module):
-    """Gates the deepest features by how much each location looks like class ``c``.
-
-    ``score[b, i, j] = <deep[b, :, i, j], E[c_b]> - confidence[c_b]`` and
-    ``gated = deep * sigmoid(score)``. ``E`` is ``num_classes x C_deep``.
-    """
-
-    def __init__(self, num_classes: int, channels: int) -> None:
-        super().__init__()
-        self.embedding = nn.Parameter(torch.randn(num_classes, channels) * (0.1 / channels**0.5))
-        self.confidence = nn.Parameter(torch.zeros(num_classes))
-
-    def all_scores(self, deep: Tensor) -> Tensor:
-        """``B x C x h x w`` -> scores for every class ``B x N x h x w``."""
-        return torch.einsum("bchw,nc->bnhw", deep, self.embedding) - self.confidence[None, :, None, None]
-
-    def scores(self, deep: Tensor, cls: Tensor) -> Tensor:
-        """``B x C x h x w``, ``B`` classes -> ``B x h x w`` scores of the selected classes."""
-        return torch.einsum("bchw,bc->bhw", deep, self.embedding[cls]) - self.confidence[cls][:, None, None]
-
-    def forward(self, deep: Tensor, cls: Tensor) -> Tensor:
-        """Gated features ``B x C x h x w``."""
-        return deep * torch.sigmoid(self.scores(deep, cls))[:, None]
-
-
-def _conv_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.ReLU())
-
-
-class MaskDecoder(nn.Module):
-    """U-Net decoder: gated deepest features + encoder skips -> two channels ``a, b`` at ``out_stride``."""
-
-    def __init__(self, channels: Sequence[int], strides: Sequence[int], width: int, out_stride: int) -> None:
-        super().__init__()
-        deep_stride = strides[-1]
-        if deep_stride < out_stride or any(s & (s - 1) for s in strides):
-            raise UserError(f"RTS needs encoder strides that are powers of two reaching {out_stride}; got {list(strides)}")
-        self.out_stride = out_stride
-        self.path_strides = [deep_stride >> k for k in range(deep_stride.bit_length()) if deep_stride >> k >= out_stride]
-        self.entry = _conv_relu(channels[-1], width)
-        # skips: fold levels finer than the output stride with PixelUnshuffle, merge at max(stride, out_stride)
-        self.skips = nn.ModuleList()
-        self.skip_merge_stride: list[int] = []
-        for c, s in zip(channels[:-1], strides[:-1]):
-            fold = max(1, out_stride // s)
-            unshuffle: nn.Module = nn.PixelUnshuffle(fold) if fold > 1 else nn.Identity()
-            self.skips.append(nn.Sequential(unshuffle, _conv_relu(c * fold * fold, width, kernel=1)))
-            self.skip_merge_stride.append(max(s, out_stride))
-        self.merges = nn.ModuleDict()
-        for t in self.path_strides:
-            n_skips = self.skip_merge_stride.count(t)
-            self.merges[str(t)] = _conv_relu(width * (1 + n_skips), width)
-        self.upsamplers = nn.ModuleList(
-            nn.Sequential(_conv_relu(width, 4 * width), nn.PixelShuffle(2)) for _ in self.path_strides[1:]
-        )
-        self.out = nn.Conv2d(width, 2, 1)
-
-    def forward(self, gated_deep: Tensor, levels: Sequence[Tensor]) -> Tensor:
-        """Gated deepest ``B x C_deep x h x w`` + pyramid levels -> ``B x 2 x H/out x W/out``."""
-        skip_maps = [skip(level) for skip, level in zip(self.skips, levels[:-1])]
-        y = self.entry(gated_deep)
-        for step, t in enumerate(self.path_strides):
-            if step:
-                y = self.upsamplers[step - 1](y)
-            merged = [m for m, s in zip(skip_maps, self.skip_merge_stride) if s == t]
-            y = self.merges[str(t)](torch.cat([y, *merged], 1))
-        return self.out(y)
-
-
-def ab_to_mask(ab: Tensor) -> Tensor:
-    """Two channels ``B x 2 x h x w`` -> mask ``|a| / (|a| + |b|)`` of shape ``B x h x w``."""
-    a, b = ab[:, 0].abs(), ab[:, 1].abs()
-    return a / (a + b + MASK_EPS)
-
-
-class RTSHead(nn.Module):
-    """The trainable part of RTS: class selector + decoder (what a checkpoint holds)."""
-
-    def __init__(self, config: RTSConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.selector = ClassSelector(config.num_classes, config.channels[-1])
-        self.decoder = MaskDecoder(config.channels, config.strides, config.width, config.out_stride)
-
-    def forward(self, levels: Sequence[Tensor], cls: Tensor) -> Tensor:
-        """Pyramid levels + classes ``B`` -> masks ``B x h x w`` in [0, 1]."""
-        return ab_to_mask(self.decoder(self.selector(levels[-1], cls), levels))
-
-
-class RTSOutput(NamedTuple):
-    """Masks ``B x H/4 x W/4`` in [0, 1] and the encoder's (= classifier's) logits ``B x N``."""
-
-    mask: Tensor
-    logits: Tensor
-
-
-def default_width(deep_channels: int) -> int:
-    """Decoder width: a quarter of the deepest encoder width, within [16, 64]."""
-    return max(16, min(64, deep_channels // 4))
-
-
-class RTSMasker(nn.Module):
-    """Frozen classifier encoder + trainable :class:`RTSHead`.
-
-    Args:
-        classifier: the explained classifier; its features are the encoder.
-        head: a trained head; a fresh one (random weights) when ``None``.
-        width: decoder width for a fresh head (default :func:`default_width`).
-    """
-
-    def __init__(self, classifier: Classifier, head: RTSHead | None = None, width: int | None = None) -> None:
-        super().__init__()
-        self.classifier = classifier
-        self._pyramid = pyramid_function(classifier)
-        if head is None:
-            head = RTSHead(self._probe_config(width))
-        reference = next(classifier.parameters())
-        self.head = head.to(device=reference.device, dtype=reference.dtype)
-        self.history: list[dict] = []
-
-    def _probe_config(self, width: int | None) -> RTSConfig:
-        """Channels and strides of the pyramid, measured on one blank image."""
-        size = self.classifier.input_size
-        reference = next(self.classifier.parameters())
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, size, size, device=reference.device, dtype=reference.dtype)
-            levels = self.pyramid(probe)
-        channels = tuple(int(f.shape[1]) for f in levels)
-        return RTSConfig(
-            num_classes=self.classifier.num_classes,
-            channels=channels,
-            strides=tuple(size // int(f.shape[-1]) for f in levels),
-            width=width or default_width(channels[-1]),
-        )
-
-    @property
-    def config(self) -> RTSConfig:
-        return self.head.config
-
-    def pyramid(self, x: Tensor) -> list[Tensor]:
-        """Encoder feature pyramid of pixels ``x`` (``B x 3 x H x W`` in [0, 1]), fine to coarse."""
-        return self._pyramid(self.classifier.net, self.classifier.normalize(x))
-
-    def masks_from_pyramid(self, levels: Sequence[Tensor], cls: Tensor) -> Tensor:
-        """Masks ``B x H/4 x W/4`` for precomputed pyramid levels."""
-        return self.head(levels, cls)
-
-    def forward(self, x: Tensor, cls: Tensor | None = None) -> RTSOutput:
-        """Masks for classes ``cls`` (``B`` long; default: the predicted class) and the
-        encoder logits, in one encoder pass."""
-        levels = self.pyramid(x)
-        logits = self.classifier.logits_from_features(levels[-1])
-        if cls is None:
-            cls = logits.detach().argmax(1)
-        return RTSOutput(self.head(levels, cls), logits)
-
 
 # ----------------------------------------------------------------------------------
 # Interpreter
@@ -309,19 +62,27 @@ class RTSInterpreter(Interpreter):
     """
 
     name = "rts"
+    family = "rts"
+
+    @classmethod
+    def unavailable_reason(cls, classifier: Classifier, options: dict) -> str | None:
+        if not classifier.has_feature_pyramid:
+            return "the model exposes no feature pyramid for the RTS encoder"
+        if not classifier.info.embedded and not (options.get("checkpoint") or options.get("masker")):
+            return ("no RTS checkpoint; train one with `idls train-rts` and "
+                    f"--set models.{classifier.info.name}.interpreter_options.rts.checkpoint=PATH")
+        return None
 
     def __init__(self, classifier: Classifier, masker: RTSMasker | None = None, checkpoint: str | None = None) -> None:
         super().__init__(classifier)
-        from idls.interpreters import rts_training
-
         if masker is not None and checkpoint is not None:
             raise UserError("give RTS either a masker or a checkpoint, not both")
         if masker is None and checkpoint is not None:
             masker = rts_training.load_rts(classifier, checkpoint)
         elif masker is None:
             name = model_family(classifier.info.name)
-            if name != "embedded_cnn":
-                pyramid_function(classifier)  # unsupported families get their own message first
+            if not classifier.info.embedded:
+                classifier.feature_pyramid_check()  # unsupported models get their own message first
                 raise UserError(
                     f"RTS for model {name!r} needs a trained masking model; run `idls train-rts --model {name} "
                     "--data D` and pass its checkpoint (checkpoint=PATH)"
@@ -348,6 +109,11 @@ class RTSInterpreter(Interpreter):
         with torch.no_grad():
             return self.masker(x.detach(), cls)
 
+    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+        """Masks and encoder logits in one encoder pass (the encoder is the classifier)."""
+        out = self.attribute_and_logits(x, classes, create_graph=True)
+        return JointOutput(out.logits, out.mask, encoder_logits=out.logits)
+
     def encoder_logits(self, x: Tensor) -> Tensor:
         """The RTS encoder's logits ``B x N`` (identical to the classifier's), differentiable."""
         return self.classifier.logits_from_features(self.masker.pyramid(x)[-1])
@@ -358,3 +124,6 @@ class RTSInterpreter(Interpreter):
 
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         return self.attribute_and_logits(x, target, create_graph=create_graph).mask
+
+
+__all__ = ["OUTPUT_STRIDE", "RTSConfig", "RTSHead", "RTSInterpreter", "RTSMasker", "RTSOutput"]

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from idls.errors import UserError
 from idls.interpreters.mask import gaussian_blur
-from idls.interpreters.rts import RTSConfig, RTSHead, RTSMasker, model_family, pyramid_function
+from idls.interpreters.rts_model import RTSConfig, RTSHead, RTSMasker, model_family
 from idls.system import Classifier
 
 CHECKPOINT_FORMAT = "idls-rts"
@@ -410,7 +410,7 @@ def load_rts(classifier: Classifier, path: str | Path) -> RTSMasker:
             f"RTS checkpoint {str(path)!r} was trained for model {meta.get('model')!r}, not {name!r}; "
             f"train one with `idls train-rts --model {name} --data D`"
         )
-    pyramid_function(classifier)
+    classifier.feature_pyramid_check()
     if meta.get("classifier_fingerprint") != classifier_fingerprint(classifier):
         raise UserError(
             f"RTS checkpoint {str(path)!r} was trained for other weights of {name!r}; "
@@ -475,8 +475,9 @@ def embedded_rts_masker(classifier: Classifier, *, progress: bool = False) -> RT
 
     A cache entry made for other classifier weights or another training recipe is retrained.
     """
-    if model_family(classifier.info.name) != "embedded_cnn":
-        raise UserError(f"the cached RTS masker is for embedded_cnn, not {classifier.info.name!r}; use idls train-rts")
+    if not classifier.info.embedded:
+        raise UserError(f"the cached RTS masker is for the embedded model, not {classifier.info.name!r}; "
+                        "use idls train-rts")
     path = embedded_rts_path()
     recipe = _embedded_recipe(EMBEDDED_RTS)
     if path.is_file() and sidecar_path(path).is_file():

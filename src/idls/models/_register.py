@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from idls.errors import UserError
-from idls.models import CIFAR10_CLASSES, MODELS, ModelEntry, weights_cache_dir
+from idls.models.registry import CIFAR10_CLASSES, MODELS, ModelEntry, weights_cache_dir
 from idls.models.cifar_resnet import CifarResNet
 from idls.models.embedded import EmbeddedCNN
 from idls.models.weights import download_verified, load_into, read_state_dict
@@ -40,6 +40,38 @@ def _resolve_file_or_pretrained(weights: str, name: str, pretrained: tuple[str, 
     return Path(weights).expanduser()
 
 
+# ------------------------------------------------------------------------------------
+# Feature pyramids (fine to coarse) of the normalised image: the encoder RTS decodes
+# ------------------------------------------------------------------------------------
+def _cifar_resnet_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
+    """CIFAR ResNet: layer1 (stride 1), layer2 (2), layer3 (4)."""
+    h = net.relu(net.bn1(net.conv1(z)))
+    l1 = net.layer1(h)
+    l2 = net.layer2(l1)
+    return [l1, l2, net.layer3(l2)]
+
+
+def _embedded_cnn_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
+    """Embedded CNN: the output of every stage (taken before each max-pool, and the last)."""
+    levels = []
+    for layer in net.features:
+        if isinstance(layer, nn.MaxPool2d):
+            levels.append(z)
+        z = layer(z)
+    levels.append(z)
+    return levels
+
+
+def _torchvision_resnet_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
+    """torchvision ResNet: layer1 (stride 4) .. layer4 (stride 32)."""
+    z = net.maxpool(net.relu(net.bn1(net.conv1(z))))
+    levels = []
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        z = stage(z)
+        levels.append(z)
+    return levels
+
+
 def _build_cifar(depth: int, weights: str | None) -> Classifier:
     net = CifarResNet(depth)
     name = f"cifar_resnet{depth}"
@@ -48,7 +80,8 @@ def _build_cifar(depth: int, weights: str | None) -> Classifier:
         path = _resolve_file_or_pretrained(weights, name, (_CIFAR_BASE + file, file.split("-")[1].split(".")[0]))
         load_into(net, read_state_dict(path), source=str(path), model_name=name)
     info = ModelInfo(name=name, num_classes=10, input_size=32, class_names=CIFAR10_CLASSES, weights=weights)
-    return Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info, linear=lambda n: n.linear)
+    return Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info, linear=lambda n: n.linear,
+                      pyramid=_cifar_resnet_pyramid)
 
 
 for _depth in CIFAR_CHECKPOINTS:
@@ -95,13 +128,13 @@ def _vgg_head(net: nn.Module, a: Tensor) -> Tensor:
 
 
 _TORCHVISION = {
-    # name: (body, head, linear accessor or None, description)
-    "resnet18": (_resnet_body, _resnet_head, lambda n: n.fc, "ResNet-18"),
-    "resnet50": (_resnet_body, _resnet_head, lambda n: n.fc, "ResNet-50"),
-    "wide_resnet50_2": (_resnet_body, _resnet_head, lambda n: n.fc, "Wide ResNet-50-2"),
-    "densenet121": (_densenet_body, _densenet_head, lambda n: n.classifier, "DenseNet-121"),
-    "densenet169": (_densenet_body, _densenet_head, lambda n: n.classifier, "DenseNet-169"),
-    "vgg16": (_vgg_body, _vgg_head, None, "VGG-16 (no GAP head: Grad-CAM, not CAM)"),
+    # name: (body, head, linear accessor or None, feature pyramid or None, description)
+    "resnet18": (_resnet_body, _resnet_head, lambda n: n.fc, _torchvision_resnet_pyramid, "ResNet-18"),
+    "resnet50": (_resnet_body, _resnet_head, lambda n: n.fc, _torchvision_resnet_pyramid, "ResNet-50"),
+    "wide_resnet50_2": (_resnet_body, _resnet_head, lambda n: n.fc, _torchvision_resnet_pyramid, "Wide ResNet-50-2"),
+    "densenet121": (_densenet_body, _densenet_head, lambda n: n.classifier, None, "DenseNet-121"),
+    "densenet169": (_densenet_body, _densenet_head, lambda n: n.classifier, None, "DenseNet-169"),
+    "vgg16": (_vgg_body, _vgg_head, None, None, "VGG-16 (no GAP head: Grad-CAM, not CAM)"),
 }
 
 
@@ -115,7 +148,7 @@ def imagenet_class_names() -> tuple[str, ...]:
 def _build_torchvision(name: str, weights: str | None) -> Classifier:
     import torchvision
 
-    body, head, linear, _ = _TORCHVISION[name]
+    body, head, linear, pyramid, _ = _TORCHVISION[name]
     net = torchvision.models.get_model(name, weights=None)
     if weights is not None:
         path = Path(weights).expanduser()
@@ -145,10 +178,10 @@ def _build_torchvision(name: str, weights: str | None) -> Classifier:
         gap_linear_head=linear is not None,
         weights=weights,
     )
-    return Classifier(net, body=body, head=head, info=info, linear=linear)
+    return Classifier(net, body=body, head=head, info=info, linear=linear, pyramid=pyramid)
 
 
-for _name, (_b, _h, _l, _desc) in _TORCHVISION.items():
+for _name, (_b, _h, _l, _p, _desc) in _TORCHVISION.items():
     MODELS.register(
         _name,
         ModelEntry(
@@ -188,8 +221,10 @@ def _build_embedded(weights: str | None) -> Classifier:
         std=(0.25, 0.25, 0.25),
         class_names=tuple(CLASS_NAMES),
         weights=weights,
+        embedded=True,
     )
-    return Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info, linear=lambda n: n.fc)
+    return Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info, linear=lambda n: n.fc,
+                      pyramid=_embedded_cnn_pyramid)
 
 
 MODELS.register(

@@ -1,0 +1,23 @@
+"""The interpreter registry: names -> interpreter classes (each module registers its class on import)."""
+
+from __future__ import annotations
+
+from idls.interpreters.base import Interpreter
+from idls.registry import Registry
+from idls.system import Classifier
+
+INTERPRETERS: Registry[type[Interpreter]] = Registry("interpreter")
+
+
+def create_interpreter(name: str, classifier: Classifier, **options) -> Interpreter:
+    """Build interpreter ``name`` for ``classifier`` (options are the interpreter's keyword arguments)."""
+    return INTERPRETERS.get(name)(classifier, **options)
+
+
+def list_interpreters() -> list[str]:
+    return INTERPRETERS.names()
+
+
+def interpreter_class(name: str) -> type[Interpreter]:
+    """The registered class of ``name`` (its class attributes declare its capabilities)."""
+    return INTERPRETERS.get(name)
