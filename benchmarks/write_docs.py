@@ -1,0 +1,438 @@
+"""Write docs/benchmarks.md from the JSON results in benchmarks/results/.
+
+    python benchmarks/write_docs.py            # rewrite docs/benchmarks.md
+    python benchmarks/write_docs.py --check    # exit 1 if docs/benchmarks.md is out of date
+
+Reads (each optional; a missing file is reported in the page, never guessed):
+
+* ``joint_quality.json`` (``benchmarks/joint_quality.py``): joint-attack quality per framework,
+  interpreter, attack and target map;
+* ``variants/*.json`` (``benchmarks/joint_quality.py --out ...``): the same for non-default variants;
+* ``joint_cost.json`` (``benchmarks/joint_cost.py``): cost per iteration in forward + backward units;
+* ``pgd_cost.json`` (``benchmarks/pgd_cost.py``): plain PGD's cost per iteration;
+* ``interpreters.json`` (``benchmarks/interpreters.py``): cost of one map per interpreter;
+* ``rts_cifar/*.json`` (``benchmarks/train_rts_cifar.py``): RTS training on CIFAR and its sidecar.
+
+The output depends on the JSON content only (no clock, no absolute paths, sorted keys), so the
+same JSON always gives the same Markdown; ``tests/test_benchmark_docs.py`` checks that the
+committed page equals what this script writes from the committed JSON.
+Standard library only (the page can be written without torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+OUTPUT = ROOT / "docs" / "benchmarks.md"
+
+FRAMEWORKS = ("pgd", "cw", "stadv")
+INTERPRETERS = ("grad", "ig", "cam", "gradcam", "rts", "mask")
+ATTACKS = ("pgd", "cw", "stadv", "adv2", "advedge", "advedge+")
+TARGETS = ("benign", "patch")
+CONFIGS = ("cifar", "imagenet")
+FRAMEWORK_TITLES = {"pgd": "PGD", "cw": "C&W", "stadv": "StAdv"}
+
+
+# ---------------------------------------------------------------------------------
+# Formatting helpers
+# ---------------------------------------------------------------------------------
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; ``-`` for a missing value; other values as text."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "nan"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_seconds(value: Any) -> str:
+    """Seconds with about three significant digits (0.247, 3.22, 21.5, 6047)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return fmt(value)
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """Markdown table lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def order(name: Any, names: Sequence[str]) -> tuple[int, str]:
+    """Sort key: position in ``names``, unknown names after them alphabetically."""
+    text = "" if name is None else str(name)
+    return (names.index(text), "") if text in names else (len(names), text)
+
+
+def data_source(text: Any) -> str:
+    """A data/weights path as it reads without this machine's layout (the part under ``shared/data``)."""
+    if not isinstance(text, str):
+        return fmt(text)
+    return re.sub(r"\S*/shared/data/(\S+)", r"shared data `\1`", text)
+
+
+def rel(path: Path, results_dir: Path) -> str:
+    """``path`` as the repository names it: ``benchmarks/results/...`` whatever folder was read."""
+    return "benchmarks/results/" + path.relative_to(results_dir).as_posix()
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def machine_line(machine: Mapping | None) -> str:
+    if not machine:
+        return "Machine: not recorded."
+    parts = [f"{key} {machine[key]}" for key in ("torch", "device", "processor", "threads") if key in machine]
+    return "Machine: " + ", ".join(parts) + "."
+
+
+def provenance(script: str, source: str, when: str | None) -> str:
+    stamp = when if when else "the file records no date (see its commit in git log)"
+    return f"Source: `{source}`, written by `{script}`; measured: {stamp}."
+
+
+# ---------------------------------------------------------------------------------
+# Joint-attack quality (joint_quality.json and variants/*.json)
+# ---------------------------------------------------------------------------------
+def non_default(entry: Mapping) -> bool:
+    """Same rule as benchmarks/joint_quality.py: attack overrides, or interpreter options besides the RTS checkpoint."""
+    settings = entry.get("settings", {})
+    options = {k: v for k, v in (settings.get("interpreter_options") or {}).items() if k != "checkpoint"}
+    return bool(settings.get("overrides") or options)
+
+
+def split_key(key: str) -> tuple[str, str, str, str]:
+    framework, attack, interpreter, target = (key.split("|") + ["", "", "", ""])[:4]
+    return framework, attack, interpreter, target
+
+
+def cell_sort_key(key: str) -> tuple:
+    framework, attack, interpreter, target = split_key(key)
+    return (order(framework, FRAMEWORKS), order(target, TARGETS), order(interpreter, INTERPRETERS),
+            order(attack, ATTACKS))
+
+
+def finished_range(cells: Mapping[str, Mapping]) -> str | None:
+    stamps = sorted(str(c["finished"]) for c in cells.values() if c.get("finished"))
+    if not stamps:
+        return None
+    return stamps[0] if stamps[0] == stamps[-1] else f"cells finished {stamps[0]} to {stamps[-1]}"
+
+
+def quality_tables(results: Mapping) -> list[str]:
+    """One table per (framework, target map): a row per interpreter and attack."""
+    cells: Mapping[str, Mapping] = results.get("cells", {})
+    groups: dict[tuple[str, str], list[str]] = {}
+    for key in sorted(cells, key=cell_sort_key):
+        framework, _, _, target = split_key(key)
+        groups.setdefault((framework, target), []).append(key)
+    lines: list[str] = []
+    marked = False
+    for (framework, target), keys in groups.items():
+        lines += ["", f"**{FRAMEWORK_TITLES.get(framework, framework)} framework, {target} target maps**", ""]
+        header = ["interpreter", "attack", "n", "ASR", "map L1", "IoU@20%", "Kendall τ", "noise (1-SSIM)", "s / image",
+                  "finished"]
+        if target != "benign":
+            header[4:6] = ["L1 to target", "IoU@20% to target"]
+        rows = []
+        for key in keys:
+            entry = cells[key]
+            _, attack, interpreter, _ = split_key(key)
+            summary = entry.get("to_target") if target != "benign" and entry.get("to_target") else entry.get("summary", {})
+            mark = " \\*" if non_default(entry) else ""
+            marked = marked or bool(mark)
+            rows.append([
+                interpreter, attack + mark, entry.get("n", summary.get("n")), fmt(summary.get("attack_success_rate"), 2),
+                fmt(summary.get("map_l1")), fmt(summary.get("map_iou@20", summary.get("map_iou"))),
+                fmt(summary.get("kendall_tau")), fmt(summary.get("noise_rate"), 4),
+                fmt_seconds(entry.get("seconds_per_image")), str(entry.get("finished", "-"))[:10],
+            ])
+        lines += table(header, rows)
+    if marked:
+        lines += ["", "\\* non-default attack or interpreter settings (see the cell's `settings` in the JSON)."]
+    return lines
+
+
+def quality_section(results_dir: Path) -> list[str]:
+    lines = ["## Joint-attack quality", ""]
+    path = results_dir / "joint_quality.json"
+    if not path.exists():
+        return lines + ["No `joint_quality.json` in benchmarks/results/."]
+    results = load(path)
+    cells = results.get("cells", {})
+    first = next(iter(cells.values()), {})
+    settings = first.get("settings", {})
+    lines += [
+        provenance("benchmarks/joint_quality.py", rel(path, results_dir),
+                   f"file updated {results['updated']}" if results.get("updated") else finished_range(cells)),
+        "",
+        f"Setting: {settings.get('model', '?')} on {data_source(settings.get('data', '?'))} "
+        "(correctly classified test images), targeted attacks at seeded random wrong classes, "
+        "ε = 8/255. Maps: the real interpreter's map of the adversarial image for its predicted class, compared "
+        "with the benign map (benign targets) or with the random patch target (patch targets, paper 001 Table 7). "
+        "ASR = attack success rate; map L1 lower is better, IoU@20% and Kendall τ higher are better; "
+        "s / image is the attack's time per image as the cell recorded it. Per-cell dates are the `finished` stamps.",
+        "",
+        "The comparisons with each framework's plain baseline and with ADV² on the same images, and the "
+        "pass/fail checks of the quality goals, are in "
+        "[benchmarks/results/joint_quality.md](../benchmarks/results/joint_quality.md) "
+        "(written by `python benchmarks/joint_quality.py --table`).",
+    ]
+    lines += quality_tables(results)
+    return lines
+
+
+def variants_section(results_dir: Path) -> list[str]:
+    paths = sorted((results_dir / "variants").glob("*.json"))
+    if not paths:
+        return []
+    lines = ["", "### Variants", "",
+             "Runs of non-default settings, kept apart from the main results "
+             "(`benchmarks/joint_quality.py --out benchmarks/results/variants/NAME.json`)."]
+    for path in paths:
+        results = load(path)
+        lines += ["", f"#### {path.stem}", "",
+                  provenance("benchmarks/joint_quality.py", rel(path, results_dir),
+                             f"file updated {results['updated']}" if results.get("updated")
+                             else finished_range(results.get("cells", {})))]
+        side = path.with_suffix(".md")
+        if side.exists():
+            lines += ["", f"Comparison table: [{rel(side, results_dir)}](../{rel(side, results_dir)})."]
+        lines += quality_tables(results)
+    return lines
+
+
+# ---------------------------------------------------------------------------------
+# Costs (joint_cost.json, pgd_cost.json, interpreters.json)
+# ---------------------------------------------------------------------------------
+def config_line(config: Mapping) -> str:
+    parts = [f"{config.get('model', '?')} at {config.get('input_size', '?')} px", f"batch {config.get('batch', '?')}"]
+    if "weights" in config:
+        parts.append(f"{config['weights']} weights")
+    if "images" in config:
+        parts.append(data_source(config["images"]))
+    return "; ".join(parts)
+
+
+def joint_cost_section(results_dir: Path) -> list[str]:
+    lines = ["## Cost per iteration (forward + backward units)", ""]
+    path = results_dir / "joint_cost.json"
+    if not path.exists():
+        lines += ["No `joint_cost.json` in benchmarks/results/."]
+    else:
+        results = load(path)
+        lines += [
+            provenance("benchmarks/joint_cost.py", rel(path, results_dir), None), machine_line(results.get("machine")), "",
+            "ratio = one iteration of the attack's main phase divided by one forward + backward pass of the same "
+            "classifier at the same batch size (RTS: by classifier + RTS network); process CPU time, one thread, "
+            "medians over repeats. s / image is extrapolated to the default iteration counts (warm start + main "
+            "phase). The full method is the JSON's `method` field.",
+        ]
+        for name in sorted((k for k in results if isinstance(results[k], Mapping) and "rows" in results[k]),
+                           key=lambda k: order(k, CONFIGS)):
+            config = results[name]
+            settings = config.get("settings", {})
+            lines += ["", f"**{name}**: {config_line(config)}; {settings.get('repeats', '?')} repeats, "
+                          f"clock: {settings.get('clock', '?')}.", ""]
+            rows = []
+            for row_name, row in config["rows"].items():
+                ratios = row.get("ratios", {})
+                detail = ", ".join(f"{k} {fmt(v, 2)}" for k, v in sorted(ratios.items())) if len(ratios) > 1 else ""
+                iterations = row.get("default_iterations", {})
+                rows.append([
+                    row_name, row.get("framework", "-"), row.get("interpreter") or "-", fmt(row.get("ratio"), 2),
+                    detail or "-", fmt(row.get("target"), 1),
+                    {True: "pass", False: "FAIL", None: "-"}.get(row.get("passed"), "-"),
+                    fmt(row.get("ms_per_image_per_iteration"), 2),
+                    f"{iterations.get('warm_start', '-')} + {iterations.get('main', '-')}",
+                    fmt_seconds(row.get("seconds_per_image")),
+                ])
+            lines += table(["row", "framework", "interpreter", "ratio", "ratios by denominator", "target", "goal",
+                            "ms / image / iteration", "iterations (warm + main)", "s / image (extrapolated)"], rows)
+            components = [(row_name, row["components"]) for row_name, row in config["rows"].items()
+                          if isinstance(row.get("components"), Mapping)]
+            for row_name, parts in components:
+                lines += ["", f"{row_name} components ({name}):", ""]
+                lines += table(["component", "value"],
+                               [[key, fmt(value, 2) if isinstance(value, float) else fmt(value)]
+                                for key, value in sorted(parts.items()) if key != "accounted_as"])
+                if parts.get("accounted_as"):
+                    lines += ["", f"accounted as: {parts['accounted_as']}"]
+    lines += pgd_cost_section(results_dir)
+    return lines
+
+
+def pgd_cost_section(results_dir: Path) -> list[str]:
+    path = results_dir / "pgd_cost.json"
+    if not path.exists():
+        return []
+    results = load(path)
+    lines = ["", "### Plain PGD", "", provenance("benchmarks/pgd_cost.py", rel(path, results_dir), None),
+             machine_line(results.get("machine")), ""]
+    rows = []
+    for name in sorted((k for k in results if isinstance(results[k], Mapping) and "forward_backward_seconds" in results[k]),
+                       key=lambda k: order(k, CONFIGS)):
+        config = results[name]
+        for norm in ("linf", "l2"):
+            if norm in config:
+                run = config[norm]
+                rows.append([name, f"{config.get('model', '?')} ({config.get('input_size', '?')} px, batch "
+                                   f"{config.get('batch', '?')})", norm, run.get("iterations", "-"),
+                             fmt(run.get("ratio_to_forward_backward"), 2),
+                             fmt(1000 * run["seconds_per_image_per_iteration"], 2)
+                             if "seconds_per_image_per_iteration" in run else "-",
+                             fmt(1000 * config["forward_backward_seconds"], 1)])
+    lines += table(["config", "model", "norm", "iterations", "ratio", "ms / image / iteration",
+                    "forward + backward ms (batch)"], rows)
+    return lines
+
+
+def interpreters_section(results_dir: Path) -> list[str]:
+    lines = ["## Interpreter cost", ""]
+    path = results_dir / "interpreters.json"
+    if not path.exists():
+        return lines + ["No `interpreters.json` in benchmarks/results/."]
+    results = load(path)
+    lines += [provenance("benchmarks/interpreters.py", rel(path, results_dir), None), machine_line(results.get("machine")), "",
+              "One map per image, in forward + backward equivalents of the same classifier and batch.", ""]
+    rows = []
+    for name in sorted((k for k in results if isinstance(results[k], Mapping) and "interpreters" in results[k]),
+                       key=lambda k: order(k, CONFIGS)):
+        config = results[name]
+        for interpreter, row in sorted(config["interpreters"].items(), key=lambda item: order(item[0], INTERPRETERS)):
+            rows.append([name, f"{config.get('model', '?')} ({config.get('input_size', '?')} px, batch "
+                               f"{config.get('batch', '?')})", interpreter, fmt_seconds(row.get("seconds_per_image")),
+                         fmt(row.get("forward_backward_equivalents"), 2), row.get("note") or "-"])
+    return lines + table(["config", "model", "interpreter", "s / image", "forward + backward equivalents", "note"], rows)
+
+
+# ---------------------------------------------------------------------------------
+# RTS training (rts_cifar/*.json)
+# ---------------------------------------------------------------------------------
+EFFECT_ROWS = (
+    ("preserved_accuracy", "accuracy on phi(x, m) (mask kept; high is good)"),
+    ("destroyed_accuracy", "accuracy on phi(x, 1 - m) (mask removed; low is good)"),
+    ("swapped_mask_preserved_accuracy", "same, another image's mask kept"),
+    ("swapped_mask_destroyed_accuracy", "same, another image's mask removed"),
+    ("mask_area_predicted_class", "mask area, predicted class"),
+    ("mask_area_wrong_class", "mask area, a wrong class"),
+)
+
+
+def rts_section(results_dir: Path) -> list[str]:
+    lines = ["## RTS training (CIFAR)", ""]
+    folder = results_dir / "rts_cifar"
+    train = folder / "train_rts_cifar.json"
+    if not train.exists():
+        return lines + ["No `rts_cifar/train_rts_cifar.json` in benchmarks/results/."]
+    run = load(train)
+    lines += [provenance("benchmarks/train_rts_cifar.py", rel(train, results_dir), None), machine_line(run.get("machine")), "",
+              f"{run.get('model', '?')} ({data_source(run.get('weights', '?'))}); {run.get('train_images', '?')} "
+              f"training and {run.get('holdout_images', '?')} held-out images of {data_source(run.get('data', '?'))}; "
+              f"{run.get('epochs', '?')} epochs, batch {run.get('batch_size', '?')}, lr {run.get('lr', '?')}, "
+              f"seed {run.get('seed', '?')}; training took {fmt_seconds(run.get('training_seconds'))} s. "
+              "Accuracy = agreement with the classifier's prediction on the clean image (the explained class).", ""]
+    holdout, train_effect = run.get("effect_holdout", {}), run.get("effect_train", {})
+    rows = [[label, fmt(holdout.get(key)), fmt(train_effect.get(key))] for key, label in EFFECT_ROWS
+            if key in holdout or key in train_effect]
+    lines += table(["measure", f"held out ({holdout.get('images', '?')} images)",
+                    f"training ({train_effect.get('images', '?')} images)"], rows)
+    losses = run.get("final_losses", {})
+    if losses:
+        lines += ["", "Final losses per phase:", ""]
+        keys = ("total", "destroyer", "area", "smoothness", "preserver")
+        lines += table(["phase", "epoch", *keys, "s (cumulative)"],
+                       [[phase, row.get("epoch", "-"), *(fmt(row.get(k)) for k in keys), fmt_seconds(row.get("seconds"))]
+                        for phase, row in losses.items()])
+    for sidecar in sorted(folder.glob("*.json")):
+        if sidecar == train:
+            continue
+        meta = load(sidecar)
+        history = meta.get("history", [])
+        phases = sorted({h.get("phase") for h in history if h.get("phase")})
+        lines += ["", f"Checkpoint sidecar `{rel(sidecar, results_dir)}` (format {meta.get('format', '?')} "
+                      f"v{meta.get('version', '?')}): model {meta.get('model', '?')}, input {meta.get('input_size', '?')} px, "
+                      f"tensors_sha256 `{meta.get('tensors_sha256', '?')}`, {len(history)} history entries "
+                      f"({', '.join(phases) or 'none'})."]
+    return lines
+
+
+# ---------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------
+HEADER = """# Benchmarks
+
+<!-- Generated by benchmarks/write_docs.py from benchmarks/results/*.json. Do not edit by hand:
+     re-run `python benchmarks/write_docs.py` after updating the JSON (tests/test_benchmark_docs.py
+     fails when this page and the JSON disagree). -->
+
+Measured numbers of this repository, each table with the script and JSON file that produced it.
+The design (docs/design.md) explains what is measured and why; the numbers live here only.
+Costs are ratios to one forward + backward pass of the same classifier at the same batch size
+(docs/design.md §6), so they hold across machines; seconds are for the machine named."""
+
+NOTES = """## Measured notes moved out of docstrings
+
+One-off experiment records that have no JSON file (variant comparisons and tuning runs that
+were measured once, with their context) are quoted in [notes/measured.md](notes/measured.md):
+the region-term and look-ahead comparisons of ADV² against MASK, the tuned joint-attack defaults
+with MASK's jitter noise, and AdvEdge's step-count and AdvEdge+'s edge-stage comparisons."""
+
+
+def render(results_dir: Path = RESULTS) -> str:
+    """The Markdown page for the results in ``results_dir``."""
+    sections = [
+        [HEADER],
+        quality_section(results_dir) + variants_section(results_dir),
+        joint_cost_section(results_dir),
+        interpreters_section(results_dir),
+        rts_section(results_dir),
+        [NOTES],
+    ]
+    text = "\n\n".join("\n".join(section) for section in sections if section)
+    return text.rstrip("\n") + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results")
+    parser.add_argument("--out", type=Path, default=OUTPUT, help="the Markdown page to write")
+    parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from what would be written")
+    args = parser.parse_args(argv)
+    text = render(args.results)
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.exists() else None
+        if current != text:
+            print(f"{args.out} is out of date; run: python benchmarks/write_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
