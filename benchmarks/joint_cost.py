@@ -2,7 +2,7 @@
 
 For every attack x interpreter row this measures one iteration of the attack's main phase
 and divides it by one forward + backward pass of the classifier at the same batch size
-(RTS: also by one pass of classifier + RTS network), the cost limit of DESIGN §6.
+(RTS: also by one pass of classifier + RTS network), the cost limit of docs/design.md §6.
 
 How an iteration is timed. Each row runs its attack through the public API twice, with
 ``0`` and with ``span`` iterations of the main phase (no warm start, every sample runs

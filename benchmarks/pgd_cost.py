@@ -1,6 +1,6 @@
 """PGD iteration cost as a ratio to one forward+backward pass of the same classifier and batch.
 
-The ratio is how far the implementation is from the limit (DESIGN §6), independent of the
+The ratio is how far the implementation is from the limit (docs/design.md §6), independent of the
 machine. Random weights; early stopping off so every iteration runs.
 
     python benchmarks/pgd_cost.py [--configs cifar,imagenet] [--steps 20]

@@ -11,7 +11,7 @@ import torch
 
 # One intra-op thread per test process: the suite runs one process per core (pytest-xdist), and
 # OpenMP threads that wait on a busy core made single attacks 30x slower on a shared 2-core machine.
-# Flush-to-zero is per thread, so it is set before torch starts any worker thread (DESIGN §6).
+# Flush-to-zero is per thread, so it is set before torch starts any worker thread (docs/design.md §6).
 torch.set_num_threads(1)
 torch.set_flush_denormal(True)
 

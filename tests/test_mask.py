@@ -191,7 +191,7 @@ def test_maps_shape_and_range(random_resnet20):
 def test_top_region_matters_more_than_random_region(resnet20, cifar_batch):
     """Deletion curve: blurring the map's top pixels hurts p_c more than a random square or the bottom pixels.
 
-    With the DESIGN's l1 (full deletion costs only 0.078) the CIFAR masks cover ~70% of the
+    With the l1 of docs/design.md §3 (full deletion costs only 0.078) the CIFAR masks cover ~70% of the
     image and their top 20% alone rarely kills the class, so the test averages the
     probability drop over deleted fractions 20-50% (a deletion-curve area).
     """

@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``idls`` console script."""
     import torch
 
-    # Subnormal floats make saturated attack steps ~4x slower on x86 (DESIGN §6); the setting is
+    # Subnormal floats make saturated attack steps ~4x slower on x86 (docs/design.md §6); the setting is
     # per thread, so set it before torch starts its worker threads.
     torch.set_flush_denormal(True)
     try:

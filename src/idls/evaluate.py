@@ -1,4 +1,4 @@
-"""Turn attack outputs into per-image result records (DESIGN §1 "Results").
+"""Turn attack outputs into per-image result records (docs/design.md §1 "Results").
 
 One record per attacked image and interpreter: ids, true / target / predicted
 class, success, confidence, perturbation norms, map distances, noise rate and

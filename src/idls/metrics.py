@@ -1,4 +1,4 @@
-"""The evaluation metrics of DESIGN §5 — one definition each, used everywhere.
+"""The evaluation metrics of docs/design.md §5 — one definition each, used everywhere.
 
 Per-sample functions return a tensor with one entry per image (``B``) so that
 result records can store them; the aggregate helpers turn those into the
@@ -159,7 +159,7 @@ def jaccard(a: Tensor, b: Tensor) -> Tensor:
 
 
 def topk_iou(maps: Tensor, other: Tensor, k: float | Sequence[float] = DEFAULT_TOPK) -> Tensor:
-    """IoU of the top-``k`` regions of two maps (DESIGN §5).
+    """IoU of the top-``k`` regions of two maps (docs/design.md §5).
 
     Args:
         maps, other: ``B x h x w``.

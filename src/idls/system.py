@@ -1,6 +1,6 @@
-"""The classifier wrapper and the interpretable system (classifier + interpreter).
+"""The classifier wrapper: pixels in [0, 1] in, logits out, with the body / head split interpreters need.
 
-Contract (DESIGN §1): every tensor that crosses this boundary is an image batch
+Contract (docs/design.md §1): every tensor that crosses this boundary is an image batch
 ``B x C x H x W`` in [0, 1]. Mean/std normalisation lives inside
 :class:`Classifier`, so an epsilon of 8/255 always means 8/255 of pixel range.
 
@@ -148,7 +148,7 @@ class Classifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------------
-# Smooth-ReLU surrogate (DESIGN §4, GRAD): same forward, smooth derivative.
+# Smooth-ReLU surrogate (docs/design.md §4, GRAD): same forward, smooth derivative.
 # ---------------------------------------------------------------------------------
 def _smooth_relu_primitive(z: Tensor, tau: float) -> Tensor:
     """r(z) = z + sqrt(z^2 + tau) for z < 0 and sqrt(z^2 + tau) for z >= 0.
@@ -266,29 +266,6 @@ def smooth_surrogate(classifier: Classifier, tau: float = 1e-4) -> Classifier:
     surrogate.info = ModelInfo(**{**surrogate.info.__dict__, "name": surrogate.info.name + "+smooth"})
     surrogate.eval()
     return surrogate
-
-
-# ---------------------------------------------------------------------------------
-# The interpretable deep learning system.
-# ---------------------------------------------------------------------------------
-@dataclass
-class System:
-    """Classifier ``f`` + interpreter ``g`` (+ optional smooth surrogate of ``f``).
-
-    Interpreters explain the class the classifier predicts unless told otherwise:
-    the human sees the prediction and its explanation.
-    """
-
-    classifier: Classifier
-    interpreter: nn.Module
-    surrogate: Classifier | None = None
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.classifier.predict(x)
-
-    def explain(self, x: Tensor, target: Tensor | None = None) -> Tensor:
-        """Maps ``B x h x w`` in [0, 1] for the predicted (or given) classes."""
-        return self.interpreter.attribute(x, target)
 
 
 def upsample_maps(maps: Tensor, size: int | Sequence[int]) -> Tensor:

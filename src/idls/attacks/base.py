@@ -5,7 +5,7 @@ implement :meth:`Attack._perturb` (the optimisation); :meth:`Attack.run` does
 the parts every attack shares: input checks, target selection by
 :class:`~idls.attacks.targets.TargetMode`, timing, and one final evaluation of
 the returned images with the real classifier, so that ``success``, ``pred`` and
-``confidence`` always mean the same thing (DESIGN §5) whatever the attack
+``confidence`` always mean the same thing (docs/design.md §5) whatever the attack
 optimised internally (a smooth surrogate, a joint loss...).
 
 Shared loop helpers live here too: :func:`prediction_loss` and
@@ -270,7 +270,7 @@ def flush_denormal() -> Iterator[None]:
     """Flush subnormal floats to zero inside attack loops, then restore the previous setting.
 
     Once cross-entropy saturates, back-propagated values become subnormal and
-    x86 CPUs slow down several-fold (DESIGN §6). A no-op where unsupported.
+    x86 CPUs slow down several-fold (docs/design.md §6). A no-op where unsupported.
 
     Caveat (measured with torch 2.14): the flag is per thread. It reaches the
     intra-op worker threads only if it was on when torch created them (they

@@ -5,42 +5,28 @@ the attack's keyword arguments.
 
 Sources. ImageNet-size rows (input side >= 128 px) follow paper 001, Appendix B
 (Table 10: PGD; Table 11: StAdv; iteration counts and the MASK bilevel counts)
-and the DESIGN (§4: warm start CAM 400, RTS 300, GRAD 300, MASK 400); they have
+and the docs/design.md (§4: warm start CAM 400, RTS 300, GRAD 300, MASK 400); they have
 not been re-measured here (no pretrained ImageNet classifier offline).
 Small-input rows (CIFAR 32 px, the embedded 64 px set) were tuned on the
 pretrained CIFAR ResNet-20 (lossless + JPEG CIFAR-10 test images it classifies
 correctly, targeted, eps 8/255). What mattered most: a *smaller sign step in the
 joint phase* (``joint_step_size``; 0.25/255 for CAM/RTS/MASK, 0.1/255 for GRAD)
-after a warm start at 1/255. Measured with these defaults by
-``benchmarks/joint_quality.py`` (100 correctly classified shared test photos, 10
-per class; PGD = 100 steps of 1/255; one CPU thread; s / image from
-``benchmarks/joint_cost.py``, extrapolated from per-iteration CPU time):
-
-==========  ======  ==========  =============  ===========
-interpreter  ASR    L1 / PGD's  IoU@20% (PGD)  s / image
-==========  ======  ==========  =============  ===========
-cam          1.00    0.09        0.94 (0.35)    0.9
-gradcam      1.00    0.08        0.93 (0.35)    0.9
-rts          1.00    0.04        0.71 (0.35)    1.0
-grad         1.00    0.39        0.61 (0.22)    3.2
-mask         1.00    0.28        0.51 (0.13)    21
-==========  ======  ==========  =============  ===========
-
-MASK is deterministic for a fixed seed, but two runs with different jitter
-seeds agree only to IoU@20% 0.62-0.67 on benign CIFAR images (n = 24), so its
-maps are a moving target (IoU@20% 0.51 is the goal's 0.5 with little room); what got there is the region term of
-:mod:`idls.attacks.joint_mask` (see its notes) and more real-map candidates
-(``reset_every`` 20 over 240 steps: 12 candidates per sample).
+after a warm start at 1/255. The quality and cost measured with these defaults
+are in docs/benchmarks.md (written by ``benchmarks/write_docs.py`` from the
+benchmarks' JSON); the tuning experiments behind them are recorded in
+docs/notes/measured.md. MASK's own maps vary with the seed of its jitter, so its
+benign maps are a moving target: the region term of :mod:`idls.attacks.joint_mask`
+and frequent real-map candidates (``reset_every``) are what its rows rely on.
 
 Lambda scale. The interpretation loss is the *mean* squared error between maps
 in [0, 1] at the interpreter's native resolution. The paper's coefficients are
 for sums of squares (GRAD, RTS) or per-cell means (CAM), so they convert by
 the number of map cells: CAM 0.204 on a 7 x 7 mean-of-sums ~ 10 = the end of
-the DESIGN's ramp c = 5 -> 2c; RTS 0.002 x 56 x 56 cells ~ 6; GRAD 0.007 x
+the ramp of docs/design.md §4 c = 5 -> 2c; RTS 0.002 x 56 x 56 cells ~ 6; GRAD 0.007 x
 56 x 56 ~ 22, inside the range of the tuned phases c = 10 -> 10 .. 500. A mean
 error does not grow with the map size, so one coefficient serves all sizes.
 With sign steps only the *ratio* of the two gradients matters, so lambda is
-forgiving (CAM c = 5 vs 20 and GRAD c = 10 vs 100 gave equal results). The
+forgiving. The
 MASK bilevel loop takes separate sign steps for the two goals, so there lambda
 has no effect (its balance is ``max_step`` and ``margin``); on C&W/StAdv it
 weights the look-ahead error against the framework's own losses.
@@ -193,9 +179,8 @@ _ADAM_SMALL: dict[str, JointDefaults] = {
     "rts": JointDefaults(steps=300, warm_start=0, lam=30.0, schedule="constant", encoder_weight=0.1),
     "mask": JointDefaults(steps=200, warm_start=0, lam=30.0, schedule="constant", reset_every=25, region_weight=3.0),
 }
-# StAdv's flow moves CAM-like maps less per unit of loss than C&W's additive noise: with lambda 30 the map
-# L1 stayed at ~0.5 x plain StAdv's (CAM, Grad-CAM; 32 CIFAR images); 100 gave 0.32 x, 300 gave 0.21 x
-# (IoU@20% 0.56 -> 0.73 -> 0.80), success 1.00 throughout.
+# StAdv's flow moves CAM-like maps less per unit of loss than C&W's additive noise, so CAM-like rows take a
+# larger lambda there (docs/notes/measured.md).
 _STADV_SMALL: dict[str, JointDefaults] = {
     **_ADAM_SMALL,
     "cam": JointDefaults(steps=300, warm_start=0, lam=300.0, schedule="constant"),

@@ -1,6 +1,6 @@
 """AdvEdge and AdvEdge+ (paper 000): ADV² whose update is shaped by the image's edges.
 
-Edge weights of the *clean* image (DESIGN §4):
+Edge weights of the *clean* image (docs/design.md §4):
 
     grey = mean of the RGB channels                             B x 1 x H x W
     E(x) = sqrt(Sobel_x(grey)^2 + Sobel_y(grey)^2) / 4          (replicate padding)
@@ -80,15 +80,11 @@ class AdvEdge(_EdgeAttack):
     (e.g. 0.25/255 for CAM) and MASK's largest interpretation step (0.5/255);
     AdvEdge keeps the plain ``step_size`` (1/255, the paper's alpha) and
     ``2 * step_size`` there unless ``joint_step_size`` / ``mask_max_step`` are
-    given, because ``E(x)`` already shrinks its steps (mean ~0.13 on CIFAR-10).
-    On small inputs with PGD, CAM-like, RTS and MASK interpreters also get twice
-    ADV²'s joint steps (:data:`SMALL_INPUT_STEP_FACTOR`, unless ``steps`` is given):
-    their mean step (0.13/255) is half ADV²'s 0.25/255. Measured on the pretrained
-    CIFAR ResNet-20 (IoU@20% minus ADV²'s on the same images): CAM -0.024 / RTS
-    -0.029 with 300 steps, -0.013 / -0.013 with 450, +0.011 / -0.003 with 600 (50
-    images; a step of 2/255 instead: CAM -0.044); MASK with 4 look-ahead steps
-    (24 images): -0.020 with 240 steps, +0.011 with 480; with the 2 look-ahead
-    steps of the current defaults and 480 steps: -0.010 (50 images).
+    given, because ``E(x)`` already shrinks its steps (its mean is well below 1 on photos).
+    On small inputs with a step framework, CAM-like, RTS and MASK interpreters also get
+    :data:`SMALL_INPUT_STEP_FACTOR` times ADV²'s joint steps (unless ``steps`` is given),
+    which closed the map-similarity gap to ADV² in the measurements recorded in
+    docs/notes/measured.md.
     """
 
     name = "advedge"
@@ -119,15 +115,9 @@ class AdvEdgePlus(_EdgeAttack):
     and ``threshold`` (default 0.1).
 
     On 32 px inputs the paper's variant (``edge_stage='all'``) trails ADV²'s map
-    similarity. Pretrained CIFAR ResNet-20, 100 images, PGD, IoU@20% minus
-    ADV²'s with ``'all'`` / ``'warm_start'``: Grad -0.091 / +0.001, CAM -0.092 /
-    -0.021, Grad-CAM -0.075 / -0.001, RTS -0.031 / -0.011 (success 0.98 / 1.00;
-    noise below ADV²'s either way). Neither more joint steps (600: -0.089), other
-    lambdas (20, 50: ~-0.09), step sizes (1/255: -0.103) nor warm-start lengths
-    (10 / 100 steps: -0.097 / -0.097) closed the gap; a lower threshold, which
-    lets more pixels move, did in part (0.05: -0.035). The restriction is not
-    tighter than in the paper's setting: 46% of the CIFAR pixels pass E > 0.1,
-    25% of those of the shared 224 px ImageNet photos.
+    similarity, and ``edge_stage='warm_start'`` (the reference notebooks' variant)
+    comes close to it; docs/benchmarks.md has the current numbers and
+    docs/notes/measured.md what was tried to close the gap.
     """
 
     name = "advedge+"

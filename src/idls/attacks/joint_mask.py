@@ -1,4 +1,4 @@
-"""ADV² against MASK: the bilevel attack (paper 001 §3.5-3.6, Algorithm 1; DESIGN §4).
+"""ADV² against MASK: the bilevel attack (paper 001 §3.5-3.6, Algorithm 1; docs/design.md §4).
 
 MASK's map is itself the result of an optimisation, ``m*(x) = argmin_m l_map(m; x)``,
 so the attack alternates between the image and a running estimate of the mask.
@@ -27,41 +27,21 @@ After a warm start of plain PGD steps, each iteration (all samples batched):
 lambda only scales a gradient whose sign is taken: the balance between the two
 goals is set by ``max_step`` and ``margin``, not by ``lam``.
 
-Why the region term. On CIFAR (8 x 8 masks) the look-ahead alone moved the
-real map's L1 to m_t from 0.37 to ~0.2 within 25 iterations and then stalled:
-it only sees where the current estimate moves next, while the real map restarts
-from "everything deleted". The region contrast states the fixed point MASK looks
-for directly. Pretrained CIFAR ResNet-20, 12 images, 200 iterations, best
-iterate's real map vs the benign map (PGD alone: L1 0.32, IoU@20% 0.13):
-
-==================================  =====  ======
-variant                              L1     IoU@20
-==================================  =====  ======
-look-ahead only (reset: fresh Adam)  0.147  0.267
-look-ahead, Adam state continued     0.138  0.281
-region term only (weight 1)          0.237  0.303
-look-ahead + region, weight 1        0.092  0.488
-look-ahead + region, weight 3        0.082  0.530
-==================================  =====  ======
-
-(weight 10 tracked weight 3 or slightly below at every reset and was stopped.)
-With weight 3, 240 iterations, a reset every 20 and 4 look-ahead steps, on 100
-images: L1 0.093 (0.29 x PGD's), IoU@20% 0.507 (PGD 0.127), success 1.00.
-
-Look-ahead steps. With the region term present, 2 look-ahead steps do as well
-as 4 at 0.79 of the time: on 100 images IoU@20% 0.508 (L1 0.090, 21 s / image)
-against 0.507 (0.093, 27 s / image). The small-input default is 2; ImageNet-size
-inputs keep 4 (not measured there). MASK's jitter makes single runs noisy: the
-same 24 images gave IoU@20% 0.490 inside that 100-image run (batches of 50) and
-0.542 in a run of their own (one batch of 24), so compare variants on the same
-batches (``benchmarks/joint_quality.py`` stores per-image results for that).
+Why the region term. The look-ahead alone only sees where the current mask
+estimate moves next, while the real map restarts from "everything deleted";
+on small masks it stalls well short of the target. The region contrast states
+the fixed point MASK looks for directly, and the two together are what reach
+the benchmark's quality (the variant comparison and the look-ahead step counts
+are recorded in docs/notes/measured.md; current numbers in docs/benchmarks.md).
+MASK's jitter makes single runs noisy, so compare variants on the same batches
+(``benchmarks/joint_quality.py`` stores per-image results for that).
 
 On C&W / StAdv (:class:`MaskJointHooks`) steps 2-3 and 5 run inside the
 framework's evaluation: lambda times ``l_int`` is its extra loss, Adam replaces
 the sign steps and the bisection.
 
 Cost per iteration, in forward+backward passes of the classifier: 1 (prediction)
-+ ``inner_steps`` + ~3.4 per look-ahead step (double back-propagation) + 2 (region
++ ``inner_steps`` + a few per look-ahead step (double back-propagation) + 2 (region
 contrast, a batch of 2B) + ``bisection_steps`` forwards (~1/3 each) + one forward;
 plus a full MASK run per reset (``iterations / reset_every`` per iteration).
 """

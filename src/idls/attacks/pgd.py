@@ -324,7 +324,7 @@ DEFAULT_STEPS = 100
 class PGD(Attack):
     """PGD on the cross-entropy (Madry et al. 2018) with correct per-sample best-iterate tracking.
 
-    Defaults (DESIGN §4): L_inf ball 8/255, sign steps of 1/255, at most 100
+    Defaults (docs/design.md §4): L_inf ball 8/255, sign steps of 1/255, at most 100
     steps, targeted at seeded random wrong classes, no random start, and all
     steps run (the papers' protocol: each sample keeps its successful iterate
     with the lowest loss, i.e. the highest target confidence). L2: epsilon 0.5,

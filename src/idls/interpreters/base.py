@@ -2,7 +2,7 @@
 
 Every interpreter follows Captum's uniform ``attribute`` call but, unlike Captum,
 can return its map *inside* the autograd graph (``create_graph=True``), because
-the joint attacks back-propagate through it (DESIGN §1).
+the joint attacks back-propagate through it (docs/design.md §1).
 
 Maps are ``B x h x w`` at the interpreter's native resolution with values in
 [0, 1]; high means important.

@@ -1,4 +1,4 @@
-"""CAM (class activation mapping, Zhou et al. 2016), DESIGN §3.
+"""CAM (class activation mapping, Zhou et al. 2016), docs/design.md §3.
 
     map = minmax( sum_k w[c, k] * A_k )       A = classifier.features(x), B x K x h x w
 

@@ -1,4 +1,4 @@
-"""Grad (back-propagation saliency, Simonyan et al. 2014), DESIGN §3.
+"""Grad (back-propagation saliency, Simonyan et al. 2014), docs/design.md §3.
 
     map = minmax( avgpool_p( max_colour | d loss(f(x), c) / d x | ) )
 
@@ -10,7 +10,7 @@ Second derivatives of a ReLU network vanish (its logits are piecewise linear in
 x), so a map that must be differentiated is computed on the smooth-ReLU
 surrogate (:func:`idls.system.smooth_surrogate`): pass ``surrogate=True`` (or a
 surrogate classifier) and the interpreter uses it for ``create_graph=True``
-calls only, while plain calls keep the real model (DESIGN §4: "selection and
+calls only, while plain calls keep the real model (docs/design.md §4: "selection and
 evaluation use the real model").
 
 Pooling default: ``pool = max(1, H // 56)``, i.e. 4 x 4 at 224 px (the ADV²
@@ -150,7 +150,7 @@ def gradient_map(
         x: images ``B x C x H x W`` in [0, 1].
         target: explained classes (``B`` long or int).
         pool: average-pool window; ``None`` -> :func:`default_pool` of ``H``.
-        loss: ``"cross_entropy"`` (DESIGN default) or ``"logit"``.
+        loss: ``"cross_entropy"`` (docs/design.md §3 default) or ``"logit"``.
         create_graph: keep the map differentiable w.r.t. ``x``.
     """
     pool = default_pool(x.shape[-2]) if pool is None else pool

@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017), DESIGN §3.
+"""Grad-CAM (Selvaraju et al. 2017), docs/design.md §3.
 
     alpha_k = mean_{i,j} d logit_c / d A_k[i, j]          A = classifier.features(x)
     map     = minmax( ReLU( sum_k alpha_k * A_k ) )        B x h x w (native resolution)

@@ -1,4 +1,4 @@
-"""Integrated Gradients (Sundararajan et al. 2017), DESIGN §3.
+"""Integrated Gradients (Sundararajan et al. 2017), docs/design.md §3.
 
     attribution = (x - b) * sum_k w_k * d f_c(b + a_k (x - b)) / d x      (B x C x H x W)
     map         = minmax( | sum_colour attribution | )                      (B x H x W)

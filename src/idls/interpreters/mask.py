@@ -3,7 +3,7 @@
 MASK explains class ``c`` of image ``x`` by the smallest, smoothest region whose
 deletion (blending with a strongly blurred copy of ``x``) destroys ``p_c``.
 
-Conventions (DESIGN §1, §3):
+Conventions (docs/design.md §1, §3):
 
 * The optimisation variable ``m`` **is the returned map**: ``B x h x w`` in
   [0, 1], 1 where the pixel is *deleted* (replaced by the blur), i.e. high where
@@ -19,7 +19,7 @@ Conventions (DESIGN §1, §3):
 
   with ``TV_beta(m) = sum_ij ((dy m)^2 + (dx m)^2 + 1e-8)^(beta / 2)`` (forward
   differences). ``l1`` and ``tv`` are defined at the reference 28 x 28 mask
-  (784 cells, DESIGN v2 settings l1 = 1e-4, tv = 1e-2, beta = 3); at other mask
+  (784 cells, docs/design.md §3 v2 settings l1 = 1e-4, tv = 1e-2, beta = 3); at other mask
   sizes the area term is rescaled so that deleting the same *fraction* of the
   image costs the same, and the TV term so that a sharp boundary of the same
   relative length costs the same.
@@ -36,8 +36,8 @@ Conventions (DESIGN §1, §3):
   alone. The jitter draws one translation per iteration from
   ``torch.Generator().manual_seed(seed)`` and shares it across the batch, which
   keeps the batched result equal to the per-image result for the same seed.
-* Scale of the maps: with the DESIGN's l1 the whole image costs only 0.078, so on
-  CIFAR the maps cover ~70% of the image (l1 = 1e-3 gives ~48% and a sharper
+* Scale of the maps: with the l1 of docs/design.md §3 the whole image costs only 0.078, so on
+  CIFAR the maps cover most of the image (a larger l1 gives smaller maps and a sharper
   ranking); their top 20% alone rarely removes the class.
 
 Defaults scaled with the input side ``S`` (square or not: ``S = min(H, W)``,
@@ -46,12 +46,12 @@ mask sides use each dimension):
 * mask side ``max(8, side // 8)`` capped at the input side: 28 at 224 px,
   8 at 32 px (``side // 8`` would give a useless 4 x 4 at CIFAR size);
 * image blur sigma ``10 * S / 224`` (Fong & Vedaldi's sigma 10 at 224; 1.43 px on
-  CIFAR, which already drops a pretrained ResNet-20 from 100% to ~25% accuracy
-  on lossless CIFAR images);
+  CIFAR, which already removes most of a pretrained ResNet-20's accuracy on
+  lossless CIFAR images);
 * mask blur sigma ``(H / h) / 2``: half the upsampling factor (4 px at 224);
 * jitter ``max(1, round(4 * S / 224))`` pixels (4 at 224, 1 at 32).
 
-For ADV²'s bilevel attack (DESIGN §4) this module exposes
+For ADV²'s bilevel attack (docs/design.md §4) this module exposes
 :func:`mask_objective` (differentiable w.r.t. ``x`` and ``m``),
 :class:`MaskOptimizer` / :func:`optimize_masks` (the plain run, no graph, with
 per-sample Adam state that can be continued, reset or subset) and
@@ -185,7 +185,7 @@ class MaskConfig:
 # ---------------------------------------------------------------------------------
 @contextmanager
 def flush_denormal() -> Iterator[None]:
-    """Flush subnormal floats to zero inside the block, restoring the previous mode after (DESIGN §6)."""
+    """Flush subnormal floats to zero inside the block, restoring the previous mode after (docs/design.md §6)."""
     previous = bool((torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0)
     torch.set_flush_denormal(True)
     try:
@@ -465,7 +465,7 @@ def optimize_masks(
         x: images ``B x C x H x W`` in [0, 1] (detached internally).
         target: the explained classes (``B`` long or one int).
         m_init: starting maps ``B x h x w`` (default: ``init_value`` everywhere).
-        iterations: Adam steps (300 in the DESIGN's v2 settings).
+        iterations: Adam steps (300 in the v2 settings of docs/design.md §3).
         lr: Adam learning rate.
         config: settings; default ``MaskConfig.for_input(x.shape[-2:])``.
         seed: seed of the jitter stream.

@@ -1,4 +1,4 @@
-"""RTS: real-time saliency (Dabkowski & Gal 2017), DESIGN §3.
+"""RTS: real-time saliency (Dabkowski & Gal 2017), docs/design.md §3.
 
 A *masking model* predicts the attribution map in one forward pass:
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from idls.errors import UserError
 from idls.system import Classifier
 
-OUTPUT_STRIDE = 4  # DESIGN §1: RTS maps are input/4
+OUTPUT_STRIDE = 4  # docs/design.md §1: RTS maps are input/4
 MASK_EPS = 1e-8
 
 # ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Training, saving and loading RTS masking models (DESIGN §3).
+"""Training, saving and loading RTS masking models (docs/design.md §3).
 
 Objective for a mask ``m`` (``B x h x w``, upsampled bilinearly to the input
 before blending) explaining class ``c``::
@@ -64,7 +64,7 @@ CHECKPOINT_VERSION = 1
 # ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RTSObjective:
-    """Weights of the RTS training objective (defaults: DESIGN §3)."""
+    """Weights of the RTS training objective (defaults: docs/design.md §3)."""
 
     destroyer_weight: float = 1.0
     area_weight: float = 8.0
