@@ -10,12 +10,11 @@ Runs on a seeded, randomly initialised CIFAR ResNet-20 (no ../shared needed), wi
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
 from idls.attacks import ATTACKS, create_attack, list_attacks, list_frameworks
+from idls.attacks.base import attack_options
 from idls.attacks.threats import LpBall
 from idls.errors import UserError
 from idls.interpreters import create_interpreter, interpreter_class, list_interpreters
@@ -26,13 +25,8 @@ FAST = {"steps": 3, "warm_start": 2, "search_steps": 1, "mask_reset_every": 2, "
 
 
 def accepted_options(name: str) -> set[str]:
-    """Keyword options of an attack's constructor, including those it forwards to its base classes."""
-    names: set[str] = set()
-    for cls in ATTACKS.get(name).__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            names |= set(inspect.signature(init).parameters)
-    return names
+    """The options an attack declares (its ``Options`` fields)."""
+    return set(attack_options(ATTACKS.get(name)))
 
 
 def is_joint(name: str) -> bool:

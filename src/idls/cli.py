@@ -185,6 +185,30 @@ def list_command() -> None:
     console.print("attacks: " + ", ".join(list_attacks()))
 
 
+@app.command("options")
+def options_command(
+    attack: Annotated[Optional[str], typer.Argument(help="attack name (default: all)")] = None,
+) -> None:
+    """List an attack's options with their defaults (the names -o KEY=VALUE and experiment files take)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from idls.attacks import ATTACKS, list_attacks
+    from idls.attacks.reference import option_rows
+
+    names = [attack] if attack else list_attacks()
+    for name in names:
+        ATTACKS.get(name)  # unknown names: one line with the list of attacks
+    console = Console()
+    for name in names:
+        table = Table(title=name)
+        for col in ("option", "default", "meaning"):
+            table.add_column(col)
+        for row in option_rows(name):
+            table.add_row(*row)
+        console.print(table)
+
+
 @app.command()
 def explain(
     model: ModelOpt = "embedded_cnn",

@@ -67,11 +67,10 @@ def build_interpreters(
 
 def attack_needs_interpreter(attack_name: str) -> bool:
     """Whether an attack is crafted against one interpreter (joint attacks) rather than the classifier alone."""
-    import inspect
-
     from idls.attacks import ATTACKS
+    from idls.attacks.base import attack_options
 
-    return "interpreter" in inspect.signature(ATTACKS.get(attack_name)).parameters
+    return "interpreter" in attack_options(ATTACKS.get(attack_name))
 
 
 @dataclass

@@ -15,7 +15,6 @@ Shared loop helpers live here too: :func:`prediction_loss` and
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from idls import metrics
 from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
+from idls.attacks.options import AttackOptions
 from idls.attacks.threats import Threat
 from idls.errors import UserError, check_images
 from idls.registry import Registry
@@ -99,14 +99,16 @@ class Perturbation:
 class Attack:
     """Base class of all attacks: ``run(classifier, x, labels, targets=None) -> AttackResult``.
 
-    Args:
-        mode: ``'targeted'`` (default; seeded random wrong classes unless targets
-            are given), ``'untargeted'`` or ``'least_likely'``.
-        seed: seeds random targets and any randomness of the attack.
-        progress: show a progress bar.
+    An attack's options are declared once, by its :attr:`Options` dataclass
+    (:mod:`idls.attacks.options`); the constructor takes them as keywords,
+    validates them there, keeps the resolved object as :attr:`options` and
+    mirrors each one as an attribute (``attack.steps``). Every attack takes
+    ``mode``, ``seed`` and ``progress`` (:class:`~idls.attacks.options.AttackOptions`).
     """
 
     name: ClassVar[str] = "attack"
+    #: the options dataclass: the one declaration of this attack's options
+    Options: ClassVar[type[AttackOptions]] = AttackOptions
     #: the joint attacks can run on this attack's optimiser (``--framework NAME``): which row set of
     #: :mod:`idls.attacks.defaults` they then use (``None``: not a framework)
     joint_table: ClassVar[str | None] = None
@@ -116,10 +118,13 @@ class Attack:
     #: the threat model has an epsilon ball (StAdv bounds a flow instead)
     uses_epsilon: ClassVar[bool] = True
 
-    def __init__(self, *, mode: str | TargetMode = TargetMode.TARGETED, seed: int = 0, progress: bool = False) -> None:
-        self.mode = TargetMode.parse(mode)
-        self.seed = int(seed)
-        self.progress = bool(progress)
+    def __init__(self, **options: Any) -> None:
+        self.options = type(self).Options.from_user(self.name, options)
+        for key in self.options.names():
+            setattr(self, key, getattr(self.options, key))
+        self.mode: TargetMode
+        self.seed: int
+        self.progress: bool
         #: data-set positions ``B`` of the batch being attacked (``run(indices=...)``), or ``None``; per-image
         #: random choices (targets, patch target maps) use them so they do not depend on the batching
         self.batch_indices: Tensor | None = None
@@ -293,31 +298,13 @@ ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
 
 
 def attack_options(attack: type[Attack]) -> list[str]:
-    """The keyword options an attack class accepts, including those it forwards to its base classes."""
-    names: dict[str, None] = {}
-    for cls in attack.__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is None or cls is object:
-            continue
-        for parameter in inspect.signature(init).parameters.values():
-            if parameter.name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-                names.setdefault(parameter.name)
-    return list(names)
+    """The option names an attack class accepts (the fields of its ``Options``)."""
+    return attack.Options.names()
 
 
 def create_attack(name: str, **options: Any) -> Attack:
-    """Build attack ``name`` (options are its keyword arguments, e.g. ``epsilon=8/255``)."""
-    factory = ATTACKS.get(name)
-    known = attack_options(factory)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise UserError(f"bad option for attack {name!r}: unexpected {', '.join(unknown)}; "
-                        f"it takes: {', '.join(sorted(known))}")
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as exc:
-        raise UserError(f"bad option for attack {name!r}: {exc}") from None
-    return factory(**options)
+    """Build attack ``name`` (options are the fields of its ``Options``, e.g. ``epsilon=8/255``)."""
+    return ATTACKS.get(name)(**options)
 
 
 def list_attacks() -> list[str]:

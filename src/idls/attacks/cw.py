@@ -48,8 +48,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal
+from idls.attacks.options import AttackOptions, check_non_negative, check_positive, option
 from idls.attacks.pgd import Evaluation, Iterate
-from idls.attacks.targets import TargetMode
 from idls.attacks.threats import LpBall, Threat
 from idls.errors import UserError
 from idls.system import Classifier
@@ -350,20 +350,6 @@ def check_weights(weights: Tensor | None, x: Tensor, channels: tuple[int, ...], 
     return weights.detach().to(x)
 
 
-def check_positive(**values: float) -> None:
-    """Raise :class:`UserError` for a non-positive option."""
-    for name, value in values.items():
-        if not value > 0:
-            raise UserError(f"{name} must be > 0, got {value}")
-
-
-def check_non_negative(**values: float) -> None:
-    """Raise :class:`UserError` for a negative option."""
-    for name, value in values.items():
-        if not value >= 0:
-            raise UserError(f"{name} must be >= 0, got {value}")
-
-
 # ---------------------------------------------------------------------------------
 # C&W L2
 # ---------------------------------------------------------------------------------
@@ -412,24 +398,38 @@ def update_constants(const: Tensor, lower: Tensor, upper: Tensor, succeeded: Ten
     return const, lower, upper
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class CWOptions(AttackOptions):
+    """Options of C&W L2 (:class:`CarliniWagnerL2` and :func:`carlini_wagner_l2`)."""
+
+    steps: int = option(DEFAULT_STEPS, "Adam steps per binary-search round")
+    search_steps: int = option(DEFAULT_SEARCH_STEPS, "rounds of the binary search over the constant c")
+    initial_const: float = option(DEFAULT_INITIAL_CONST, "c of the first round (x10 per failed round until bounded)")
+    kappa: float = option(0.0, "confidence margin on the logits (success needs margin < -kappa)")
+    lr: float = option(DEFAULT_LR, "Adam learning rate (in tanh space)")
+    epsilon: float | None = option(None, "optional L_inf cap on the [0, 1] scale (None: uncapped)")
+    abort_early: bool = option(True, "end a sample's round when its loss stalls (window steps // 10)")
+
+    def check(self) -> None:
+        check_non_negative(steps=self.steps, kappa=self.kappa)
+        check_positive(search_steps=self.search_steps, initial_const=self.initial_const, lr=self.lr)
+        if self.epsilon is not None:
+            check_positive(epsilon=self.epsilon)
+            self._set("epsilon", float(self.epsilon))
+
+
 def carlini_wagner_l2(
     x: Tensor,
     evaluate: EvaluateFn,
     classes: Tensor,
     *,
     targeted: bool,
-    steps: int = DEFAULT_STEPS,
-    search_steps: int = DEFAULT_SEARCH_STEPS,
-    initial_const: float = DEFAULT_INITIAL_CONST,
-    kappa: float = 0.0,
-    lr: float = DEFAULT_LR,
-    epsilon: float | None = None,
-    abort_early: bool = True,
+    options: CWOptions | None = None,
     score_fn: ScoreFn | None = None,
     perturbation_weights: Tensor | None = None,
     x_init: Tensor | None = None,
-    progress: bool = False,
     description: str = "cw",
+    **values: Any,
 ) -> Perturbation:
     """C&W L2 with a per-sample binary search on ``c`` (see the module docstring).
 
@@ -444,42 +444,37 @@ def carlini_wagner_l2(
             ``it.iteration`` counts gradient steps over all rounds.
         classes: ``B`` targets (targeted) or true labels (untargeted).
         targeted: which margin to use.
-        steps: Adam steps per round.
-        search_steps: rounds of the binary search over ``c`` (>= 1).
-        initial_const: ``c`` of the first round.
-        kappa: confidence margin (on logits).
-        lr: Adam learning rate (in tanh space).
-        epsilon: optional L_inf cap on the [0, 1] scale; ``None``: no cap.
-        abort_early: end a sample's round when its loss stalls (window ``steps // 10``).
+        options: :class:`CWOptions` (steps, search_steps, initial_const, kappa, lr, epsilon,
+            abort_early, progress); or give them as keywords (``**values``).
         score_fn: ``score_fn(it, evaluation) -> B_active``, lower is better among
             successes; default: the L2 norm of ``delta``.
         perturbation_weights: ``B x 1|C x H x W`` non-negative multiplier of ``delta``.
         x_init: start point of ``x_box`` in every round instead of ``x``.
-        progress: show a progress bar.
-        description: its label.
+        description: the progress bar's label.
 
     Returns:
         :class:`~idls.attacks.base.Perturbation`; ``extras['c']`` (``B x R``: the
         constant of each of the R rounds) and ``extras['round_success']`` (``B x R``
         bool: some iterate of that round succeeded).
     """
-    _check_cw_options(steps, search_steps, initial_const, kappa, lr, epsilon)
+    o = CWOptions.from_user("cw", values) if options is None else options
+    steps, kappa = o.steps, o.kappa
     weights = check_weights(perturbation_weights, x, (1, x.shape[1]), "perturbation_weights")
     if x_init is not None and x_init.shape != x.shape:
         raise UserError(f"x_init must have the images' shape {tuple(x.shape)}, got {tuple(x_init.shape)}")
     x = x.detach()
     batch = x.shape[0]
     classes = classes.to(x.device)
-    lo, hi = box_bounds(x, epsilon)
+    lo, hi = box_bounds(x, o.epsilon)
     start = x if x_init is None else torch.minimum(torch.maximum(x_init.detach().to(x), lo), hi)
     w_start = to_tanh_space(start, lo, hi)
-    const = torch.full((batch,), float(initial_const), dtype=x.dtype, device=x.device)
+    const = torch.full((batch,), float(o.initial_const), dtype=x.dtype, device=x.device)
     lower = torch.zeros_like(const)
     upper = torch.full_like(const, math.inf)
     tracker = BestIterate(x)
     constants: list[Tensor] = []
     round_success: list[Tensor] = []
-    window = max(steps // 10, 1) if abort_early else None
+    window = max(steps // 10, 1) if o.abort_early else None
     iterations = 0
 
     def step_fn(w: Tensor, index: Tensor, iteration: int, c: Tensor) -> StepOutcome:
@@ -498,14 +493,15 @@ def carlini_wagner_l2(
         score = score_fn(it, evaluation) if score_fn is not None else distance.detach().sqrt()
         return StepOutcome(loss=loss, x_adv=x_adv.detach(), succeeded=succeeded, score=score.detach())
 
-    with flush_denormal(), tqdm(total=steps * search_steps, desc=description, disable=not progress, leave=False) as bar:
-        for _ in range(search_steps):
+    with flush_denormal(), tqdm(total=steps * o.search_steps, desc=description, disable=not o.progress,
+                                leave=False) as bar:
+        for _ in range(o.search_steps):
             result = adam_descent(
                 w_start,
                 lambda w, index, iteration, c=const: step_fn(w, index, iteration, c),
                 tracker,
                 steps=steps,
-                lr=lr,
+                lr=o.lr,
                 iteration_offset=iterations,
                 stall_window=window,
                 bar=bar,
@@ -514,18 +510,10 @@ def carlini_wagner_l2(
             constants.append(const)
             round_success.append(result.succeeded)
             const, lower, upper = update_constants(const, lower, upper, result.succeeded)
-            if progress:
+            if o.progress:
                 bar.set_postfix(success=f"{float(tracker.succeeded.float().mean()):.2f}", refresh=False)
     extras = {"c": torch.stack(constants, dim=1), "round_success": torch.stack(round_success, dim=1)}
     return tracker.perturbation(iterations, extras)
-
-
-def _check_cw_options(steps: int, search_steps: int, initial_const: float, kappa: float, lr: float,
-                      epsilon: float | None) -> None:
-    check_non_negative(steps=steps, kappa=kappa)
-    check_positive(search_steps=search_steps, initial_const=initial_const, lr=lr)
-    if epsilon is not None:
-        check_positive(epsilon=epsilon)
 
 
 @ATTACKS.register("cw")
@@ -538,46 +526,20 @@ class CarliniWagnerL2(Attack):
     compare at ``epsilon=8/255``). Each sample returns its successful iterate
     with the smallest L2 perturbation (its last iterate if it never succeeded).
 
-    Args:
-        steps: Adam steps per binary-search round.
-        search_steps: binary-search rounds.
-        initial_const: ``c`` of the first round.
-        kappa: confidence margin on the logits (success needs margin < -kappa).
-        lr: Adam learning rate.
-        epsilon: optional L_inf cap on the [0, 1] scale (``None``: uncapped).
-        abort_early: end a sample's round once its loss stalls.
-        mode: ``'targeted'``, ``'untargeted'`` or ``'least_likely'``.
-        seed: seeds random targets.
-        progress: show a progress bar.
+    Options: :class:`CWOptions` (``idls options cw``).
     """
 
     name = "cw"
+    Options = CWOptions
     joint_table = "cw"
     joint_kind = "adam"
-
-    def __init__(
-        self,
-        *,
-        steps: int = DEFAULT_STEPS,
-        search_steps: int = DEFAULT_SEARCH_STEPS,
-        initial_const: float = DEFAULT_INITIAL_CONST,
-        kappa: float = 0.0,
-        lr: float = DEFAULT_LR,
-        epsilon: float | None = None,
-        abort_early: bool = True,
-        mode: str | TargetMode = TargetMode.TARGETED,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(mode=mode, seed=seed, progress=progress)
-        _check_cw_options(steps, search_steps, initial_const, kappa, lr, epsilon)
-        self.steps = int(steps)
-        self.search_steps = int(search_steps)
-        self.initial_const = float(initial_const)
-        self.kappa = float(kappa)
-        self.lr = float(lr)
-        self.epsilon = None if epsilon is None else float(epsilon)
-        self.abort_early = bool(abort_early)
+    steps: int
+    search_steps: int
+    initial_const: float
+    kappa: float
+    lr: float
+    epsilon: float | None
+    abort_early: bool
 
     def optimise(
         self,
@@ -592,22 +554,8 @@ class CarliniWagnerL2(Attack):
     ) -> Perturbation:
         """:func:`carlini_wagner_l2` with this attack's options (the entry point of joint attacks)."""
         return carlini_wagner_l2(
-            x,
-            evaluate,
-            classes,
-            targeted=targeted,
-            steps=self.steps,
-            search_steps=self.search_steps,
-            initial_const=self.initial_const,
-            kappa=self.kappa,
-            lr=self.lr,
-            epsilon=self.epsilon,
-            abort_early=self.abort_early,
-            score_fn=score_fn,
-            perturbation_weights=perturbation_weights,
-            x_init=x_init,
-            progress=self.progress,
-            description=f"{self.name} ({self.mode.value})",
+            x, evaluate, classes, targeted=targeted, options=self.options, score_fn=score_fn,
+            perturbation_weights=perturbation_weights, x_init=x_init, description=f"{self.name} ({self.mode.value})",
         )
 
     def threat(self) -> Threat:
@@ -636,6 +584,7 @@ class CarliniWagnerL2(Attack):
 
 __all__ = [
     "BestIterate",
+    "CWOptions",
     "CarliniWagnerL2",
     "DEFAULT_INITIAL_CONST",
     "DEFAULT_LR",

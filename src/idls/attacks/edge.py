@@ -22,8 +22,7 @@ per image, so low-contrast images get small weights.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,8 @@ from torch import Tensor
 
 from idls.attacks.base import ATTACKS
 from idls.attacks.defaults import LARGE_INPUT, JointDefaults
-from idls.attacks.joint import ADV2
+from idls.attacks.joint import ADV2, ADV2Options
+from idls.attacks.options import check_non_negative, option
 from idls.errors import UserError
 from idls.interpreters import Interpreter
 
@@ -59,14 +59,34 @@ def binary_edges(x: Tensor, threshold: float = DEFAULT_THRESHOLD) -> Tensor:
     return (sobel_edges(x) > threshold).to(x.dtype)
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class AdvEdgeOptions(ADV2Options):
+    """ADV²'s options plus where the edge weights apply."""
+
+    edge_stage: str = option("all", "'all' (every update, the paper) or 'warm_start' (the reference notebooks)")
+
+    def check(self) -> None:
+        if self.edge_stage not in EDGE_STAGES:
+            raise UserError(f"unknown edge_stage {self.edge_stage!r}; choose one of: {', '.join(EDGE_STAGES)}")
+        super().check()
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class AdvEdgePlusOptions(AdvEdgeOptions):
+    """AdvEdge's options plus the binarisation threshold."""
+
+    threshold: float = option(DEFAULT_THRESHOLD, "pixels with E(x) above this change; the others stay")
+
+    def check(self) -> None:
+        check_non_negative(threshold=self.threshold)
+        super().check()
+
+
 class _EdgeAttack(ADV2):
     """ADV² with edge-weighted updates (see the module docstring)."""
 
-    def __init__(self, *, edge_stage: str = "all", **options: Any) -> None:
-        super().__init__(**options)
-        if edge_stage not in EDGE_STAGES:
-            raise UserError(f"unknown edge_stage {edge_stage!r}; choose one of: {', '.join(EDGE_STAGES)}")
-        self.edge_stage = edge_stage
+    Options = AdvEdgeOptions
+    edge_stage: str
 
 
 @ATTACKS.register("advedge")
@@ -88,9 +108,6 @@ class AdvEdge(_EdgeAttack):
     """
 
     name = "advedge"
-
-    def __init__(self, *, interpreter, edge_stage: str = "all", **options: Any) -> None:
-        super().__init__(interpreter=interpreter, edge_stage=edge_stage, **options)
 
     def settings_for(self, interpreter: Interpreter, input_size: int) -> JointDefaults:
         settings = super().settings_for(interpreter, input_size)
@@ -121,13 +138,8 @@ class AdvEdgePlus(_EdgeAttack):
     """
 
     name = "advedge+"
-
-    def __init__(self, *, interpreter, edge_stage: str = "all", threshold: float = DEFAULT_THRESHOLD,
-                 **options: Any) -> None:
-        super().__init__(interpreter=interpreter, edge_stage=edge_stage, **options)
-        if threshold < 0:
-            raise UserError(f"threshold must be >= 0, got {threshold}")
-        self.threshold = float(threshold)
+    Options = AdvEdgePlusOptions
+    threshold: float
 
     def edge_weights(self, x: Tensor) -> Tensor:
         return binary_edges(x, self.threshold)
@@ -135,6 +147,8 @@ class AdvEdgePlus(_EdgeAttack):
 
 __all__ = [
     "AdvEdge",
+    "AdvEdgeOptions",
+    "AdvEdgePlusOptions",
     "AdvEdgePlus",
     "DEFAULT_THRESHOLD",
     "EDGE_STAGES",

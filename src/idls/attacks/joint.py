@@ -38,13 +38,15 @@ samples that currently succeed; the other iterates are not candidates.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, Perturbation, create_attack, list_frameworks
+from idls.attacks.options import AttackOptions, option
 from idls.attacks.cw import classifier_evaluation
 from idls.attacks.defaults import JointDefaults, joint_defaults
 from idls.attacks.joint_mask import joint_mask_attack
@@ -72,124 +74,123 @@ DEFAULT_STEP_SIZE = 1 / 255
 # ---------------------------------------------------------------------------------
 # The attack
 # ---------------------------------------------------------------------------------
-#: :class:`~idls.attacks.defaults.JointDefaults` fields whose ADV2 keyword differs (for error messages)
-SETTING_OPTIONS = {
-    "schedule": "lam_schedule",
-    **{name: f"mask_{name}" for name in ("inner_steps", "lookahead_steps", "reset_every", "max_step",
-                                        "bisection_steps", "margin", "region_weight")},
-}
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ADV2Options(AttackOptions):
+    """Options of ADV² (and, through subclasses, AdvEdge / AdvEdge+).
+
+    The options marked "(table)" override :func:`~idls.attacks.defaults.joint_defaults`
+    for the attacked interpreter's family, framework and input size; ``None`` keeps
+    the table's value (see :class:`~idls.attacks.defaults.JointDefaults`).
+    """
+
+    untyped: ClassVar[tuple[str, ...]] = ("interpreter", "target_map", "framework_options", "interpreter_options",
+                                          "other_class_pool")
+
+    interpreter: Any = option(help="an Interpreter of the attacked classifier, or a registry name (built for the "
+                                   "classifier at run time with interpreter_options)")
+    framework: str = option("pgd", "the attack whose optimiser runs underneath: any registered attack that "
+                                   "declares a joint_table (pgd, mifgsm, cw, stadv)")
+    target_map: Any = option("benign", "'benign', 'patch', 'other-class', a map file (.safetensors/.pt) or a "
+                                       "tensor h x w / B x h x w")
+    epsilon: float | None = option(None, "L_inf radius (step frameworks; C&W's cap), default 8/255; not for StAdv")
+    step_size: float | None = option(None, "sign-step size of the step frameworks (default 1/255)")
+    steps: int | None = option(None, "(table) joint iterations after the warm start", setting="steps")
+    warm_start: int | None = option(None, "(table) prediction-only iterations first", setting="warm_start")
+    lam: float | None = option(None, "(table) interpretation coefficient c", setting="lam")
+    lam_schedule: str | None = option(None, "(table) 'ramp', 'phases' or 'constant'", setting="schedule")
+    label_smoothing: tuple[float, float] | None = option(
+        None, "(table) (start, end) target probability of the smoothed cross-entropy", setting="label_smoothing")
+    encoder_weight: float | None = option(None, "(table) RTS encoder cross-entropy weight", setting="encoder_weight")
+    select_every: int | None = option(None, "(table) real-map evaluation period for surrogate maps",
+                                      setting="select_every")
+    joint_step_size: float | None = option(None, "(table) sign-step size of the joint phase",
+                                           setting="joint_step_size")
+    mask_inner_steps: int | None = option(None, "(table) MASK: inner Adam steps per iteration", setting="inner_steps")
+    mask_lookahead_steps: int | None = option(None, "(table) MASK: differentiable look-ahead steps",
+                                              setting="lookahead_steps")
+    mask_reset_every: int | None = option(None, "(table) MASK: iterations between real-map resets",
+                                          setting="reset_every")
+    mask_max_step: float | None = option(None, "(table) MASK: largest interpretation step", setting="max_step")
+    mask_bisection_steps: int | None = option(None, "(table) MASK: bisection steps on the step size",
+                                              setting="bisection_steps")
+    mask_margin: float | None = option(None, "(table) MASK: logit margin the interpretation step keeps",
+                                       setting="margin")
+    mask_region_weight: float | None = option(None, "(table) MASK: weight of the region contrast term (0: off)",
+                                              setting="region_weight")
+    stop_distance: float | None = option(None, "stop a sample once it succeeds with map L1 <= this")
+    check_every: int = option(DEFAULT_CHECK_EVERY, "joint iterations between stop_distance checks")
+    framework_options: dict = option(factory=dict, help="options of the framework attack (e.g. MI-FGSM's decay, "
+                                                        "C&W's search_steps)")
+    interpreter_options: dict = option(factory=dict, help="options when interpreter is a name")
+    other_class_pool: Any = option(None, "(images, labels) donors for target_map='other-class'")
+
+    def check(self) -> None:
+        if self.mode is TargetMode.UNTARGETED:
+            raise UserError("the joint attacks are targeted (the interpreter explains the target class); "
+                            "use mode='targeted' or 'least_likely'")
+        if not isinstance(self.interpreter, (Interpreter, str)):
+            raise UserError(f"interpreter must be an Interpreter or a registry name, "
+                            f"got {type(self.interpreter).__name__}")
+        frameworks = list_frameworks()
+        if self.framework not in frameworks:
+            raise UserError(f"unknown attack framework {self.framework!r}; choose one of: {', '.join(frameworks)}")
+        framework_class = ATTACKS.get(self.framework)
+        if not framework_class.uses_epsilon and self.epsilon is not None:
+            raise UserError(f"{self.framework} has no epsilon ball (it bounds its perturbation otherwise); "
+                            "drop epsilon")
+        target = self.target_map
+        if isinstance(target, str) and target not in TARGET_MAP_KINDS and not Path(target).suffix:
+            raise UserError(f"unknown target map {target!r}; choose one of: {', '.join(TARGET_MAP_KINDS)}, "
+                            "or a map file")
+        for name in ("epsilon", "step_size", "stop_distance"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"{name} must be >= 0, got {value}")
+        if self.check_every < 1:
+            raise UserError(f"check_every must be >= 1, got {self.check_every}")
+        self._set("epsilon", float(DEFAULT_EPSILON if self.epsilon is None else self.epsilon)
+                  if framework_class.uses_epsilon else None)
+        self._set("step_size", float(DEFAULT_STEP_SIZE if self.step_size is None else self.step_size))
+        self._set("framework_options", dict(self.framework_options or {}))
+        self._set("interpreter_options", dict(self.interpreter_options or {}))
+        # bad overrides fail here (checked against any row of the table), named as the user typed them
+        joint_defaults("cam", framework_class.joint_table, 32).override(self.table_names(), **self.settings())
+
+    @classmethod
+    def table_names(cls) -> dict[str, str]:
+        """``{settings field: option name}`` for error messages."""
+        return {setting: name for name, setting in cls.setting_names().items()}
 
 
 @ATTACKS.register("adv2")
 class ADV2(Attack):
     """ADV² (paper 001): a targeted attack on the classifier *and* its interpreter.
 
-    Args:
-        interpreter: an :class:`~idls.interpreters.Interpreter` of the attacked
-            classifier, or a registry name (built for the classifier at run time
-            with ``interpreter_options``).
-        framework: the attack whose optimiser runs underneath: ``'pgd'`` (default), ``'mifgsm'``,
-            ``'cw'``, ``'stadv'`` (any registered attack that declares a ``joint_table``; see
-            :func:`~idls.attacks.base.list_frameworks`).
-        target_map: ``'benign'`` (default), ``'patch'``, ``'other-class'``, a map
-            file (``.safetensors``/``.pt``) or a tensor ``h x w`` / ``B x h x w``.
-        epsilon: L_inf radius (PGD, MI-FGSM; C&W's cap); default 8/255. Not for StAdv.
-        step_size: sign-step size of the step frameworks (default 1/255).
-        steps, warm_start, lam, lam_schedule, label_smoothing, encoder_weight,
-        select_every, joint_step_size: override :func:`~idls.attacks.defaults.joint_defaults`
-            (see :class:`~idls.attacks.defaults.JointDefaults`).
-        mask_inner_steps, mask_lookahead_steps, mask_reset_every, mask_max_step,
-        mask_bisection_steps, mask_margin, mask_region_weight: MASK bilevel settings (same table).
-        stop_distance: stop a sample once it succeeds with map L1 <= this (PGD).
-        check_every: joint iterations between those checks.
-        framework_options: keyword arguments of the framework attack (``create_attack``; e.g. MI-FGSM's
-            ``decay``, C&W's ``search_steps``).
-        interpreter_options: options when ``interpreter`` is a name.
-        other_class_pool: ``(images, labels)`` donors for ``target_map='other-class'``.
-        mode: ``'targeted'`` (default) or ``'least_likely'``.
-        seed: seeds targets, patch maps and donor choice.
-        progress: show progress bars.
-
-    ``run`` returns extras ``'map_distance'`` (``B``, L1 of the final real map of
-    the predicted class to the target map), ``'map_mse'``, ``'adv_map'`` and
-    ``'target_map'`` (``B x h x w``), and ``'score'`` (the selection score).
+    Options: :class:`ADV2Options` (``idls options adv2``). ``run`` returns extras
+    ``'map_distance'`` (``B``, L1 of the final real map of the predicted class to the
+    target map), ``'map_mse'``, ``'adv_map'`` and ``'target_map'`` (``B x h x w``), and
+    ``'score'`` (the selection score).
     """
 
     name = "adv2"
+    Options = ADV2Options
     edge_stage: str | None = None  #: AdvEdge: 'all' (the paper) or 'warm_start' (the reference notebooks)
+    interpreter: Interpreter | str
+    framework: str
+    target_map: str | Path | Tensor
+    epsilon: float | None
+    step_size: float
+    stop_distance: float | None
+    check_every: int
+    framework_options: dict[str, Any]
+    interpreter_options: dict[str, Any]
+    other_class_pool: tuple[Tensor, Tensor] | None
 
-    def __init__(
-        self,
-        *,
-        interpreter: Interpreter | str,
-        framework: str = "pgd",
-        target_map: str | Path | Tensor = "benign",
-        epsilon: float | None = None,
-        step_size: float | None = None,
-        steps: int | None = None,
-        warm_start: int | None = None,
-        lam: float | None = None,
-        lam_schedule: str | None = None,
-        label_smoothing: tuple[float, float] | None = None,
-        encoder_weight: float | None = None,
-        select_every: int | None = None,
-        joint_step_size: float | None = None,
-        mask_inner_steps: int | None = None,
-        mask_lookahead_steps: int | None = None,
-        mask_reset_every: int | None = None,
-        mask_max_step: float | None = None,
-        mask_bisection_steps: int | None = None,
-        mask_margin: float | None = None,
-        mask_region_weight: float | None = None,
-        stop_distance: float | None = None,
-        check_every: int = DEFAULT_CHECK_EVERY,
-        framework_options: dict[str, Any] | None = None,
-        interpreter_options: dict[str, Any] | None = None,
-        other_class_pool: tuple[Tensor, Tensor] | None = None,
-        mode: str | TargetMode = TargetMode.TARGETED,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(mode=mode, seed=seed, progress=progress)
-        if self.mode is TargetMode.UNTARGETED:
-            raise UserError(f"{self.name} is a targeted attack (the interpreter explains the target class); "
-                            "use mode='targeted' or 'least_likely'")
-        if not isinstance(interpreter, (Interpreter, str)):
-            raise UserError(f"interpreter must be an Interpreter or a registry name, got {type(interpreter).__name__}")
-        frameworks = list_frameworks()
-        if framework not in frameworks:
-            raise UserError(f"unknown attack framework {framework!r}; choose one of: {', '.join(frameworks)}")
-        framework_class = ATTACKS.get(framework)
-        if not framework_class.uses_epsilon and epsilon is not None:
-            raise UserError(f"{framework} has no epsilon ball (it bounds its perturbation otherwise); drop epsilon")
-        if isinstance(target_map, str) and target_map not in TARGET_MAP_KINDS and not Path(target_map).suffix:
-            raise UserError(f"unknown target map {target_map!r}; choose one of: {', '.join(TARGET_MAP_KINDS)}, "
-                            "or a map file")
-        for name, value in (("epsilon", epsilon), ("step_size", step_size), ("stop_distance", stop_distance)):
-            if value is not None and value < 0:
-                raise UserError(f"{name} must be >= 0, got {value}")
-        if check_every < 1:
-            raise UserError(f"check_every must be >= 1, got {check_every}")
-        self.interpreter = interpreter
-        self.interpreter_options = dict(interpreter_options or {})
-        self.framework = framework
-        self.framework_class = framework_class
-        self.framework_options = dict(framework_options or {})
-        self.target_map = target_map
-        self.epsilon = float(DEFAULT_EPSILON if epsilon is None else epsilon) if framework_class.uses_epsilon else None
-        self.step_size = float(DEFAULT_STEP_SIZE if step_size is None else step_size)
-        self.stop_distance = stop_distance
-        self.check_every = int(check_every)
-        self.other_class_pool = other_class_pool
-        self.overrides: dict[str, Any] = dict(
-            steps=steps, warm_start=warm_start, lam=lam, schedule=lam_schedule, label_smoothing=label_smoothing,
-            encoder_weight=encoder_weight, select_every=select_every, joint_step_size=joint_step_size,
-            inner_steps=mask_inner_steps, lookahead_steps=mask_lookahead_steps, reset_every=mask_reset_every, max_step=mask_max_step,
-            bisection_steps=mask_bisection_steps, margin=mask_margin, region_weight=mask_region_weight,
-        )
-        # fail early on bad overrides (checked against any row of the table) and on bad framework options
-        joint_defaults("cam", framework_class.joint_table, 32).override(SETTING_OPTIONS, **self.overrides)
-        self.framework_attack()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.framework_class = ATTACKS.get(self.framework)
+        self.overrides: dict[str, Any] = self.options.settings()
+        self.framework_attack()  # bad framework options fail at construction
 
     # -- configuration ------------------------------------------------------------------
     def interpreter_for(self, classifier: Classifier) -> Interpreter:
@@ -211,7 +212,7 @@ class ADV2(Attack):
             raise UserError(f"interpreter {interpreter.name!r} declares no joint-attack family, so the joint attacks "
                             "have no settings for it; set its class attribute `family` (grad, cam, rts or mask)")
         return joint_defaults(interpreter.family, self.framework_class.joint_table, input_size).override(
-            SETTING_OPTIONS, **self.overrides)
+            self.options.table_names(), **self.overrides)
 
     def edge_weights(self, x: Tensor) -> Tensor | None:
         """``B x 1 x H x W`` step/perturbation weights (AdvEdge); ``None``: unweighted (ADV²)."""
@@ -350,6 +351,7 @@ class ADV2(Attack):
 
 __all__ = [
     "ADV2",
+    "ADV2Options",
     "DEFAULT_CHECK_EVERY",
     "JointObjective",
     "LambdaSchedule",

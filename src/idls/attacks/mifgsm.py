@@ -17,14 +17,14 @@ Defaults follow the paper: 10 iterations of ``epsilon / 10`` and decay 1.0.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from idls.attacks.base import ATTACKS
-from idls.attacks.pgd import DEFAULT_EPSILON, NORMS, PGD, Norm, StepRule, step_direction
-from idls.errors import UserError
+from idls.attacks.options import check_non_negative, option
+from idls.attacks.pgd import PGD, Norm, PGDOptions, StepRule, step_direction
 
 DEFAULT_DECAY = 1.0
 DEFAULT_STEPS = 10
@@ -61,37 +61,38 @@ class Momentum:
         return step_direction(velocity, self.norm)
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MIFGSMOptions(PGDOptions):
+    """PGD's options with the paper's defaults, plus the momentum decay."""
+
+    steps: int = option(DEFAULT_STEPS, "number of steps")
+    step_size: float | None = option(None, "step per iteration (default epsilon / steps)")
+    decay: float = option(DEFAULT_DECAY, "momentum factor mu (0: plain sign steps)")
+
+    def check(self) -> None:
+        check_non_negative(decay=self.decay)
+        super().check()
+
+    def default_step_size(self) -> float:
+        return self.epsilon / max(self.steps, 1)
+
+
 @ATTACKS.register("mifgsm")
 class MIFGSM(PGD):
     """MI-FGSM (Dong et al. 2018): PGD with a momentum of normalised gradients.
 
     Takes every option of :class:`~idls.attacks.pgd.PGD` (``epsilon``, ``norm``,
     ``mode``, ``random_start``, ``early_stop``...) with the paper's defaults
-    ``steps=10`` and ``step_size=epsilon / steps``, plus:
-
-    Args:
-        decay: momentum factor ``mu`` (default 1.0; 0 gives PGD with L1-normalised gradients,
-            i.e. plain sign steps).
+    ``steps=10`` and ``step_size=epsilon / steps``, plus ``decay`` (the momentum
+    factor, default 1.0). Options: :class:`MIFGSMOptions` (``idls options mifgsm``).
     """
 
     name = "mifgsm"
-
-    def __init__(self, *, decay: float = DEFAULT_DECAY, **options: Any) -> None:
-        if not decay >= 0:
-            raise UserError(f"decay must be >= 0, got {decay}")
-        norm = options.get("norm", "linf")
-        if norm not in NORMS:
-            raise UserError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-        options.setdefault("steps", DEFAULT_STEPS)
-        if options.get("step_size") is None:
-            epsilon = options.get("epsilon")
-            epsilon = DEFAULT_EPSILON[norm] if epsilon is None else epsilon
-            options["step_size"] = epsilon / max(int(options["steps"]), 1)
-        super().__init__(**options)
-        self.decay = float(decay)
+    Options = MIFGSMOptions
+    decay: float
 
     def step_rule(self) -> StepRule:
         return Momentum(self.decay, self.norm)
 
 
-__all__ = ["DEFAULT_DECAY", "MIFGSM", "Momentum"]
+__all__ = ["DEFAULT_DECAY", "MIFGSM", "MIFGSMOptions", "Momentum"]

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal, prediction_loss
-from idls.attacks.targets import TargetMode
+from idls.attacks.options import AttackOptions, check_non_negative, option
 from idls.attacks.threats import LpBall
 from idls.errors import UserError
 from idls.system import Classifier
@@ -320,6 +320,31 @@ DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 0.5}
 DEFAULT_STEPS = 100
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PGDOptions(AttackOptions):
+    """Options of :class:`PGD` (defaults: docs/design.md §4)."""
+
+    epsilon: float | None = option(None, "radius of the ball on the [0, 1] pixel scale (default 8/255 for linf, "
+                                         "0.5 for l2)")
+    step_size: float | None = option(None, "step per iteration (default 1/255 for linf, epsilon / 10 for l2)")
+    steps: int = option(DEFAULT_STEPS, "maximum number of steps")
+    norm: str = option("linf", "'linf' (sign steps) or 'l2' (normalised-gradient steps)")
+    random_start: bool = option(False, "start from a uniform random point of the ball")
+    early_stop: bool = option(False, "stop each sample once it has succeeded and stopped improving")
+    patience: int = option(0, "evaluations without a lower loss before a successful sample stops (early_stop)")
+
+    def check(self) -> None:
+        if self.norm not in NORMS:
+            raise UserError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        check_non_negative(steps=self.steps, patience=self.patience)
+        self._set("epsilon", float(DEFAULT_EPSILON[self.norm] if self.epsilon is None else self.epsilon))
+        self._set("step_size", float(self.default_step_size() if self.step_size is None else self.step_size))
+        check_non_negative(epsilon=self.epsilon, step_size=self.step_size)
+
+    def default_step_size(self) -> float:
+        return 1 / 255 if self.norm == "linf" else self.epsilon / 10
+
+
 @ATTACKS.register("pgd")
 class PGD(Attack):
     """PGD on the cross-entropy (Madry et al. 2018) with correct per-sample best-iterate tracking.
@@ -331,49 +356,20 @@ class PGD(Attack):
     step epsilon / 10. ``early_stop=True`` stops each sample at its first
     success (after ``patience`` steps without improvement) - much faster, but
     the perturbation is then as small as the attack could make it.
-
-    Args:
-        epsilon: radius of the ball on the [0, 1] scale (default by norm).
-        step_size: step per iteration (default 1/255 for L_inf, epsilon / 10 for L2).
-        steps: maximum number of steps.
-        norm: ``'linf'`` or ``'l2'``.
-        mode: ``'targeted'``, ``'untargeted'`` or ``'least_likely'``.
-        random_start: start from a uniform random point of the ball.
-        early_stop: stop each sample once done (see :func:`projected_gradient_descent`).
-        patience: evaluations without a lower loss before a successful sample is done.
-        seed: seeds random targets and the random start.
-        progress: show a progress bar.
+    Options: :class:`PGDOptions` (``idls options pgd``).
     """
 
     name = "pgd"
+    Options = PGDOptions
     joint_table = "pgd"
     joint_kind = "steps"
-
-    def __init__(
-        self,
-        *,
-        epsilon: float | None = None,
-        step_size: float | None = None,
-        steps: int = DEFAULT_STEPS,
-        norm: Norm = "linf",
-        mode: str | TargetMode = TargetMode.TARGETED,
-        random_start: bool = False,
-        early_stop: bool = False,
-        patience: int = 0,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(mode=mode, seed=seed, progress=progress)
-        if norm not in NORMS:
-            raise UserError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-        self.norm: Norm = norm
-        self.epsilon = float(DEFAULT_EPSILON[norm] if epsilon is None else epsilon)
-        default_step = 1 / 255 if norm == "linf" else self.epsilon / 10
-        self.step_size = float(default_step if step_size is None else step_size)
-        self.steps = int(steps)
-        self.random_start = bool(random_start)
-        self.early_stop = bool(early_stop)
-        self.patience = int(patience)
+    epsilon: float
+    step_size: float
+    steps: int
+    norm: Norm
+    random_start: bool
+    early_stop: bool
+    patience: int
 
     def threat(self) -> LpBall:
         return LpBall(self.norm, self.epsilon)
@@ -421,6 +417,7 @@ __all__ = [
     "Iterate",
     "NORMS",
     "PGD",
+    "PGDOptions",
     "project",
     "projected_gradient_descent",
     "random_start_point",

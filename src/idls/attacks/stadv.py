@@ -31,7 +31,8 @@ up to ~1e-5 at 224 px, it reproduces the image exactly for zero flow.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -45,15 +46,13 @@ from idls.attacks.cw import (
     ScoreFn,
     StepOutcome,
     adam_descent,
-    check_non_negative,
-    check_positive,
     check_weights,
     classifier_evaluation,
     margin_loss,
     margin_success,
 )
+from idls.attacks.options import AttackOptions, check_non_negative, check_positive, option
 from idls.attacks.pgd import Iterate
-from idls.attacks.targets import TargetMode
 from idls.errors import UserError
 from idls.system import Classifier
 
@@ -127,24 +126,40 @@ def flow_loss(flow: Tensor, eps: float = FLOW_EPS) -> Tensor:
     return 2 * (pair_costs(horizontal) + pair_costs(vertical))
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class StAdvOptions(AttackOptions):
+    """Options of StAdv (:class:`StAdv` and :func:`spatial_transform_attack`)."""
+
+    steps: int = option(DEFAULT_STEPS, "maximum Adam steps")
+    tau: float | None = option(None, "weight of the flow smoothness loss (None: default_tau of the image size)")
+    lr: float = option(DEFAULT_LR, "Adam learning rate (pixels per step, roughly)")
+    kappa: float = option(0.0, "confidence margin on the logits")
+    loss: str = option("margin", "'margin' (StAdv) or 'ce' (cross-entropy; success is then argmax)")
+    early_stop: bool = option(False, "stop a sample once it succeeded and stopped improving")
+    patience: int = option(0, "evaluations without a better score before a successful sample stops")
+
+    def check(self) -> None:
+        check_non_negative(steps=self.steps, kappa=self.kappa, patience=self.patience)
+        if self.tau is not None:
+            check_non_negative(tau=self.tau)
+            self._set("tau", float(self.tau))
+        check_positive(lr=self.lr)
+        if self.loss not in ADVERSARIAL_LOSSES:
+            raise UserError(f"unknown StAdv loss {self.loss!r}; choose one of: {', '.join(ADVERSARIAL_LOSSES)}")
+
+
 def spatial_transform_attack(
     x: Tensor,
     evaluate: EvaluateFn,
     classes: Tensor,
     *,
     targeted: bool,
-    steps: int = DEFAULT_STEPS,
-    tau: float | None = None,
-    lr: float = DEFAULT_LR,
-    kappa: float = 0.0,
-    loss: AdversarialLoss = "margin",
-    early_stop: bool = False,
-    patience: int = 0,
+    options: StAdvOptions | None = None,
     score_fn: ScoreFn | None = None,
     flow_weights: Tensor | None = None,
     flow_init: Tensor | None = None,
-    progress: bool = False,
     description: str = "stadv",
+    **values: Any,
 ) -> Perturbation:
     """Optimise a flow field per sample (see the module docstring).
 
@@ -154,28 +169,22 @@ def spatial_transform_attack(
             the extra per-sample loss (see :func:`~idls.attacks.cw.classifier_evaluation`).
         classes: ``B`` targets (targeted) or true labels (untargeted).
         targeted: attack direction.
-        steps: maximum Adam steps.
-        tau: weight of ``L_flow``; ``None``: :func:`default_tau` of the image size.
-        lr: Adam learning rate (pixels).
-        kappa: confidence margin of the margin loss (success: margin < -kappa).
-        loss: ``'margin'`` (StAdv) or ``'ce'`` (cross-entropy; success is then argmax).
-        early_stop: stop a sample once it succeeded and its score has not improved
-            for ``patience`` evaluations (``0``: at its first success).
-        patience: see ``early_stop``.
+        options: :class:`StAdvOptions` (steps, tau, lr, kappa, loss, early_stop, patience,
+            progress); or give them as keywords (``**values``).
         score_fn: ``score_fn(it, evaluation) -> B_active``, lower is better among
             successes; default: ``L_flow`` of the applied flow.
         flow_weights: ``B x 1|2 x H x W`` non-negative multiplier of the flow.
         flow_init: ``B x 2 x H x W`` start flow (default zero), before weighting.
-        progress: show a progress bar.
-        description: its label.
+        description: the progress bar's label.
 
     Returns:
         :class:`~idls.attacks.base.Perturbation`; ``extras['flow']`` ``B x 2 x H x W``
         is the applied (weighted) flow of each returned image.
     """
+    o = StAdvOptions.from_user("stadv", values) if options is None else options
+    steps, kappa, loss = o.steps, o.kappa, o.loss
     batch, _, height, width = x.shape
-    tau = default_tau(height, width) if tau is None else float(tau)
-    _check_stadv_options(steps, tau, lr, kappa, loss, patience)
+    tau = default_tau(height, width) if o.tau is None else o.tau
     weights = check_weights(flow_weights, x, (1, 2), "flow_weights")
     if flow_init is not None and flow_init.shape != (batch, 2, height, width):
         raise UserError(f"flow_init must be B x 2 x H x W = {(batch, 2, height, width)}, got {tuple(flow_init.shape)}")
@@ -204,20 +213,11 @@ def spatial_transform_attack(
                            aux=applied.detach())
 
     tracker = BestIterate(x, aux=flow_start if weights is None else flow_start * weights)
-    with flush_denormal(), tqdm(total=steps, desc=description, disable=not progress, leave=False) as bar:
+    with flush_denormal(), tqdm(total=steps, desc=description, disable=not o.progress, leave=False) as bar:
         result = adam_descent(
-            flow_start, step_fn, tracker, steps=steps, lr=lr, patience=patience if early_stop else None, bar=bar
+            flow_start, step_fn, tracker, steps=steps, lr=o.lr, patience=o.patience if o.early_stop else None, bar=bar
         )
     return tracker.perturbation(result.steps_run, {"flow": tracker.chosen_aux()})
-
-
-def _check_stadv_options(steps: int, tau: float | None, lr: float, kappa: float, loss: str, patience: int) -> None:
-    check_non_negative(steps=steps, kappa=kappa, patience=patience)
-    if tau is not None:
-        check_non_negative(tau=tau)
-    check_positive(lr=lr)
-    if loss not in ADVERSARIAL_LOSSES:
-        raise UserError(f"unknown StAdv loss {loss!r}; choose one of: {', '.join(ADVERSARIAL_LOSSES)}")
 
 
 @ATTACKS.register("stadv")
@@ -229,17 +229,7 @@ class StAdv(Attack):
     (0.0245 at 32 px), margin loss with kappa 0; every sample runs all steps
     and keeps its successful iterate with the smallest ``L_flow``.
 
-    Args:
-        steps: maximum Adam steps.
-        tau: weight of the flow smoothness loss (``None``: :func:`default_tau`).
-        lr: Adam learning rate (pixels per step, roughly).
-        kappa: confidence margin on the logits.
-        loss: ``'margin'`` or ``'ce'``.
-        early_stop: stop samples once done (see :func:`spatial_transform_attack`).
-        patience: evaluations without a better score before a successful sample is done.
-        mode: ``'targeted'``, ``'untargeted'`` or ``'least_likely'``.
-        seed: seeds random targets.
-        progress: show a progress bar.
+    Options: :class:`StAdvOptions` (``idls options stadv``).
     """
 
     name = "stadv"
@@ -247,29 +237,14 @@ class StAdv(Attack):
     joint_kind = "adam"
     uses_epsilon = False
 
-    def __init__(
-        self,
-        *,
-        steps: int = DEFAULT_STEPS,
-        tau: float | None = None,
-        lr: float = DEFAULT_LR,
-        kappa: float = 0.0,
-        loss: AdversarialLoss = "margin",
-        early_stop: bool = False,
-        patience: int = 0,
-        mode: str | TargetMode = TargetMode.TARGETED,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(mode=mode, seed=seed, progress=progress)
-        _check_stadv_options(steps, tau, lr, kappa, loss, patience)
-        self.steps = int(steps)
-        self.tau = None if tau is None else float(tau)
-        self.lr = float(lr)
-        self.kappa = float(kappa)
-        self.loss: AdversarialLoss = loss
-        self.early_stop = bool(early_stop)
-        self.patience = int(patience)
+    Options = StAdvOptions
+    steps: int
+    tau: float | None
+    lr: float
+    kappa: float
+    loss: AdversarialLoss
+    early_stop: bool
+    patience: int
 
     def optimise(
         self,
@@ -284,22 +259,8 @@ class StAdv(Attack):
     ) -> Perturbation:
         """:func:`spatial_transform_attack` with this attack's options (the entry point of joint attacks)."""
         return spatial_transform_attack(
-            x,
-            evaluate,
-            classes,
-            targeted=targeted,
-            steps=self.steps,
-            tau=self.tau,
-            lr=self.lr,
-            kappa=self.kappa,
-            loss=self.loss,
-            early_stop=self.early_stop,
-            patience=self.patience,
-            score_fn=score_fn,
-            flow_weights=flow_weights,
-            flow_init=flow_init,
-            progress=self.progress,
-            description=f"{self.name} ({self.mode.value})",
+            x, evaluate, classes, targeted=targeted, options=self.options, score_fn=score_fn,
+            flow_weights=flow_weights, flow_init=flow_init, description=f"{self.name} ({self.mode.value})",
         )
 
     # -- as a joint-attack framework ---------------------------------------------------
@@ -333,6 +294,7 @@ __all__ = [
     "PAPER_PIXELS",
     "PAPER_TAU",
     "StAdv",
+    "StAdvOptions",
     "default_tau",
     "flow_loss",
     "spatial_transform_attack",

@@ -167,25 +167,20 @@ def _cell(experiment: Experiment, index: int, spec: AttackSpec, framework: str, 
 
 
 def _takes_epsilon(attack_name: str, framework: str) -> bool:
-    """Whether the experiment's ``epsilon`` applies: every attack with a ball, not StAdv (no epsilon)."""
-    return "stadv" not in (attack_name, framework) and accepts_option(attack_name, "epsilon")
+    """Whether the experiment's ``epsilon`` applies: attacks with an epsilon option whose threat
+    (their own, or their framework's for joint attacks) has an epsilon ball (not StAdv)."""
+    from idls.attacks import ATTACKS
+
+    balls = ATTACKS.get(attack_name).uses_epsilon and (framework not in ATTACKS or ATTACKS.get(framework).uses_epsilon)
+    return balls and accepts_option(attack_name, "epsilon")
 
 
 def accepts_option(attack_name: str, option: str) -> bool:
-    """Whether attack ``attack_name`` takes keyword ``option`` (following ``**options`` up the class tree)."""
-    import inspect
-
+    """Whether attack ``attack_name`` takes option ``option`` (a field of its ``Options``)."""
     from idls.attacks import ATTACKS
+    from idls.attacks.base import attack_options
 
-    factory = ATTACKS.get(attack_name)
-    initialisers = [k.__init__ for k in factory.__mro__] if isinstance(factory, type) else [factory]
-    for init in initialisers:
-        parameters = inspect.signature(init).parameters
-        if option in parameters:
-            return True
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return False
-    return False
+    return option in attack_options(ATTACKS.get(attack_name))
 
 
 def cell_id(model: str, attack: str, framework: str, target: str, attacked: str, seed: int,
