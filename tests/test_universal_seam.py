@@ -209,6 +209,10 @@ def test_evaluating_on_fit_images_is_refused(fitted, tiny, fit_data, held_out):
     with pytest.raises(UserError, match="evaluation images overlap the fit data"):
         fitted.check_held_out(fit_data.images.double())
     fitted.check_held_out(held_out.images)  # disjoint: no error
+    without_fingerprints = UniversalPerturbation(fitted.delta, fitted.norm, fitted.epsilon, dict(fitted.metadata))
+    with pytest.raises(UserError, match="evaluation images overlap the fit data .*48 of 48"):
+        without_fingerprints.check_held_out(fit_data.images, fit_data.labels)
+    without_fingerprints.check_held_out(held_out.images, held_out.labels)
 
 
 def test_other_image_size_is_an_error(fitted):
@@ -229,7 +233,7 @@ def test_other_model_is_a_warning(fitted, held_out):
 def _colour_task(n: int, seed: int, prefix: str) -> LabeledImages:
     """Embedded synthetic images labelled by their dominant colour channel (3 classes).
 
-    A task a tiny CNN learns in about a second, so the test needs no pretrained model.
+    A task a tiny CNN learns in a few epochs, so the test needs no pretrained model.
     """
     data = _synthetic(n, seed, prefix)
     return LabeledImages(data.images, data.images.mean(dim=(2, 3)).argmax(1), data.ids)
@@ -302,3 +306,19 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20):
                 for p in _random_patterns(perturbation))
     print(f"resnet20 fooling ratio: universal {fooled:.3f}, random signs {noise:.3f}")
     assert fooled > noise + 0.1, (fooled, noise)
+
+
+def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatch):
+    import idls.attacks.universal as universal
+
+    postfixes: list[dict] = []
+
+    class RecordingBar(universal.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            postfixes.append(dict(kwargs))
+            return super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    monkeypatch.setattr(universal, "tqdm", RecordingBar)
+    create_attack("mean-grad-uap", epochs=2, batch_size=16).fit(tiny, fit_data, progress=True)
+    assert len(postfixes) == 2 * 3  # one per minibatch: 48 images in batches of 16, two epochs
+    assert all(0 <= float(p["fooling"]) <= 1 for p in postfixes)

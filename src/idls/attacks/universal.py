@@ -193,15 +193,21 @@ class UniversalPerturbation:
             warnings.warn(f"the universal perturbation was fitted against defence {recorded['defense']!r} and is "
                           f"applied against {current['defense']!r}", UserWarning, stacklevel=3)
 
-    def check_held_out(self, images: Tensor) -> None:
+    def check_held_out(self, images: Tensor, labels: Tensor | None = None) -> None:
         """Raise :class:`UserError` if any of ``images`` (``B x C x H x W``) was in the fit data.
 
-        Compares per-image content fingerprints with those recorded at fit time; a
-        perturbation without recorded fingerprints cannot be checked and passes.
+        Compares per-image content fingerprints with those recorded at fit time. A
+        perturbation saved without them falls back to the whole-set ``fit_digest`` of
+        the metadata (needs ``labels`` ``B``; catches only an evaluation on exactly the fit set).
         """
-        if self.fit_fingerprints is None or images.shape[0] == 0:
+        if images.shape[0] == 0:
             return
-        seen = torch.isin(image_fingerprints(images), self.fit_fingerprints.cpu())
+        if self.fit_fingerprints is not None:
+            seen = torch.isin(image_fingerprints(images), self.fit_fingerprints.cpu())
+        elif labels is not None and self.metadata.get("fit_digest") == dataset_digest(images, labels):
+            seen = torch.ones(images.shape[0], dtype=torch.bool)
+        else:
+            return
         if bool(seen.any()):
             rows = seen.nonzero().flatten().tolist()
             raise UserError(
@@ -341,7 +347,7 @@ class UniversalAttack(Attack):
             raise UserError(f"attack {self.name!r} has no fitted perturbation; call attack.fit(classifier, data) "
                             "first or build it with perturbation=PATH")
         perturbation.check_classifier(classifier)
-        perturbation.check_held_out(x)
+        perturbation.check_held_out(x, labels)
         x_adv = perturbation.apply(x)
         with torch.no_grad():
             pred = classifier(x_adv).argmax(1)
@@ -434,22 +440,22 @@ class MeanGradUAP(UniversalAttack):
         count = images.shape[0]
         clean = _predictions(classifier, images, None)
         labels = labels.to(device)
-        delta = torch.zeros((1, *images.shape[1:]), device=device, dtype=images.dtype)
+        delta = torch.zeros((1, *images.shape[1:]), device=device, dtype=torch.float32)
         order_generator = torch.Generator().manual_seed(self.seed)
         batches = math.ceil(count / self.batch_size)
         with flush_denormal(), tqdm(total=self.epochs * batches, desc=self.name, disable=not progress, leave=False) as bar:
             for _ in range(self.epochs):
                 fooled = seen = 0
                 for index in torch.randperm(count, generator=order_generator).split(self.batch_size):
-                    index = index.to(device)
-                    x = images[index].to(device)
+                    x = images[index.to(images.device)].to(device)
+                    on_device = index.to(device)
                     step_from = delta.detach().requires_grad_(True)
                     with torch.enable_grad():
                         logits = classifier((x + step_from).clamp(0.0, 1.0))
-                        loss = F.cross_entropy(logits, labels[index])
+                        loss = F.cross_entropy(logits, labels[on_device])
                         (grad,) = torch.autograd.grad(loss, step_from)
                     with torch.no_grad():
-                        fooled += int((logits.argmax(1) != clean[index]).sum())
+                        fooled += int((logits.argmax(1) != clean[on_device]).sum())
                         seen += index.numel()
                         delta = project_delta(delta + self.step_size * step_direction(grad, self.norm), self.epsilon, self.norm)
                     bar.update(1)
