@@ -11,7 +11,14 @@ import torch
 from idls.attacks import ATTACKS, create_attack, list_attacks
 from idls.attacks.universal import UniversalAttack
 from idls.data import LabeledImages, make_synthetic
-from idls.defenses import BitDepth, InputTransform, bpda, create_defense, defend, list_defenses
+from idls.defenses import (
+    BitDepth,
+    InputTransform,
+    bpda,
+    create_defense,
+    defend,
+    list_defenses,
+)
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
 
@@ -92,7 +99,8 @@ def test_defended_logits_and_features_equal_classifier_of_transformed(random_res
     with torch.no_grad():
         torch.testing.assert_close(defended(x), random_resnet20(squeezed), rtol=0, atol=0)
         torch.testing.assert_close(defended.features(x), random_resnet20.features(squeezed), rtol=0, atol=0)
-        a, logits = defended.features_and_logits(x)
+        features, logits = defended.features_and_logits(x)
+        torch.testing.assert_close(features, random_resnet20.features(squeezed), rtol=0, atol=0)
         torch.testing.assert_close(logits, random_resnet20(squeezed), rtol=0, atol=0)
     assert torch.equal(defended.predict(x), random_resnet20.predict(squeezed))
 

@@ -309,7 +309,7 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20):
 
 
 def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatch):
-    import idls.attacks.universal as universal
+    from idls.attacks import universal
 
     postfixes: list[dict] = []
 

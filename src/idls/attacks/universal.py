@@ -41,7 +41,14 @@ from tqdm.auto import tqdm
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal
 from idls.attacks.pgd import NORMS, Norm, step_direction
 from idls.attacks.targets import TargetMode
-from idls.core import dataset_digest, image_fingerprints, load_artifact, save_artifact, sha256_file, short_hex
+from idls.core import (
+    dataset_digest,
+    image_fingerprints,
+    load_artifact,
+    save_artifact,
+    sha256_file,
+    short_hex,
+)
 from idls.errors import UserError, check_images
 from idls.system import Classifier
 
@@ -175,7 +182,7 @@ class UniversalPerturbation:
         A different input size is an error; a different model name, weights digest or
         defence is a warning (transfer to another model is a legitimate experiment).
         """
-        c, h, w = self.image_size
+        _, h, w = self.image_size
         if (h, w) != (classifier.input_size, classifier.input_size):
             raise UserError(
                 f"the universal perturbation is {h} x {w} but model {classifier.info.name!r} expects "

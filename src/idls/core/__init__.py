@@ -13,7 +13,13 @@ imports attacks, interpreters or models. Example::
 from __future__ import annotations
 
 from idls.core.artifacts import Artifact, load_artifact, save_artifact, sidecar_path
-from idls.core.digests import dataset_digest, image_fingerprints, sha256_file, short_hex, tensor_digest
+from idls.core.digests import (
+    dataset_digest,
+    image_fingerprints,
+    sha256_file,
+    short_hex,
+    tensor_digest,
+)
 
 __all__ = [
     "Artifact",

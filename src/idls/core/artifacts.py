@@ -110,7 +110,7 @@ def load_artifact(path: str | Path, *, kind: str | None = None) -> Artifact:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"artifact {str(path)!r} is not a readable safetensors file ({reason}); re-create it") from None

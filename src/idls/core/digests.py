@@ -32,7 +32,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _update(digest: "hashlib._Hash", tensor: Tensor) -> None:
+def _update(digest: hashlib._Hash, tensor: Tensor) -> None:
     """Feed dtype, shape and raw bytes (CPU, contiguous) of ``tensor`` to ``digest``."""
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     digest.update(f"{flat.dtype}|{tuple(tensor.shape)}|".encode())
