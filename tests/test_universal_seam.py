@@ -138,7 +138,7 @@ def test_metadata_records_the_fit(fitted, tiny, fit_data):
     assert meta["attack"] == "mean-grad-uap" and meta["model"] == tiny.info.name
     assert meta["options"]["epochs"] == 2 and meta["options"]["batch_size"] == 16 and meta["options"]["norm"] == "linf"
     assert meta["fit_digest"] == dataset_digest(fit_data.images, fit_data.labels)
-    assert meta["fit_size"] == len(fit_data)
+    assert meta["fit_size"] == len(fit_data) and meta["image_size"] == [3, 32, 32]
     assert 0.0 <= meta["fit_fooling_ratio"] <= 1.0
     assert meta["weights"] is None and meta["weights_sha256"] is None and meta["defense"] is None
     assert torch.equal(fitted.fit_fingerprints, image_fingerprints(fit_data.images))

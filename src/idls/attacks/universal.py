@@ -334,6 +334,7 @@ class UniversalAttack(Attack):
             **model_record(classifier),
             "fit_digest": dataset_digest(images, labels),
             "fit_size": int(images.shape[0]),
+            "image_size": [int(s) for s in images.shape[1:]],
             **extra,
         }
         self.perturbation = UniversalPerturbation(
