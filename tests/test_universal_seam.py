@@ -291,13 +291,13 @@ def test_fitted_perturbation_beats_random_noise_on_held_out_images(colour_model,
 
 
 @pytest.mark.shared
-def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20):
+def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
     from idls.data import load_images
-    from tests.conftest import SHARED_DATA
 
-    train_dir, test_dir = SHARED_DATA / "cifar10" / "train", SHARED_DATA / "cifar10" / "images"
+    cifar = resnet20_path.parents[1]  # ../shared/data/cifar10
+    train_dir, test_dir = cifar / "train", cifar / "images"
     if not train_dir.exists() or not test_dir.exists():
-        pytest.skip(f"shared CIFAR-10 images not found under {SHARED_DATA / 'cifar10'}")
+        pytest.skip(f"shared CIFAR-10 images not found under {cifar}")
     fit = load_images(str(train_dir), input_size=32, n=256, seed=0)
     test = load_images(str(test_dir), input_size=32)
     perturbation = create_attack("mean-grad-uap", epochs=3).fit(resnet20, fit)
