@@ -74,12 +74,16 @@ class Classifier(nn.Module):
         self._linear = linear
         self._pyramid = pyramid
         self.info = info
+        #: optional module applied to the pixels before normalisation (a defence; see idls.defenses.defend)
+        self.input_transform: nn.Module | None = None
         self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
 
     # -- forward passes -------------------------------------------------------------
     def normalize(self, x: Tensor) -> Tensor:
-        """``B x C x H x W`` pixels in [0, 1] -> the network's input space."""
+        """``B x C x H x W`` pixels in [0, 1] -> the network's input space (after ``input_transform``, if any)."""
+        if self.input_transform is not None:
+            x = self.input_transform(x)
         return (x - self.mean) / self.std
 
     def features(self, x: Tensor) -> Tensor:
