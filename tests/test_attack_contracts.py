@@ -21,7 +21,8 @@ from idls.interpreters import create_interpreter, interpreter_class, list_interp
 from idls.models import create_model
 
 #: few iterations for every option an attack (or one of its base classes) accepts
-FAST = {"steps": 3, "warm_start": 2, "search_steps": 1, "mask_reset_every": 2, "mask_bisection_steps": 3}
+FAST = {"steps": 3, "warm_start": 2, "search_steps": 1, "mask_reset_every": 2, "mask_bisection_steps": 3,
+        "epochs": 1, "batch_size": 4}
 
 
 def accepted_options(name: str) -> set[str]:
@@ -65,7 +66,14 @@ def batch():
 def _build(name: str, model, interpreter: str = "cam", **extra):
     if is_joint(name):
         extra["interpreter"] = create_interpreter(interpreter, model, **_interpreter_options(interpreter, model))
-    return create_attack(name, **fast_options(name, **extra))
+    attack = create_attack(name, **fast_options(name, **extra))
+    if attack.needs_fit:  # fitted on other (seeded) images than the attacked ones
+        from idls.data import LabeledImages
+
+        generator = torch.Generator().manual_seed(7)
+        images, labels = torch.rand(12, 3, 32, 32, generator=generator), torch.randint(0, 10, (12,), generator=generator)
+        attack.fit(model, LabeledImages(images, labels, [f"fit/{i}" for i in range(12)]))
+    return attack
 
 
 def _interpreter_options(name: str, model) -> dict:
@@ -116,7 +124,7 @@ def test_batch_of_one_equals_its_row_in_a_batch_of_seven(name, model, batch):
 @pytest.mark.parametrize("name", PLAIN)
 def test_untargeted_mode_moves_away_from_the_label(name, model, batch):
     x, labels = batch
-    attack = create_attack(name, **fast_options(name, mode="untargeted"))
+    attack = _build(name, model, mode="untargeted")
     result = attack.run(model, x, labels)
     assert torch.equal(result.target, labels) and not result.targeted
     assert torch.equal(result.success, result.pred != labels)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 
 import numpy as np
 import pytest
 import torch
 
 from idls.attacks import ATTACKS, create_attack, list_attacks
+from idls.attacks.base import attack_options
 from idls.attacks.universal import UniversalAttack
 from idls.data import LabeledImages, make_synthetic
 from idls.defenses import (
@@ -28,9 +28,8 @@ def _images(n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _needs_interpreter(name: str) -> bool:
-    """Joint attacks: their constructor requires ``interpreter``."""
-    parameter = inspect.signature(ATTACKS.get(name)).parameters.get("interpreter")
-    return parameter is not None and parameter.default is inspect.Parameter.empty
+    """Joint attacks: their options include ``interpreter``."""
+    return "interpreter" in attack_options(ATTACKS.get(name))
 
 
 # -- transforms --------------------------------------------------------------------------------
@@ -165,7 +164,7 @@ def test_interpreters_explain_the_defended_system(random_resnet20, defended, int
 # -- every attack against a defended classifier -------------------------------------------------
 def _tiny_options(name: str) -> dict:
     """Few steps where the attack has a step count; joint attacks explain with CAM."""
-    parameters = inspect.signature(ATTACKS.get(name)).parameters
+    parameters = attack_options(ATTACKS.get(name))
     options: dict = {}
     if _needs_interpreter(name):
         options.update(interpreter="cam", steps=3, warm_start=2)

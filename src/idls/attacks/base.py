@@ -117,6 +117,8 @@ class Attack:
     joint_kind: ClassVar[str | None] = None
     #: the threat model has an epsilon ball (StAdv bounds a flow instead)
     uses_epsilon: ClassVar[bool] = True
+    #: the attack is fitted once on a data set (``fit(classifier, data)``) before ``run`` applies it
+    needs_fit: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = type(self).Options.from_user(self.name, options)

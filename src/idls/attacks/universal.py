@@ -39,7 +39,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal
+from idls.attacks.options import AttackOptions, option
 from idls.attacks.pgd import NORMS, Norm, step_direction
+from idls.attacks.threats import LpBall
 from idls.attacks.targets import TargetMode
 from idls.core import (
     dataset_digest,
@@ -252,59 +254,58 @@ class UniversalPerturbation:
 # ---------------------------------------------------------------------------------
 # The attack base class
 # ---------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False, kw_only=True)
+class UniversalOptions(AttackOptions):
+    """Options of every universal attack: a fitted perturbation to reuse, and the untargeted default."""
+
+    untyped: ClassVar[tuple[str, ...]] = ("perturbation",)
+
+    mode: TargetMode = option(TargetMode.UNTARGETED, "'untargeted' (the mode universal attacks support)")
+    perturbation: Any = option(None, "a fitted UniversalPerturbation or the path of a saved one, applied "
+                                     "without fitting (its own budget is used)")
+
+    def check(self) -> None:
+        if isinstance(self.perturbation, (str, Path)):
+            self._set("perturbation", UniversalPerturbation.load(self.perturbation))
+        if self.perturbation is not None and not isinstance(self.perturbation, UniversalPerturbation):
+            raise UserError(f"perturbation must be a UniversalPerturbation or a file path, "
+                            f"got {type(self.perturbation).__name__}")
+
+
 class UniversalAttack(Attack):
     """Base class of attacks fitted once on a data set: ``fit(...)``, then ``run(...)`` per batch.
 
-    Subclasses implement :meth:`_fit` (and list their JSON-serialisable options in
-    :meth:`options`); this class records the metadata, applies the fitted
-    perturbation in :meth:`_perturb` and refuses images of the fit data.
-
-    Args:
-        perturbation: a fitted :class:`UniversalPerturbation` or the path of a saved
-            one, to apply without fitting.
-        mode: ``'untargeted'`` (default; the only mode a subclass may support).
-        seed: seeds the fit.
-        progress: show a progress bar while fitting.
+    Subclasses implement :meth:`_fit` and declare their options (a subclass of
+    :class:`UniversalOptions`); this class records the metadata, applies the
+    fitted perturbation in :meth:`_perturb` and refuses images of the fit data.
     """
 
     name: ClassVar[str] = "universal"
+    Options = UniversalOptions
+    needs_fit = True
     #: target modes the attack supports
     modes: ClassVar[tuple[TargetMode, ...]] = (TargetMode.UNTARGETED,)
-    #: the budget of a fit; subclasses set both in ``__init__`` (a loaded perturbation carries its own)
+    #: the budget of a fit; subclasses' options resolve both (a loaded perturbation carries its own)
     norm: Norm = "linf"
     epsilon: float = 0.0
+    perturbation: UniversalPerturbation | None
 
-    def __init__(
-        self,
-        *,
-        perturbation: UniversalPerturbation | str | Path | None = None,
-        mode: str | TargetMode = TargetMode.UNTARGETED,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(mode=mode, seed=seed, progress=progress)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         if self.mode not in self.modes:
             raise UserError(f"{self.name} supports mode {', '.join(m.value for m in self.modes)}, "
                             f"not {self.mode.value!r}; use mode='{self.modes[0].value}'")
-        self.perturbation: UniversalPerturbation | None = None
-        if perturbation is not None:
-            self.perturbation = self._adopt(perturbation)
-
-    def _adopt(self, perturbation: UniversalPerturbation | str | Path) -> UniversalPerturbation:
-        """A given or saved perturbation, checked to come from this attack."""
-        if isinstance(perturbation, (str, Path)):
-            perturbation = UniversalPerturbation.load(perturbation)
-        if not isinstance(perturbation, UniversalPerturbation):
-            raise UserError(f"perturbation must be a UniversalPerturbation or a file path, got {type(perturbation).__name__}")
-        fitted_by = perturbation.metadata.get("attack")
+        fitted_by = None if self.perturbation is None else self.perturbation.metadata.get("attack")
         if fitted_by is not None and fitted_by != self.name:
             raise UserError(f"the perturbation was fitted by {fitted_by!r}, not {self.name!r}; "
                             f"build create_attack({fitted_by!r}, perturbation=...) instead")
-        return perturbation
 
-    def options(self) -> dict[str, Any]:
-        """The attack's options as recorded in the metadata (JSON-serialisable)."""
-        return {"mode": self.mode.value, "seed": self.seed}
+    def threat(self) -> LpBall:
+        return LpBall(self.norm, self.epsilon)
+
+    def recorded_options(self) -> dict[str, Any]:
+        """The attack's options as recorded in the metadata (JSON-serialisable; without the perturbation)."""
+        return {k: v for k, v in self.options.as_dict().items() if k != "perturbation"}
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self, classifier: Classifier, data: LabeledImages, *, progress: bool = False) -> UniversalPerturbation:
@@ -330,7 +331,7 @@ class UniversalAttack(Attack):
         delta, extra = self._fit(classifier, images, labels, progress=progress or self.progress)
         metadata = {
             "attack": self.name,
-            "options": self.options(),
+            "options": self.recorded_options(),
             **model_record(classifier),
             "fit_digest": dataset_digest(images, labels),
             "fit_size": int(images.shape[0]),
@@ -373,6 +374,41 @@ DEFAULT_EPOCHS = 5
 DEFAULT_BATCH_SIZE = 64
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MeanGradUAPOptions(UniversalOptions):
+    """Options of :class:`MeanGradUAP`."""
+
+    epsilon: float | None = option(None, "budget radius on the [0, 1] scale (default 10/255 for linf, 2.0 for l2; "
+                                         "a loaded perturbation's own)")
+    norm: str | None = option(None, "'linf' (default) or 'l2' (a loaded perturbation's own)")
+    epochs: int = option(DEFAULT_EPOCHS, "passes over the fit data")
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "images per gradient step")
+    step_size: float | None = option(None, "step length (default epsilon / 8)")
+
+    def check(self) -> None:
+        super().check()
+        norm, epsilon = self.norm, self.epsilon
+        if norm is not None and norm not in NORMS:
+            raise UserError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+        for name, value in (("epsilon", epsilon), ("step_size", self.step_size)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a positive number, got {value}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        loaded = self.perturbation
+        if loaded is not None:
+            if epsilon is not None and not math.isclose(epsilon, loaded.epsilon, rel_tol=1e-6):
+                raise UserError(f"epsilon={epsilon} disagrees with the loaded perturbation's {loaded.epsilon}; "
+                                "drop epsilon")
+            if norm is not None and norm != loaded.norm:
+                raise UserError(f"norm={norm!r} disagrees with the loaded perturbation's {loaded.norm!r}; drop norm")
+            norm, epsilon = loaded.norm, loaded.epsilon
+        norm = "linf" if norm is None else norm
+        self._set("norm", norm)
+        self._set("epsilon", float(DEFAULT_EPSILON[norm] if epsilon is None else epsilon))
+        self._set("step_size", float(self.epsilon / 8 if self.step_size is None else self.step_size))
+
+
 @ATTACKS.register("mean-grad-uap")
 class MeanGradUAP(UniversalAttack):
     """Untargeted universal perturbation by projected ascent on the mean cross-entropy.
@@ -389,59 +425,14 @@ class MeanGradUAP(UniversalAttack):
     the metadata records the final fooling ratio on the fit data
     (``fit_fooling_ratio``).
 
-    Args:
-        epsilon: budget radius (default 10/255 for L_inf, 2.0 for L2).
-        norm: ``'linf'`` (default) or ``'l2'``.
-        epochs: passes over the fit data.
-        batch_size: images per gradient step.
-        step_size: step length (default ``epsilon / 8``).
-        perturbation: a fitted perturbation (or its file) to apply instead of fitting;
-            its own budget is used.
-        mode: ``'untargeted'`` only.
-        seed: seeds the minibatch order.
-        progress: show the progress bar while fitting.
+    Options: :class:`MeanGradUAPOptions` (``idls options mean-grad-uap``).
     """
 
     name = "mean-grad-uap"
-
-    def __init__(
-        self,
-        *,
-        epsilon: float | None = None,
-        norm: Norm | None = None,
-        epochs: int = DEFAULT_EPOCHS,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        step_size: float | None = None,
-        perturbation: UniversalPerturbation | str | Path | None = None,
-        mode: str | TargetMode = TargetMode.UNTARGETED,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        super().__init__(perturbation=perturbation, mode=mode, seed=seed, progress=progress)
-        if norm is not None and norm not in NORMS:
-            raise UserError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-        for option, value in (("epsilon", epsilon), ("step_size", step_size)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UserError(f"{option} must be a positive number, got {value}")
-        if epochs < 1 or batch_size < 1:
-            raise UserError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-        loaded = self.perturbation
-        if loaded is not None:
-            if epsilon is not None and not math.isclose(epsilon, loaded.epsilon, rel_tol=1e-6):
-                raise UserError(f"epsilon={epsilon} disagrees with the loaded perturbation's {loaded.epsilon}; drop epsilon")
-            if norm is not None and norm != loaded.norm:
-                raise UserError(f"norm={norm!r} disagrees with the loaded perturbation's {loaded.norm!r}; drop norm")
-            norm, epsilon = loaded.norm, loaded.epsilon
-        norm = "linf" if norm is None else norm
-        self.norm = norm
-        self.epsilon = float(DEFAULT_EPSILON[norm] if epsilon is None else epsilon)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.step_size = float(self.epsilon / 8 if step_size is None else step_size)
-
-    def options(self) -> dict[str, Any]:
-        return {**super().options(), "epsilon": self.epsilon, "norm": self.norm, "epochs": self.epochs,
-                "batch_size": self.batch_size, "step_size": self.step_size}
+    Options = MeanGradUAPOptions
+    epochs: int
+    batch_size: int
+    step_size: float
 
     def _fit(self, classifier: Classifier, images: Tensor, labels: Tensor, *, progress: bool) -> tuple[Tensor, dict[str, Any]]:
         device = classifier.device
