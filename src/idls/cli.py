@@ -6,6 +6,7 @@ line and exits with status 2 instead of showing a traceback.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -79,23 +80,26 @@ def _data(classifier, data: str | None, n: int, seed: int, *, correct_only: bool
 
 
 def _default_interpreters(classifier, rts: Path | None) -> list[str]:
-    from idls.interpreters import list_interpreters
+    """Every registered interpreter that can explain ``classifier`` (each one's ``unavailable_reason``)."""
+    from idls.interpreters import interpreter_class, interpreters_in_order
 
-    names = [n for n in ("grad", "ig", "cam", "gradcam", "rts", "mask") if n in list_interpreters()]
-    if not classifier.info.gap_linear_head:
-        names.remove("cam")
-    if rts is None and classifier.info.name != "embedded_cnn" and "rts" in names:
-        names.remove("rts")
-    return names
+    options = _interpreter_options(interpreters_in_order(), rts, None)
+    return [name for name in interpreters_in_order()
+            if interpreter_class(name).unavailable_reason(classifier, options.get(name, {})) is None]
 
 
 def _interpreter_options(names: list[str], rts: Path | None, mask_iterations: int | None) -> dict:
-    options: dict = {}
-    if rts is not None and "rts" in names:
-        options["rts"] = {"checkpoint": str(rts)}
-    if mask_iterations is not None and "mask" in names:
-        options["mask"] = {"iterations": mask_iterations}
-    return options
+    """Options of the command-line flags, for the interpreters that take them (``--rts``, ``--mask-iterations``)."""
+    from idls.interpreters import interpreter_class
+
+    options: dict = {name: {} for name in names}
+    for name in names:
+        accepted = inspect.signature(interpreter_class(name).__init__).parameters
+        if rts is not None and "checkpoint" in accepted:
+            options[name]["checkpoint"] = str(rts)
+        if mask_iterations is not None and "iterations" in accepted:
+            options[name]["iterations"] = mask_iterations
+    return {name: values for name, values in options.items() if values}
 
 
 def _check_attack_options(attack: str, options: dict, mode: str, interpreters: list[str] | None) -> None:

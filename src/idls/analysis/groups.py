@@ -12,30 +12,21 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from idls import evaluate
+from idls.interpreters import INTERPRETERS, interpreters_in_order
 
 NONE = "none"
 GROUP_KEYS: tuple[str, ...] = ("model", "attack", "framework", "target", "attacked_interpreter", "interpreter")
 CONTEXT_KEYS: tuple[str, ...] = ("experiment", "data", "epsilon", "mode")
 
-INTERPRETER_ORDER: tuple[str, ...] = ("grad", "ig", "cam", "gradcam", "rts", "mask")
+#: registered interpreters in their declared display order (a new interpreter joins by registering)
+INTERPRETER_ORDER: tuple[str, ...] = tuple(interpreters_in_order())
 ATTACK_ORDER: tuple[str, ...] = ("pgd", "cw", "stadv", "adv2", "advedge", "advedge+")
 FRAMEWORK_ORDER: tuple[str, ...] = ("pgd", "cw", "stadv")
 TARGET_ORDER: tuple[str, ...] = ("none", "benign", "patch", "other-class")
 
-# Interpreter families of paper 001 (back-propagation, representation, perturbation, model-guided).
-INTERPRETER_FAMILY: dict[str, str] = {
-    "grad": "back-propagation",
-    "ig": "back-propagation",
-    "cam": "representation",
-    "gradcam": "representation",
-    "mask": "perturbation",
-    "rts": "model-guided",
-}
-
-
 def family(interpreter: str) -> str:
-    """The interpreter's family (its own name when unknown)."""
-    return INTERPRETER_FAMILY.get(interpreter, interpreter)
+    """The interpreter's kind in paper 001's taxonomy, as its class declares it (its own name when unknown)."""
+    return INTERPRETERS.get(interpreter).taxonomy if interpreter in INTERPRETERS else interpreter
 
 
 def is_own(record: Mapping) -> bool:

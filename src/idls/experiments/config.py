@@ -43,7 +43,6 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
 MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options")
 DATA_KEYS: tuple[str, ...] = ("source", "n", "pool", "seed", "shuffle", "batch_size", "n_by_interpreter")
 ATTACK_KEYS: tuple[str, ...] = ("name", "options")
-DEFAULT_INTERPRETERS: tuple[str, ...] = ("grad", "ig", "cam", "gradcam", "rts", "mask")
 DATA_KEYWORDS: tuple[str, ...] = ("embedded", "cifar10", "cifar100")
 WEIGHT_KEYWORDS: tuple[str, ...] = ("pretrained", "random")
 WEIGHT_SUFFIXES: tuple[str, ...] = (".th", ".pt", ".pth", ".safetensors", ".bin")
@@ -390,7 +389,9 @@ def _build(config: dict[str, Any], base_dir: Path, default_name: str, source_fil
     from idls.attacks.targets import TargetMode
 
     _check_keys(config, TOP_LEVEL_KEYS, "")
-    interpreters = _interpreter_names(config.get("interpreters", list(DEFAULT_INTERPRETERS)), "interpreters")
+    from idls.interpreters import interpreters_in_order
+
+    interpreters = _interpreter_names(config.get("interpreters", interpreters_in_order()), "interpreters")
     models = [_model(m, f"models[{i}]", base_dir) for i, m in enumerate(_list(config.get("models"), "models"))]
     if not models:
         raise UserError("models: is empty; list at least one model, e.g. models: [{name: embedded_cnn}]")

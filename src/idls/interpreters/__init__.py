@@ -11,7 +11,13 @@ from __future__ import annotations
 # Importing the modules registers the built-in interpreters.
 from idls.interpreters import cam, grad, gradcam, integrated_gradients, mask, rts  # noqa: F401
 from idls.interpreters.base import Interpreter, JointOutput, minmax_normalize
-from idls.interpreters.registry import INTERPRETERS, create_interpreter, interpreter_class, list_interpreters
+from idls.interpreters.registry import (
+    INTERPRETERS,
+    create_interpreter,
+    interpreter_class,
+    interpreters_in_order,
+    list_interpreters,
+)
 
 __all__ = [
     "INTERPRETERS",
@@ -19,6 +25,7 @@ __all__ = [
     "JointOutput",
     "create_interpreter",
     "interpreter_class",
+    "interpreters_in_order",
     "list_interpreters",
     "minmax_normalize",
 ]

@@ -61,12 +61,18 @@ class Interpreter(nn.Module):
       (MASK), so joint attacks run their bilevel loop instead of
       differentiating :meth:`joint_forward`;
     * :meth:`joint_forward`: logits and differentiable maps in one pass;
-    * :meth:`unavailable_reason`: why it cannot explain a given classifier.
+    * :meth:`unavailable_reason`: why it cannot explain a given classifier;
+    * :attr:`taxonomy` and :attr:`display_order`: how reports group and order it.
     """
 
     name: ClassVar[str] = "interpreter"
     #: row of the joint-attack defaults table (see :mod:`idls.attacks.defaults`)
     family: ClassVar[str | None] = None
+    #: kind of explanation in paper 001's taxonomy (reports group by it): 'back-propagation',
+    #: 'representation', 'model-guided', 'perturbation', or another word for a new kind
+    taxonomy: ClassVar[str] = "other"
+    #: position in tables and figures (lower first; ties by name)
+    display_order: ClassVar[int] = 100
     #: gradients of the map w.r.t. the input need the smooth-ReLU surrogate (GRAD, IG)
     needs_smooth_surrogate: ClassVar[bool] = False
     #: the map is the result of an optimisation per image (MASK): joint attacks use the bilevel loop

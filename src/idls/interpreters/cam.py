@@ -51,6 +51,8 @@ class CAMInterpreter(Interpreter):
     """CAM at the last feature map's resolution, min-max normalised, no ReLU."""
 
     name = "cam"
+    taxonomy = "representation"
+    display_order = 30
     family = "cam"
 
     @classmethod

@@ -210,6 +210,8 @@ class GradInterpreter(GradientInterpreter):
     """
 
     name = "grad"
+    taxonomy = "back-propagation"
+    display_order = 10
 
     def __init__(
         self,

@@ -58,6 +58,8 @@ class GradCAMInterpreter(Interpreter):
     """Grad-CAM at the last feature map's resolution, ReLU, min-max normalised."""
 
     name = "gradcam"
+    taxonomy = "representation"
+    display_order = 40
     family = "cam"
 
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:

@@ -181,6 +181,8 @@ class IntegratedGradientsInterpreter(GradientInterpreter):
     """
 
     name = "ig"
+    taxonomy = "back-propagation"
+    display_order = 20
 
     def __init__(
         self,

@@ -540,6 +540,8 @@ class MaskInterpreter(Interpreter):
     """
 
     name = "mask"
+    taxonomy = "perturbation"
+    display_order = 60
     family = "mask"
     map_is_optimised = True
 

@@ -18,6 +18,11 @@ def list_interpreters() -> list[str]:
     return INTERPRETERS.names()
 
 
+def interpreters_in_order() -> list[str]:
+    """Registered names in display order (each class's ``display_order``, then name)."""
+    return sorted(INTERPRETERS.names(), key=lambda name: (INTERPRETERS.get(name).display_order, name))
+
+
 def interpreter_class(name: str) -> type[Interpreter]:
     """The registered class of ``name`` (its class attributes declare its capabilities)."""
     return INTERPRETERS.get(name)

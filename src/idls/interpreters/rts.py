@@ -62,6 +62,8 @@ class RTSInterpreter(Interpreter):
     """
 
     name = "rts"
+    taxonomy = "model-guided"
+    display_order = 50
     family = "rts"
 
     @classmethod
