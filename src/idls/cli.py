@@ -67,7 +67,7 @@ def _data(classifier, data: str | None, n: int, seed: int, *, correct_only: bool
     from idls.data.datasets import load_images, select_correct
 
     if data is None:
-        if classifier.info.name != "embedded_cnn":
+        if not classifier.info.embedded:
             raise UserError(f"model {classifier.info.name!r} needs --data (a folder with labels.csv or class sub-folders)")
         data = "embedded"
     images = load_images(data, input_size=classifier.input_size, seed=seed)
@@ -148,6 +148,36 @@ def _joint_options(attack: str, framework: str | None, target: str | None, mode:
     return options
 
 
+def _check_fit_sources(attack: str, fit_data: str | None, perturbation: Path | None) -> None:
+    """A fitted attack needs --fit-data or --perturbation (one of them); others take neither. Checked before loading."""
+    from idls.attacks import ATTACKS
+
+    if ATTACKS.get(attack).needs_fit:
+        if fit_data is None and perturbation is None:
+            raise UserError(f"attack {attack!r} is fitted on a data set before it is applied: pass --fit-data FOLDER "
+                            "(training images, not the evaluation images), or --perturbation FILE to reuse a fitted one")
+        if fit_data is not None and perturbation is not None:
+            raise UserError("give --fit-data (fit a new perturbation) or --perturbation (reuse one), not both")
+    elif fit_data is not None or perturbation is not None:
+        raise UserError(f"--fit-data and --perturbation apply to universal attacks (fitted once, then applied); "
+                        f"{attack} attacks each image on its own")
+
+
+def _default_mode(attack: str) -> str:
+    from idls.attacks import ATTACKS
+
+    return ATTACKS.get(attack).Options.default("mode").value
+
+
+def _defended(classifier, spec: str):
+    """``--defense NAME[:KEY=VALUE,...]``: the classifier behind that input defence."""
+    from idls.defenses import create_defense, defend
+
+    name, _, rest = spec.partition(":")
+    options = _key_values([item for item in rest.split(",") if item.strip()]) if rest else {}
+    return defend(classifier, create_defense(name.strip(), **options))
+
+
 def _key_values(pairs: list[str]) -> dict:
     """``['lam=10', 'label_smoothing=[0.9, 0.99]']`` -> ``{'lam': 10, 'label_smoothing': [0.9, 0.99]}`` (YAML values)."""
     import yaml
@@ -174,6 +204,7 @@ def list_command() -> None:
     from rich.table import Table
 
     from idls.attacks import list_attacks
+    from idls.defenses import list_defenses
     from idls.interpreters import list_interpreters
     from idls.models import MODELS
 
@@ -186,7 +217,8 @@ def list_command() -> None:
         table.add_row(name, f"{e.input_size}px", str(e.num_classes), ", ".join(e.weights_names), e.description)
     console.print(table)
     console.print("interpreters: " + ", ".join(list_interpreters()))
-    console.print("attacks: " + ", ".join(list_attacks()))
+    console.print("attacks: " + ", ".join(list_attacks()) + "  (options: `idls options ATTACK`)")
+    console.print("defences (--defense): " + ", ".join(list_defenses()))
 
 
 @app.command("options")
@@ -287,7 +319,8 @@ def attack(
     step_size: Annotated[Optional[float], typer.Option(help="step size (default: the attack's)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="iterations (default: the attack's)")] = None,
     norm: Annotated[Optional[str], typer.Option(help="linf or l2 (PGD)")] = None,
-    mode: Annotated[str, typer.Option(help="targeted, untargeted or least_likely")] = "targeted",
+    mode: Annotated[Optional[str], typer.Option(help="targeted, untargeted or least_likely (default: the "
+                                                     "attack's: targeted, universal attacks untargeted)")] = None,
     random_start: Annotated[Optional[bool], typer.Option(help="start from a random point in the ball (PGD)")] = None,
     mask_iterations: Annotated[Optional[int], typer.Option(help="MASK optimisation steps")] = None,
     framework: Annotated[
@@ -301,7 +334,19 @@ def attack(
     option: Annotated[
         Optional[list[str]],
         typer.Option("--option", "-o", help="any other attack option as KEY=VALUE (e.g. -o lam=10 -o warm_start=50); "
-                                            "repeat for several"),
+                                            "repeat for several (`idls options ATTACK` lists them)"),
+    ] = None,
+    fit_data: Annotated[
+        Optional[str], typer.Option(help="universal attacks: images to fit the perturbation on (a folder, or "
+                                         "embedded-train); never the evaluation images")
+    ] = None,
+    fit_n: Annotated[Optional[int], typer.Option(help="how many --fit-data images (default: all)")] = None,
+    perturbation: Annotated[
+        Optional[Path], typer.Option(help="universal attacks: apply this fitted perturbation instead of fitting")
+    ] = None,
+    defense: Annotated[
+        Optional[str], typer.Option(help="attack the classifier behind an input defence: NAME or NAME:KEY=VALUE,... "
+                                         "(e.g. bit-depth:bits=4; see `idls list`)")
     ] = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
@@ -319,18 +364,35 @@ def attack(
 
     if epsilon is not None and not 0 < epsilon <= 1:
         raise UserError(f"--epsilon {epsilon} is outside (0, 1]; it is on the [0,1] pixel scale (8/255 = 0.031)")
+    mode = mode or _default_mode(attack)
+    _check_fit_sources(attack, fit_data, perturbation)
     given = {"epsilon": epsilon, "norm": norm, "random_start": random_start, "step_size": step_size, "steps": steps}
     options = {key: value for key, value in given.items() if value is not None}
     options.update(_joint_options(attack, framework, target, mode))
     options.update(_key_values(option or []))
+    if perturbation is not None:
+        if not perturbation.is_file():
+            raise UserError(f"--perturbation {perturbation} does not exist; give a file saved by a universal attack "
+                            "(DIR/universal.safetensors)")
+        options["perturbation"] = str(perturbation)
     _check_attack_options(attack, options, mode, interpreter)
     classifier = _classifier(model, weights, _device(device))
+    if defense is not None:
+        classifier = _defended(classifier, defense)
     images = _data(classifier, data, n, seed)
+    fit_images = None
+    if fit_data is not None:
+        if data is not None and Path(fit_data).expanduser().resolve() == Path(data).expanduser().resolve():
+            raise UserError(f"--fit-data and --data are the same ({fit_data}); fit on training images and evaluate "
+                            "on held-out ones")
+        fit_images = _data(classifier, fit_data, 0, seed, correct_only=False)
+        if fit_n is not None:
+            fit_images = fit_images.subset(list(range(min(fit_n, len(fit_images)))))
     names = interpreter or _default_interpreters(classifier, rts)
     interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, mask_iterations))
     run = attack_and_evaluate(
         classifier, interpreters, attack, options, images.images, images.labels, images.ids,
-        mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model,
+        mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model, fit_data=fit_images,
     )
     from idls.attacks import list_frameworks
 

@@ -94,6 +94,9 @@ def summarize(records: Sequence[Mapping]) -> dict:
     n = len(records)
     successes = [r for r in records if r["success"]]
     summary: dict = {"n": n, "success": len(successes) / n, "attack_success_rate": len(successes) / n}
+    if all("pred_label" in r and "true_label" in r for r in records):
+        # the attacked images are classified correctly, so a changed prediction is a wrong one
+        summary["fooling_ratio"] = sum(r["pred_label"] != r["true_label"] for r in records) / n
     for key in MEAN_FIELDS:
         pool = successes if key == "confidence" else records
         values = [float(r[key]) for r in pool if key in r and r[key] == r[key]]

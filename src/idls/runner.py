@@ -22,7 +22,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from idls import evaluate, metrics
-from idls.attacks import AttackResult, create_attack
+from idls.attacks import Attack, AttackResult, create_attack
+from idls.data import LabeledImages
+from idls.errors import UserError
 from idls.interpreters import create_interpreter
 from idls.interpreters.base import Interpreter
 from idls.system import Classifier
@@ -177,6 +179,7 @@ def attack_and_evaluate(
     model_name: str = "",
     on_batch: Callable[[int, int], None] | None = None,
     evaluate_all_interpreters: bool = False,
+    fit_data: LabeledImages | None = None,
 ) -> RunOutput:
     """Run ``attack_name`` over the data set and evaluate the interpreters on each adversarial batch.
 
@@ -190,6 +193,8 @@ def attack_and_evaluate(
         labels_all: ``N`` true labels.
         ids: ``N`` image identifiers (file names).
         out_dir: where ``tensors/`` is written (adversarial images and maps); ``None`` keeps nothing.
+        fit_data: images to fit an attack that needs fitting (a universal perturbation) before it is
+            applied to ``x_all``; the fitted artifact is saved as ``out_dir/universal.safetensors``.
     """
     device = classifier.device
     if attack_needs_interpreter(attack_name):
@@ -200,6 +205,8 @@ def attack_and_evaluate(
         ]
     else:
         plans = [(None, create_attack(attack_name, mode=mode, seed=seed, **dict(attack_options)), dict(interpreters))]
+    for _, attack, _ in plans:
+        fit_if_needed(attack, classifier, fit_data, out_dir)
     records: list[dict] = []
     k = min(showcase_size, x_all.shape[0], batch_size)  # the showcase comes from the first batch
     showcase = Showcase(x_all[:k].cpu(), labels_all[:k].cpu())
@@ -238,6 +245,22 @@ def attack_and_evaluate(
         if on_batch is not None:
             on_batch(sl.stop, n)
     return RunOutput(records=records, showcase=showcase if showcase.benign_maps else None, seconds=time.perf_counter() - started)
+
+
+UNIVERSAL_FILE = "universal.safetensors"
+
+
+def fit_if_needed(attack: Attack, classifier: Classifier, fit_data: LabeledImages | None,
+                  out_dir: Path | None) -> None:
+    """Fit an attack that needs fitting (and has no loaded artifact) on ``fit_data``; save what it fitted."""
+    if not attack.needs_fit or attack.fitted:
+        return
+    if fit_data is None:
+        raise UserError(f"attack {attack.name!r} is fitted on a data set before it is applied: pass --fit-data FOLDER "
+                        "(training images, not the evaluation images), or --perturbation FILE to reuse a fitted one")
+    attack.fit(classifier, fit_data, progress=True)
+    if out_dir is not None:
+        attack.save_fitted(Path(out_dir) / UNIVERSAL_FILE)
 
 
 def write_records(path: Path, records: Sequence[Mapping]) -> None:

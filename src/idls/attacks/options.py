@@ -73,6 +73,12 @@ class AttackOptions:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def default(cls, name: str) -> Any:
+        """The declared default of option ``name``."""
+        field = next(f for f in fields(cls) if f.name == name)
+        return field.default_factory() if field.default_factory is not _MISSING else field.default
+
+    @classmethod
     def from_user(cls, attack: str, values: dict[str, Any]) -> AttackOptions:
         """Options from keyword values (Python, ``-o``, YAML): unknown or missing names are one-line errors."""
         known = cls.names()

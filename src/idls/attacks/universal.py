@@ -303,6 +303,17 @@ class UniversalAttack(Attack):
     def threat(self) -> LpBall:
         return LpBall(self.norm, self.epsilon)
 
+    @property
+    def fitted(self) -> bool:
+        """Whether a perturbation is there to apply (fitted or loaded)."""
+        return self.perturbation is not None
+
+    def save_fitted(self, path: str | Path) -> Path:
+        """Save the fitted perturbation (safetensors + JSON sidecar) for reuse with ``perturbation=PATH``."""
+        if self.perturbation is None:
+            raise UserError(f"attack {self.name!r} has nothing to save yet; fit it first")
+        return self.perturbation.save(path)
+
     def recorded_options(self) -> dict[str, Any]:
         """The attack's options as recorded in the metadata (JSON-serialisable; without the perturbation)."""
         return {k: v for k, v in self.options.as_dict().items() if k != "perturbation"}

@@ -170,12 +170,13 @@ def _load_folder(root: Path, input_size: int, n: int | None, seed: int) -> Label
     return LabeledImages(images, labels, [file for file, _ in chosen], class_names)
 
 
-def _load_embedded(input_size: int, n: int | None) -> LabeledImages:
-    from idls.data.synthetic import CLASS_NAMES, TEST_SEED, make_synthetic
+def _load_embedded(input_size: int, n: int | None, *, train: bool = False) -> LabeledImages:
+    from idls.data.synthetic import CLASS_NAMES, TEST_SEED, TRAIN_SEED, make_synthetic
 
     count = EMBEDDED_TEST_SIZE if n is None else n
-    data = make_synthetic(count, TEST_SEED, size=input_size)
-    return LabeledImages(data.images, data.labels, [f"synthetic/{i}" for i in range(count)], CLASS_NAMES, data.masks)
+    data = make_synthetic(count, TRAIN_SEED if train else TEST_SEED, size=input_size)
+    split = "synthetic-train" if train else "synthetic"
+    return LabeledImages(data.images, data.labels, [f"{split}/{i}" for i in range(count)], CLASS_NAMES, data.masks)
 
 
 def _load_torchvision(name: str, input_size: int, n: int | None, seed: int) -> LabeledImages:
@@ -223,6 +224,7 @@ def load_images(
 
     Args:
         source: ``"embedded"`` (the synthetic test split; its first ``n`` images),
+            ``"embedded-train"`` (the synthetic training split, e.g. to fit a universal perturbation),
             a folder with ``labels.csv`` (columns ``file,label``, paths relative to
             the folder; other columns ignored) or the ``labels.csv`` file itself, a
             folder with one sub-folder per class (torchvision ``ImageFolder``), or a
@@ -242,8 +244,8 @@ def load_images(
     if input_size < 1:
         raise UserError(f"input size must be positive, got {input_size}")
     name = source.strip()
-    if name.lower() == "embedded":
-        data = _load_embedded(input_size, n)
+    if name.lower() in ("embedded", "embedded-train"):
+        data = _load_embedded(input_size, n, train=name.lower() == "embedded-train")
     elif name.lower() in _TORCHVISION_SETS and not Path(name).exists():
         data = _load_torchvision(name.lower(), input_size, n, seed)
     else:
