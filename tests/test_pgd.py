@@ -19,7 +19,7 @@ from idls.attacks import (
     projected_gradient_descent,
     random_targets,
 )
-from idls.attacks.base import _flushing_denormals
+from idls.optim.denormal import _flushing_denormals
 from idls.errors import UserError
 
 STEP = 0.01

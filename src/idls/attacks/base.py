@@ -14,9 +14,8 @@ Shared loop helpers live here too: :func:`prediction_loss` and
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ from torch import Tensor
 from idls import metrics
 from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
 from idls.attacks.options import AttackOptions
+from idls.optim import Perturbation, flush_denormal
 from idls.attacks.threats import Threat
 from idls.errors import UserError, check_images
 from idls.registry import Registry
@@ -73,27 +73,6 @@ class AttackResult:
     @property
     def seconds_per_image(self) -> float:
         return self.seconds / max(len(self), 1)
-
-
-@dataclass
-class Perturbation:
-    """What an attack's optimisation returns to :meth:`Attack.run`.
-
-    Attributes:
-        x_adv: ``B x C x H x W`` chosen iterates.
-        iterations_to_success: ``B`` long, first successful step count, -1 never.
-        iterations_run: steps taken.
-        success: ``B`` bool by the optimiser's own criterion at the chosen iterate, if any.
-        score: ``B`` best score of the chosen iterate (``inf`` when it never succeeded), if any.
-        extras: anything else worth keeping per sample.
-    """
-
-    x_adv: Tensor
-    iterations_to_success: Tensor
-    iterations_run: int
-    success: Tensor | None = None
-    score: Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Attack:
@@ -264,32 +243,6 @@ def prediction_loss(logits: Tensor, classes: Tensor, *, targeted: bool, label_sm
     """
     ce = F.cross_entropy(logits, classes, reduction="none", label_smoothing=label_smoothing)
     return ce if targeted else -ce
-
-
-def _flushing_denormals() -> bool:
-    """Whether this thread currently flushes subnormal floats to zero."""
-    tiny = torch.tensor([1e-39])
-    return bool((tiny * torch.tensor([1.0])).item() == 0.0)
-
-
-@contextlib.contextmanager
-def flush_denormal() -> Iterator[None]:
-    """Flush subnormal floats to zero inside attack loops, then restore the previous setting.
-
-    Once cross-entropy saturates, back-propagated values become subnormal and
-    x86 CPUs slow down several-fold (docs/design.md §6). A no-op where unsupported.
-
-    Caveat (measured with torch 2.14): the flag is per thread. It reaches the
-    intra-op worker threads only if it was on when torch created them (they
-    inherit it and then keep it), so with ``torch.get_num_threads() > 1`` call
-    ``torch.set_flush_denormal(True)`` at program start for the full effect.
-    """
-    previous = _flushing_denormals()
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)
 
 
 # ---------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from idls import metrics
-from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal, prediction_loss
+from idls.attacks.base import ATTACKS, Attack, prediction_loss
+from idls.optim import BestIterate, Perturbation, StepOutcome, flush_denormal
 from idls.attacks.options import AttackOptions, check_non_negative, option
 from idls.attacks.threats import LpBall
 from idls.errors import UserError
@@ -242,9 +243,7 @@ def projected_gradient_descent(
     if random_start:
         start = project(random_start_point(start, radius, norm, generator), x, radius, norm)
     x_adv = start.clone()
-    best_x = x_adv.clone()
-    best_score = torch.full((batch,), float("inf"), device=device)
-    first_success = torch.full((batch,), -1, dtype=torch.long, device=device)
+    tracker = BestIterate(x_adv)
     stale = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     everyone = torch.arange(batch, device=device)
@@ -267,15 +266,11 @@ def projected_gradient_descent(
             succeeded = success_fn(it, evaluation).detach().to(device=device, dtype=torch.bool)
             score = (score_fn(it, evaluation) if score_fn is not None else evaluation.loss).detach().to(device).float()
             with torch.no_grad():
-                improved = succeeded & (score < best_score[index])
-                best_score[index] = torch.where(improved, score, best_score[index])
-                best_x[index] = torch.where(improved.view(-1, 1, 1, 1), x_act.detach(), best_x[index])
-                fresh = succeeded & (first_success[index] < 0)
-                first_success[index] = torch.where(fresh, torch.full_like(index, t), first_success[index])
+                improved = tracker.update(index, StepOutcome(evaluation.loss, x_act, succeeded, score), t)
                 stale[index] = torch.where(improved, torch.zeros_like(index), stale[index] + 1)
-                done[index] = (first_success[index] >= 0) & (stale[index] >= patience)
+                done[index] = (tracker.first_success[index] >= 0) & (stale[index] >= patience)
             if progress:
-                bar.set_postfix(success=f"{float((first_success >= 0).float().mean()):.2f}", refresh=False)
+                bar.set_postfix(success=f"{float((tracker.first_success >= 0).float().mean()):.2f}", refresh=False)
             if t == steps or (early_stop and bool(done.all())):
                 break
             (grad,) = torch.autograd.grad(evaluation.loss.sum(), x_act)
@@ -294,15 +289,7 @@ def projected_gradient_descent(
             iterations_run = t + 1
             bar.update(1)
 
-    succeeded_ever = torch.isfinite(best_score)
-    x_out = torch.where(succeeded_ever.view(-1, 1, 1, 1), best_x, x_adv)
-    return Perturbation(
-        x_adv=x_out.detach(),
-        iterations_to_success=first_success,
-        iterations_run=iterations_run,
-        success=succeeded_ever,
-        score=best_score,
-    )
+    return tracker.perturbation(iterations_run)
 
 
 def _as_broadcast(value: float | Tensor, like: Tensor) -> float | Tensor:

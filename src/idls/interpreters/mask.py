@@ -64,8 +64,7 @@ the optimised mask, so its map is differentiable w.r.t. ``x`` but is one (or
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,8 +72,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.errors import UserError, check_images
-from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.base import Interpreter
+from idls.interpreters.registry import INTERPRETERS
+from idls.optim import flush_denormal
 from idls.system import Classifier
 
 REFERENCE_INPUT = 224
@@ -183,17 +183,6 @@ class MaskConfig:
 # ---------------------------------------------------------------------------------
 # Building blocks (all batched, differentiable, device/dtype follow the input)
 # ---------------------------------------------------------------------------------
-@contextmanager
-def flush_denormal() -> Iterator[None]:
-    """Flush subnormal floats to zero inside the block, restoring the previous mode after (docs/design.md §6)."""
-    previous = bool((torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0)
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)
-
-
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of ``B x C x H x W`` (reflect padding, radius ``ceil(3 sigma)``).
 
