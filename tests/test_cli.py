@@ -10,7 +10,6 @@ import torch
 from tests.conftest import run_cli
 
 
-
 def test_list_names_every_registry(capsys):
     assert run_cli(["list"]) == 0
     out = capsys.readouterr().out
@@ -86,7 +85,7 @@ def _clean_images(data_dir, records) -> tuple[torch.Tensor, dict[str, int], list
     import numpy as np
     from PIL import Image
 
-    rows = list(csv.DictReader(open(data_dir / "labels.csv")))
+    rows = list(csv.DictReader((data_dir / "labels.csv").read_text().splitlines()))
     labels = {r["file"]: int(r["label"]) for r in rows}
     images = [np.asarray(Image.open(data_dir / r["image_id"]).convert("RGB")) for r in records]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
