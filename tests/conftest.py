@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +39,9 @@ os.environ.setdefault("IDLS_CACHE_DIR", tempfile.mkdtemp(prefix="idls-test-cache
 
 @pytest.fixture(autouse=True)
 def _seed():
-    """Deterministic seeds for every test."""
+    """Deterministic seeds for every test (python and numpy too, also when pytest-randomly is disabled)."""
+    random.seed(0)
+    np.random.seed(0)
     torch.manual_seed(0)
 
 
@@ -73,13 +77,16 @@ def random_resnet20():
     """A randomly initialised CIFAR ResNet-20 (eval mode), for oracle checks independent of weights."""
     from idls.models import create_model
 
-    torch.manual_seed(1)
-    model = create_model("cifar_resnet20")
-    # Give BatchNorm non-trivial statistics so the network is not near-identity.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    # A private RNG stream: when a test first requests this fixture (e.g. through request.getfixturevalue,
+    # after the per-test seed), building it must not move the test's own random numbers.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = create_model("cifar_resnet20")
+        # Give BatchNorm non-trivial statistics so the network is not near-identity.
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
     return model
 
 
