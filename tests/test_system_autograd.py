@@ -57,7 +57,7 @@ SLOPE_PRODUCT = system._SlopeProduct
 
 
 # -- every custom Function is covered ---------------------------------------------------------------
-COVERED = {"_SmoothGradReLUFunction", "_SlopeProduct"}
+COVERED = {"_SmoothGradReLUFunction", "_SlopeProduct", "_StraightThrough"}
 
 
 def test_every_custom_autograd_function_in_idls_has_a_gradcheck_here():
@@ -238,3 +238,20 @@ def test_smooth_surrogate_logits_equal_the_models():
     # float64: equal to rounding
     model64, x64 = copy.deepcopy(model).double(), x.double()
     torch.testing.assert_close(smooth_surrogate(model64)(x64), model64(x64), rtol=1e-12, atol=1e-12)
+
+
+# -- _StraightThrough (BPDA of idls.defenses) -------------------------------------------------------
+def test_straight_through_is_the_identity_in_every_derivative():
+    """BPDA: forward fn(x), backward the identity. With fn the identity, gradcheck / gradgradcheck compare
+    that backward with finite differences of the identity (first derivative 1, second 0)."""
+    from idls.defenses.transforms import _StraightThrough
+
+    x = torch.rand(2, 3, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    identity = lambda t: t.clone()  # noqa: E731
+    assert gradcheck(lambda t: _StraightThrough.apply(t, identity), (x,))
+    assert gradgradcheck(lambda t: _StraightThrough.apply(t, identity), (x,))
+    # with a non-differentiable fn the forward is fn, the backward still the identity
+    rounded = _StraightThrough.apply(x, lambda t: (t * 3).round() / 3)
+    assert torch.equal(rounded, (x.detach() * 3).round() / 3)
+    (grad,) = torch.autograd.grad((rounded * x.detach()).sum(), x)
+    assert torch.equal(grad, x.detach())
