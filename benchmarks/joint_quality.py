@@ -74,7 +74,7 @@ EPSILON = 8 / 255
 
 PLAIN_ATTACKS = ("pgd", "cw", "stadv")  #: classifier-only baselines; each is its own framework
 JOINT_ATTACKS = ("adv2", "advedge", "advedge+")
-FRAMEWORKS = ("pgd", "cw", "stadv")
+FRAMEWORKS = ("pgd", "mifgsm", "cw", "stadv")  # display order; the registry (list_frameworks) decides what exists
 INTERPRETER_NAMES = ("grad", "cam", "gradcam", "rts", "mask")
 TARGETS = ("benign", "patch")
 

@@ -35,7 +35,12 @@ Conventions (docs/design.md §1, §3):
   losses are summed, so every sample follows the trajectory it would follow
   alone. The jitter draws one translation per iteration from
   ``torch.Generator().manual_seed(seed)`` and shares it across the batch, which
-  keeps the batched result equal to the per-image result for the same seed.
+  keeps the batched result equal to the per-image result for the same seed in
+  exact arithmetic (float64: to rounding). In float32 the classifier's batched
+  kernels round differently for different batch layouts, and Adam's normalised
+  first steps amplify those differences where the gradient is near zero, so the
+  maps of one image can differ noticeably between batch layouts
+  (``tests/test_interpreter_contracts.py`` checks batch independence in float64).
 * Scale of the maps: with the l1 of docs/design.md §3 the whole image costs only 0.078, so on
   CIFAR the maps cover most of the image (a larger l1 gives smaller maps and a sharper
   ranking); their top 20% alone rarely removes the class.
