@@ -91,3 +91,10 @@ def test_fit_data_equal_to_the_evaluation_data_is_refused(system, tmp_path, caps
     args = _base(system, tmp_path / "x") + ["--attack", "mean-grad-uap", "--fit-data", system["test"]]
     assert run_cli(args) == 2
     assert "--fit-data and --data are the same" in capsys.readouterr().err
+
+
+def test_asking_for_more_images_than_there_are_says_how_many_are_used(system, tmp_path, capsys):
+    args = ["attack", "--model", "cifar_resnet20", "--weights", system["weights"], "--data", system["test"],
+            "--n", "100000", "-i", "cam", "--attack", "pgd", "--steps", "1", "--out", str(tmp_path / "many")]
+    assert run_cli(args) == 0
+    assert "classifies 16 of the 16 images correctly; attacking those 16 (--n 100000)" in capsys.readouterr().err

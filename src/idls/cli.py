@@ -76,7 +76,13 @@ def _data(classifier, data: str | None, n: int, seed: int, *, correct_only: bool
             f"labels in {data!r} go up to {int(images.labels.max())} but {classifier.info.name} has "
             f"{classifier.num_classes} classes; use a model trained on these classes"
         )
-    return select_correct(classifier, images, n) if correct_only else images
+    if not correct_only:
+        return images
+    selected = select_correct(classifier, images, n)
+    if len(selected) < n:
+        typer.echo(f"note: {classifier.info.name} classifies {len(selected)} of the {len(images)} images correctly; "
+                   f"attacking those {len(selected)} (--n {n})", err=True)
+    return selected
 
 
 def _default_interpreters(classifier, rts: Path | None) -> list[str]:
