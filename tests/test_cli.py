@@ -49,12 +49,13 @@ def test_user_errors_are_one_line_with_exit_2(args, fragment, capsys):
         assert fragment in err
 
 
-def test_checkpoint_of_another_architecture_is_refused(capsys):
-    from tests.conftest import RESNET32
+def test_checkpoint_of_another_architecture_is_refused(capsys, tmp_path):
+    from tests.conftest import CIFAR_LOSSLESS, RESNET32
 
     if not RESNET32.exists():
         pytest.skip("shared data absent")
-    code = run_cli(["attack", "--model", "cifar_resnet20", "--weights", str(RESNET32), "--data", "x"])
+    code = run_cli(["attack", "--model", "cifar_resnet20", "--weights", str(RESNET32), "--data", str(CIFAR_LOSSLESS),
+                    "--out", str(tmp_path / "run")])
     assert code == 2
     assert "does not fit model 'cifar_resnet20'" in capsys.readouterr().err
 

@@ -97,4 +97,5 @@ def test_asking_for_more_images_than_there_are_says_how_many_are_used(system, tm
     args = ["attack", "--model", "cifar_resnet20", "--weights", system["weights"], "--data", system["test"],
             "--n", "100000", "-i", "cam", "--attack", "pgd", "--steps", "1", "--out", str(tmp_path / "many")]
     assert run_cli(args) == 0
-    assert "classifies 16 of the 16 images correctly; attacking those 16 (--n 100000)" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "classifies only 16 of the images correctly (asked for data.n = 100000); attacking those 16" in err

@@ -177,11 +177,9 @@ def _default_mode(attack: str) -> str:
 
 def _defended(classifier, spec: str):
     """``--defense NAME[:KEY=VALUE,...]``: the classifier behind that input defence."""
-    from idls.defenses import create_defense, defend
+    from idls.defenses import defend, defense_from_spec
 
-    name, _, rest = spec.partition(":")
-    options = _key_values([item for item in rest.split(",") if item.strip()]) if rest else {}
-    return defend(classifier, create_defense(name.strip(), **options))
+    return defend(classifier, defense_from_spec(spec))
 
 
 def _key_values(pairs: list[str]) -> dict:
@@ -357,16 +355,22 @@ def attack(
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
+    backend: Annotated[str, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip install "
+                                              "'idls[ray]')")] = "local",
     out: OutOpt = Path("runs/attack"),
 ) -> None:
     """Attack correctly classified images; write results.jsonl, summary.json and report.html.
 
     Plain attacks (pgd, cw, stadv) fool the classifier; joint attacks (adv2, advedge, advedge+) also keep
-    each interpreter's map close to a target map and run once per interpreter.
+    each interpreter's map close to a target map and run once per interpreter. The run is an experiment
+    of its own (the same store as `idls run`: records.jsonl, done.jsonl, tensors/; the same --out resumes).
     """
+    from idls.analysis.store_reader import load_store
     from idls.evaluate import group_summaries
-    from idls.report.run_report import write_run_report
-    from idls.runner import attack_and_evaluate, build_interpreters, write_json, write_records
+    from idls.experiments import run_experiment
+    from idls.experiments.config import experiment_from_mapping
+    from idls.report.experiment_report import write_experiment_report
+    from idls.runner import write_json, write_records
 
     if epsilon is not None and not 0 < epsilon <= 1:
         raise UserError(f"--epsilon {epsilon} is outside (0, 1]; it is on the [0,1] pixel scale (8/255 = 0.031)")
@@ -380,40 +384,95 @@ def attack(
         if not perturbation.is_file():
             raise UserError(f"--perturbation {perturbation} does not exist; give a file saved by a universal attack "
                             "(DIR/universal.safetensors)")
-        options["perturbation"] = str(perturbation)
+        options["perturbation"] = str(perturbation.resolve())
     _check_attack_options(attack, options, mode, interpreter)
-    classifier = _classifier(model, weights, _device(device))
-    if defense is not None:
-        classifier = _defended(classifier, defense)
-    images = _data(classifier, data, n, seed)
-    fit_images = None
-    if fit_data is not None:
-        if data is not None and Path(fit_data).expanduser().resolve() == Path(data).expanduser().resolve():
-            raise UserError(f"--fit-data and --data are the same ({fit_data}); fit on training images and evaluate "
-                            "on held-out ones")
-        fit_images = _data(classifier, fit_data, 0, seed, correct_only=False)
-        if fit_n is not None:
-            fit_images = fit_images.subset(list(range(min(fit_n, len(fit_images)))))
-    names = interpreter or _default_interpreters(classifier, rts)
-    interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, mask_iterations))
-    run = attack_and_evaluate(
-        classifier, interpreters, attack, options, images.images, images.labels, images.ids,
-        mode=mode, batch_size=batch_size, seed=seed, out_dir=out, model_name=model, fit_data=fit_images,
-    )
-    from idls.attacks import list_frameworks
-
-    cell = {"framework": options.get("framework", attack if attack in list_frameworks() else "pgd"),
-            "target": options.get("target_map", "benign" if "framework" in options else "none")}
-    for record in run.records:
-        record.update(cell)
-    per_attack = group_summaries(run.records)
-    write_records(out / "results.jsonl", run.records)
+    if fit_data is not None and data is not None and \
+            Path(fit_data).expanduser().resolve() == Path(data).expanduser().resolve():
+        raise UserError(f"--fit-data and --data are the same ({fit_data}); fit on training images and evaluate "
+                        "on held-out ones")
+    config = _attack_experiment(attack, options, mode=mode, model=model, weights=weights, data=data, n=n,
+                                interpreter=interpreter, rts=rts, mask_iterations=mask_iterations, fit_data=fit_data,
+                                fit_n=fit_n, defense=defense, batch_size=batch_size, device=device, seed=seed)
+    try:
+        experiment = experiment_from_mapping(config, default_name="attack")
+    except UserError as exc:
+        raise UserError(_in_flag_terms(str(exc))) from None
+    summary = run_experiment(experiment, out, backend=backend)
+    records = [r for r in load_store(out).records if r.get("kind") == "attack"]
+    per_attack = group_summaries(records)
+    write_records(out / "results.jsonl", records)
+    n_images = len({r["image_id"] for r in records})
     write_json(out / "summary.json", {"model": model, "attacks": per_attack,
-                                      "config": {"n": images.images.shape[0], "mode": mode, "attack": attack, **options}})
-    write_run_report(out, title=f"idls attack: {attack} on {model}", per_attack=per_attack, showcases={attack: run.showcase},
-                     class_names=classifier.info.class_names)
+                                      "config": {"n": n_images, "mode": mode, "attack": attack, **options}})
+    _copy_fitted(out)
+    write_experiment_report(out)
     _print_summary(per_attack)
-    typer.echo(f"wrote {len(run.records)} records, summary.json and report.html to {out}")
+    typer.echo(f"wrote {len(records)} records, summary.json and report.html to {out} "
+               f"({summary.units_run} batches run, {summary.units_skipped} resumed)")
+
+
+def _attack_experiment(attack: str, options: dict, *, mode: str, model: str, weights: str | None, data: str | None,
+                       n: int, interpreter: list[str] | None, rts: Path | None, mask_iterations: int | None,
+                       fit_data: str | None, fit_n: int | None, defense: str | None, batch_size: int, device: str,
+                       seed: int) -> dict:
+    """`idls attack` as an experiment of one cell per attacked interpreter (the one orchestrator of idls run)."""
+    from idls.interpreters import interpreters_in_order
+    from idls.models import MODELS
+
+    _device(device)  # a device that does not exist fails here, with its own message
+    embedded = MODELS.get(model).family == "embedded"
+    if weights is None and not embedded:
+        raise UserError(f"model {model!r} needs --weights (a checkpoint file, 'pretrained', or 'random' for random "
+                        "weights)")
+    if data is None and not embedded:
+        raise UserError(f"model {model!r} needs --data (a folder with labels.csv or class sub-folders)")
+    names = list(interpreter or interpreters_in_order())
+    options = dict(options)
+    grid = {"frameworks": [options.pop("framework")] if "framework" in options else ["pgd"],
+            "targets": [options.pop("target_map")] if "target_map" in options else ["benign"]}
+    model_entry: dict = {"name": model, "weights": weights or "pretrained",
+                         "interpreter_options": _interpreter_options(names, rts, mask_iterations)}
+    if defense is not None:
+        model_entry["defense"] = defense
+    data_section: dict = {"source": data or "embedded", "n": n, "batch_size": batch_size, "shuffle": False,
+                          "seed": seed}
+    if fit_data is not None:
+        data_section["fit_source"] = fit_data
+        if fit_n is not None:
+            data_section["fit_n"] = fit_n
+    return {"name": f"attack-{attack}", "models": [model_entry], "data": data_section, "interpreters": names,
+            "attacks": [{"name": attack, "options": options}], "mode": mode, "seeds": [seed], "device": device,
+            **grid}
+
+
+#: experiment-file keys and the `idls attack` flags that set them (for error messages)
+_FLAG_OF_KEY = (("data.fit_source", "--fit-data"), ("data.fit_n", "--fit-n"), ("data.source", "--data"),
+                ("data.n", "--n"), ("data.batch_size", "--batch-size"), ("models[0].weights", "--weights"),
+                ("models[0].defense", "--defense"), ("models[0].name", "--model"), ("attacks[0].options.", "-o "),
+                ("attacks[0]", "--attack"), ("interpreters", "--interpreter"), ("targets[0]", "--target"),
+                ("frameworks", "--framework"), (" (relative paths are relative to the experiment file)", ""))
+
+
+def _in_flag_terms(message: str) -> str:
+    """An experiment-configuration error worded with the command-line flags the user typed."""
+    for key, flag in _FLAG_OF_KEY:
+        message = message.replace(key, flag)
+    return message
+
+
+def _copy_fitted(out: Path) -> None:
+    """The fitted artifact of a one-attack run also as OUT/universal.safetensors (+ .json), for --perturbation."""
+    import shutil
+
+    from idls.experiments.execute import FITTED_DIR
+    from idls.runner import UNIVERSAL_FILE
+
+    fitted = sorted((out / FITTED_DIR).glob("*.safetensors"))
+    if len(fitted) == 1:
+        shutil.copyfile(fitted[0], out / UNIVERSAL_FILE)
+        sidecar = fitted[0].with_name(fitted[0].name + ".json")
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, out / (UNIVERSAL_FILE + ".json"))
 
 
 @app.command()

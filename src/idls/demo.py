@@ -2,7 +2,9 @@
 
 1. the embedded CNN (trained on first use, then cached) and its RTS;
 2. the interpreter validity table: does each map localise the object?
-3. each demo attack against every interpreter, with records, summary and report.
+3. each demo attack against every interpreter, as one experiment (:func:`demo_experiment`) run by the
+   engine behind every attack run of idls, into ``OUT/store`` (a second demo resumes it), then
+   records, summary and report.
 """
 
 from __future__ import annotations
@@ -16,14 +18,7 @@ from rich.table import Table
 
 from idls.evaluate import group_summaries
 from idls.report.run_report import write_run_report
-from idls.runner import (
-    Showcase,
-    attack_and_evaluate,
-    attack_needs_interpreter,
-    build_interpreters,
-    write_json,
-    write_records,
-)
+from idls.runner import attack_needs_interpreter, build_interpreters, showcases_from_store, write_json, write_records
 from idls.validity import interpreter_validity
 
 DEMO_INTERPRETERS = ("grad", "ig", "cam", "gradcam", "rts", "mask")
@@ -32,6 +27,7 @@ DEMO_ATTACKS = ("pgd", "adv2", "advedge", "advedge+")
 #: interpreters the joint attacks run against (a joint attack on IG back-propagates through all of
 #: its steps, ~10x ADV²-Grad; it stays available in `idls attack`)
 JOINT_INTERPRETERS = ("grad", "cam", "gradcam", "rts", "mask")
+STORE_DIR = "store"  #: the demo's experiment store inside its output folder (resumed by the next demo)
 
 
 def demo_settings(quick: bool, n: int | None) -> dict:
@@ -51,20 +47,49 @@ def demo_settings(quick: bool, n: int | None) -> dict:
     }
 
 
-def joint_options(settings: dict, interpreter: str) -> dict:
-    """The demo's (shortened) joint-attack schedule for one interpreter."""
-    table = settings["joint"]
-    return dict(table.get(interpreter, table["default"]))
+def demo_experiment(settings: dict, *, seed: int, device: str) -> dict:
+    """The demo's attacks as one experiment (the engine behind every attack run of idls)."""
+    joint = {"name": None, "options": {**settings["joint"]["default"],
+                                       "by_interpreter": {"mask": settings["joint"]["mask"]}},
+             "interpreters": list(JOINT_INTERPRETERS)}
+    return {
+        "name": "demo",
+        "models": [{"name": "embedded_cnn", "weights": "pretrained"}],
+        "data": {"source": "embedded", "n": settings["attack_images"], "batch_size": 64, "shuffle": False,
+                 "seed": seed, "n_by_interpreter": dict(settings["joint_images"])},
+        "interpreters": list(DEMO_INTERPRETERS),
+        "interpreter_options": {"mask": {"iterations": settings["mask_iterations"]},
+                                "ig": {"steps": settings["ig_steps"]}},
+        "attacks": [{"name": attack, "options": {"steps": settings["pgd_steps"]}} if not attack_needs_interpreter(attack)
+                    else {**joint, "name": attack} for attack in DEMO_ATTACKS],
+        "mode": "targeted",
+        "seeds": [seed],
+        "device": str(device),
+    }
 
 
-def merge_showcases(into: Showcase | None, more: Showcase | None) -> Showcase | None:
-    """One showcase from runs of the same attack against different interpreters (same first images)."""
-    if into is None or more is None:
-        return into or more
-    for name in more.benign_maps:
-        into.add(name, more.adversarial_images[name], more.adversarial_preds[name], more.benign_maps[name],
-                 more.adversarial_maps[name])
-    return into
+def run_attacks(out: Path, settings: dict, *, seed: int, device: str) -> list[dict]:
+    """Run (or resume) the demo's experiment in ``out/store``; its attack records.
+
+    A store left by a demo of other settings (``--quick`` vs full) is rebuilt: the demo owns that folder.
+    """
+    import shutil
+
+    from idls.analysis.store_reader import load_store
+    from idls.errors import UserError
+    from idls.experiments import run_experiment
+    from idls.experiments.config import experiment_from_mapping
+
+    store = out / STORE_DIR
+    experiment = experiment_from_mapping(demo_experiment(settings, seed=seed, device=device), default_name="demo")
+    try:
+        run_experiment(experiment, store)
+    except UserError as exc:
+        if "different configuration" not in str(exc):
+            raise
+        shutil.rmtree(store)
+        run_experiment(experiment, store)
+    return [r for r in load_store(store).records if r.get("kind") == "attack"]
 
 
 def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: torch.device | str = "cpu", seed: int = 0) -> dict:
@@ -91,24 +116,11 @@ def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: to
     _print_validity(console, validity)
 
     console.print(f"[3/3] attacks on {settings['attack_images']} correctly classified images")
+    attacks_started = time.perf_counter()
+    records = run_attacks(out, settings, seed=seed, device=str(device))
     chosen = select_correct(classifier, data, settings["attack_images"])
-    records: list[dict] = []
-    showcases: dict[str, Showcase] = {}
-    for attack in DEMO_ATTACKS:
-        attack_started = time.perf_counter()
-        if attack_needs_interpreter(attack):
-            plans = [({name: interpreters[name]}, joint_options(settings, name),
-                      settings["joint_images"].get(name, len(chosen.ids))) for name in JOINT_INTERPRETERS]
-        else:
-            plans = [(interpreters, {"steps": settings["pgd_steps"]}, len(chosen.ids))]
-        for attacked, options, count in plans:
-            run = attack_and_evaluate(
-                classifier, attacked, attack, options, chosen.images[:count], chosen.labels[:count], chosen.ids[:count],
-                seed=seed, out_dir=out, model_name="embedded_cnn",
-            )
-            records += run.records
-            showcases[attack] = merge_showcases(showcases.get(attack), run.showcase)
-        console.print(f"      {attack}: {time.perf_counter() - attack_started:.1f} s")
+    showcases = showcases_from_store(out / STORE_DIR, records, chosen.images, chosen.labels)
+    console.print(f"      {', '.join(DEMO_ATTACKS)}: {time.perf_counter() - attacks_started:.1f} s")
     per_attack = group_summaries(records)
     seconds = time.perf_counter() - started
     summary = {

@@ -1,30 +1,24 @@
-"""Attack a data set with one attack and evaluate every interpreter on the result.
+"""Per-batch evaluation and the pieces the commands share around the one orchestrator.
 
-This is the shared path of ``idls attack`` and ``idls demo``: the attack runs
-batch by batch and draws its own seeded targets from each image's data-set
-position (so they do not depend on the batch size), and each batch becomes records (``idls.evaluate``) plus
-tensors on disk (adversarial images and maps, safetensors).
-
-:func:`evaluate_batch` turns one attacked batch into records and tensors; the
-experiment engine (:mod:`idls.experiments`) calls it for each (cell, batch) unit.
+Every attack run of idls (``idls attack``, ``idls run``, ``idls reproduce``, ``idls demo``) goes
+through the experiment engine (:mod:`idls.experiments`); for each (cell, batch) unit it calls
+:func:`evaluate_batch`, which turns one attacked batch into records (``idls.evaluate``) and
+tensors (adversarial images and maps, safetensors). :func:`showcases_from_store` reads the first
+images of a store back for the reports' side-by-side figures.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from idls import evaluate, metrics
-from idls.attacks import Attack, AttackResult, create_attack
-from idls.data import LabeledImages
-from idls.errors import UserError
+from idls.attacks import AttackResult
 from idls.interpreters import create_interpreter
 from idls.interpreters.base import Interpreter
 from idls.system import Classifier
@@ -162,105 +156,45 @@ def evaluate_batch(
     return BatchEvaluation(records=records, tensors=tensors, maps=maps)
 
 
-def attack_and_evaluate(
-    classifier: Classifier,
-    interpreters: Mapping[str, Interpreter],
-    attack_name: str,
-    attack_options: Mapping,
-    x_all: Tensor,
-    labels_all: Tensor,
-    ids: Sequence[str],
-    *,
-    mode: str = "targeted",
-    batch_size: int = 64,
-    seed: int = 0,
-    out_dir: Path | None = None,
-    showcase_size: int = 6,
-    model_name: str = "",
-    on_batch: Callable[[int, int], None] | None = None,
-    evaluate_all_interpreters: bool = False,
-    fit_data: LabeledImages | None = None,
-) -> RunOutput:
-    """Run ``attack_name`` over the data set and evaluate the interpreters on each adversarial batch.
-
-    A classifier-only attack (PGD, C&W, StAdv) runs once per batch and every interpreter is evaluated
-    on its output; a joint attack (ADV², AdvEdge) runs once per interpreter, against that interpreter,
-    and is evaluated with it (with every interpreter when ``evaluate_all_interpreters``: transferability
-    across interpreters).
-
-    Args:
-        x_all: ``N x C x H x W`` correctly classified images in [0, 1].
-        labels_all: ``N`` true labels.
-        ids: ``N`` image identifiers (file names).
-        out_dir: where ``tensors/`` is written (adversarial images and maps); ``None`` keeps nothing.
-        fit_data: images to fit an attack that needs fitting (a universal perturbation) before it is
-            applied to ``x_all``; the fitted artifact is saved as ``out_dir/universal.safetensors``.
-    """
-    device = classifier.device
-    if attack_needs_interpreter(attack_name):
-        plans = [
-            (name, create_attack(attack_name, interpreter=interp, mode=mode, seed=seed, **dict(attack_options)),
-             dict(interpreters) if evaluate_all_interpreters else {name: interp})
-            for name, interp in interpreters.items()
-        ]
-    else:
-        plans = [(None, create_attack(attack_name, mode=mode, seed=seed, **dict(attack_options)), dict(interpreters))]
-    for _, attack, _ in plans:
-        fit_if_needed(attack, classifier, fit_data, out_dir)
-    records: list[dict] = []
-    k = min(showcase_size, x_all.shape[0], batch_size)  # the showcase comes from the first batch
-    showcase = Showcase(x_all[:k].cpu(), labels_all[:k].cpu())
-    started = time.perf_counter()
-    n = x_all.shape[0]
-    for batch_index, start in enumerate(range(0, n, batch_size)):
-        sl = slice(start, min(start + batch_size, n))
-        x, labels = x_all[sl].to(device), labels_all[sl].to(device)
-        positions = torch.arange(sl.start, sl.stop)  # seeded targets depend on the image, not its batch
-        batch_file = f"tensors/{attack_name}/batch_{batch_index:05d}.safetensors"
-        benign_cache: dict[str, Tensor] = {}
-
-        def benign_maps(name: str, x: Tensor = x, cache: dict[str, Tensor] = benign_cache) -> Tensor:
-            if name not in cache:
-                cache[name] = interpreters[name].attribute(x).detach()
-            return cache[name]
-
-        tensors: dict[str, Tensor] = {}
-        for attacked, attack, evaluated in plans:
-            result = attack.run(classifier, x, labels, indices=positions)
-            batch = evaluate_batch(
-                result, x, labels, ids[sl], evaluated, attack_name=attack_name, attacked=attacked,
-                tensor_file=batch_file, key_prefix="" if attacked is None else f"{attacked}/",
-                model_name=model_name, benign_maps=benign_maps,
-            )
-            records.extend(batch.records)
-            tensors.update(batch.tensors)
-            if batch_index == 0:
-                for name, pair in batch.maps.items():
-                    if attacked in (None, name):
-                        showcase.add(name, result.x_adv[:k], result.pred[:k], pair.benign[:k], pair.adversarial[:k])
-        if out_dir is not None:
-            path = Path(out_dir) / batch_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(path))
-        if on_batch is not None:
-            on_batch(sl.stop, n)
-    return RunOutput(records=records, showcase=showcase if showcase.benign_maps else None, seconds=time.perf_counter() - started)
-
-
 UNIVERSAL_FILE = "universal.safetensors"
 
 
-def fit_if_needed(attack: Attack, classifier: Classifier, fit_data: LabeledImages | None,
-                  out_dir: Path | None) -> None:
-    """Fit an attack that needs fitting (and has no loaded artifact) on ``fit_data``; save what it fitted."""
-    if not attack.needs_fit or attack.fitted:
-        return
-    if fit_data is None:
-        raise UserError(f"attack {attack.name!r} is fitted on a data set before it is applied: pass --fit-data FOLDER "
-                        "(training images, not the evaluation images), or --perturbation FILE to reuse a fitted one")
-    attack.fit(classifier, fit_data, progress=True)
-    if out_dir is not None:
-        attack.save_fitted(Path(out_dir) / UNIVERSAL_FILE)
+def showcases_from_store(out: Path, records: Sequence[Mapping], x: Tensor, labels: Tensor, k: int = 6) -> dict[str, Showcase]:
+    """Per attack, the first ``k`` images of a store with each interpreter's own adversarial image and maps.
+
+    Reads the tensors the records point to (``adv_path``); ``x`` / ``labels`` are the store's first
+    selected images (``>= k``) in data-set order, so the showcase lines up with them.
+    """
+    from safetensors import safe_open
+
+    order = {}
+    showcases: dict[str, Showcase] = {}
+    rows: dict[tuple[str, str], list[Mapping]] = {}
+    for record in records:
+        if record.get("kind", "attack") != "attack" or record["attacked_interpreter"] not in ("none", record["interpreter"]):
+            continue
+        order.setdefault(record["image_id"], len(order))
+        rows.setdefault((record["attack"], record["interpreter"]), []).append(record)
+    first = [image for image, position in sorted(order.items(), key=lambda item: item[1])][:k]
+    k = min(k, len(first), x.shape[0])
+    for (attack, name), group in rows.items():
+        by_image = {r["image_id"]: r for r in group}
+        shown = [image for image in first[:k] if image in by_image]  # fewer where it was attacked on fewer images
+        if not shown:
+            continue
+        images, preds, benign, adversarial = [], [], [], []
+        for image in shown:
+            record = by_image[image]
+            file, where = record["adv_path"].split("#")
+            key, row = where.rsplit(":", 1)
+            with safe_open(str(Path(out) / file), framework="pt") as handle:  # an own record's maps are unprefixed
+                images.append(handle.get_tensor(key)[int(row)])
+                benign.append(handle.get_tensor(f"benign_map/{name}")[int(row)])
+                adversarial.append(handle.get_tensor(f"adversarial_map/{name}")[int(row)])
+            preds.append(int(record["pred_label"]))
+        showcase = showcases.setdefault(attack, Showcase(x[:k].cpu(), labels[:k].cpu()))
+        showcase.add(name, torch.stack(images), torch.tensor(preds), torch.stack(benign), torch.stack(adversarial))
+    return showcases
 
 
 def write_records(path: Path, records: Sequence[Mapping]) -> None:

@@ -36,8 +36,26 @@ def create_defense(name: str, **options: Any) -> InputTransform:
     return factory(**options)
 
 
+def defense_from_spec(spec: str) -> InputTransform:
+    """``'NAME'`` or ``'NAME:KEY=VALUE,...'`` (values read as YAML) -> the defence (e.g. ``'bit-depth:bits=4'``)."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in (part.strip() for part in rest.split(",") if part.strip()):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"defence option {item!r} is not KEY=VALUE; write e.g. bit-depth:bits=4")
+        try:
+            options[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"defence option {item!r}: cannot read the value {text!r}") from None
+    return create_defense(name.strip(), **options)
+
+
 def list_defenses() -> list[str]:
     return DEFENSES.names()
 
 
-__all__ = ["DEFENSES", "BitDepth", "InputTransform", "bpda", "create_defense", "defend", "list_defenses"]
+__all__ = ["DEFENSES", "BitDepth", "InputTransform", "bpda", "create_defense", "defend", "defense_from_spec",
+           "list_defenses"]

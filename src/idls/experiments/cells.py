@@ -14,12 +14,12 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from idls.errors import UserError
-from idls.experiments.config import AttackSpec, Experiment
+from idls.experiments.config import AttackSpec, Experiment, spec_dict
 
 NONE = "none"  #: attacked interpreter / target of classifier-only attacks
 HASH_LENGTH = 10
@@ -115,8 +115,9 @@ def expand_cells(
         available = experiment.data.n if images_by_model is None else images_by_model[index]
         for spec in experiment.attacks:
             if attack_needs_interpreter(spec.name):
+                attacked = [name for name in usable if spec.interpreters is None or name in spec.interpreters]
                 variants = [(framework, target, name) for framework in experiment.frameworks
-                            for target in experiment.targets for name in usable]
+                            for target in experiment.targets for name in attacked]
             else:
                 variants = [(spec.name, NONE, NONE)]
             cells += [_cell(experiment, index, spec, framework, target, attacked, seed, usable, available)
@@ -151,11 +152,11 @@ def _cell(experiment: Experiment, index: int, spec: AttackSpec, framework: str, 
         raise UserError(f"attack {where}: {exc}") from None
     n_images = min(available, experiment.data.n_by_interpreter.get(attacked, available))
     identity = {  # everything that shapes the cell's results
-        "model": asdict(model) | {"interpreter_options": {
+        "model": spec_dict(model) | {"interpreter_options": {
             name: experiment.interpreter_options_for(model, name) for name in evaluated}},
-        "data": asdict(experiment.data) | {"n_by_interpreter": None},
+        "data": spec_dict(experiment.data) | {"n_by_interpreter": None},
         "attack": spec.name, "options": options, "attacked": attacked, "evaluated": evaluated,
-        "n_images": n_images, "transfer": [asdict(m) for m in experiment.transfer_models],
+        "n_images": n_images, "transfer": [spec_dict(m) for m in experiment.transfer_models],
     }
     return Cell(
         id=cell_id(model.name, spec.name, framework, target, attacked, seed, identity),

@@ -40,10 +40,11 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "attack_options", "frameworks", "targets", "mode", "epsilon", "seeds", "evaluate_all_interpreters",
     "transfer_models", "device", "quick",
 )
-MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options")
-DATA_KEYS: tuple[str, ...] = ("source", "n", "pool", "seed", "shuffle", "batch_size", "n_by_interpreter")
-ATTACK_KEYS: tuple[str, ...] = ("name", "options")
-DATA_KEYWORDS: tuple[str, ...] = ("embedded", "cifar10", "cifar100")
+MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options", "defense")
+DATA_KEYS: tuple[str, ...] = ("source", "n", "pool", "seed", "shuffle", "batch_size", "n_by_interpreter", "fit_source",
+                              "fit_n")
+ATTACK_KEYS: tuple[str, ...] = ("name", "options", "interpreters")
+DATA_KEYWORDS: tuple[str, ...] = ("embedded", "embedded-train", "cifar10", "cifar100")
 WEIGHT_KEYWORDS: tuple[str, ...] = ("pretrained", "random")
 WEIGHT_SUFFIXES: tuple[str, ...] = (".th", ".pt", ".pth", ".safetensors", ".bin")
 ALL_ATTACKS = "*"  #: key of ``attack_options`` that applies to every attack
@@ -60,6 +61,22 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # ---------------------------------------------------------------------------------
 # The resolved configuration
 # ---------------------------------------------------------------------------------
+#: fields added after stores existed: left out of stored configurations and cell identities while unset,
+#: so that existing stores resume with the same cell ids
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "fit_source", "fit_n", "interpreters"})
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """``asdict(spec)`` without the :data:`OPTIONAL_FIELDS` that are unset (``None``), at any depth."""
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: prune(v) for k, v in value.items() if not (k in OPTIONAL_FIELDS and v is None)}
+        if isinstance(value, list):
+            return [prune(v) for v in value]
+        return value
+
+    return prune(asdict(spec))
+
 @dataclass
 class ModelSpec:
     """A model under attack (or receiving transferred images).
@@ -71,17 +88,20 @@ class ModelSpec:
         init_seed: seed of random initial weights (so every worker builds the same model).
         interpreter_options: per-interpreter options for this model (e.g. its RTS ``checkpoint``),
             merged over the experiment's ``interpreter_options``.
+        defense: an input defence in front of the model, ``NAME[:KEY=VALUE,...]`` (e.g.
+            ``bit-depth:bits=4``; :func:`idls.defenses.defense_from_spec`), or ``None``.
     """
 
     name: str
     weights: str
     init_seed: int = 0
     interpreter_options: dict[str, dict] = field(default_factory=dict)
+    defense: str | None = None
 
     @property
     def key(self) -> str:
-        """Identity of the built model (name, weights, init seed)."""
-        return f"{self.name}|{self.weights}|{self.init_seed}"
+        """Identity of the built model (name, weights, init seed, defence)."""
+        return f"{self.name}|{self.weights}|{self.init_seed}|{self.defense or ''}"
 
 
 @dataclass
@@ -97,6 +117,9 @@ class DataSpec:
             are not all of the first classes of a class-sorted folder.
         batch_size: images per unit.
         n_by_interpreter: smaller image counts for cells attacking an interpreter (e.g. ``mask: 8``).
+        fit_source: images that attacks needing a fit (universal perturbations) are fitted on
+            (``embedded-train`` or a folder; never ``source``), or ``None``.
+        fit_n: how many of them (a seeded subset; ``None``: all).
     """
 
     source: str
@@ -106,14 +129,20 @@ class DataSpec:
     shuffle: bool = True
     batch_size: int = 16
     n_by_interpreter: dict[str, int] = field(default_factory=dict)
+    fit_source: str | None = None
+    fit_n: int | None = None
 
 
 @dataclass
 class AttackSpec:
-    """An attack name and the options it always gets (merged over ``attack_options``)."""
+    """An attack name and the options it always gets (merged over ``attack_options``).
+
+    ``interpreters``: for a joint attack, the listed interpreters it is run against (``None``: all).
+    """
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    interpreters: list[str] | None = None
 
 
 @dataclass
@@ -140,8 +169,8 @@ class Experiment:
     source_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved configuration as plain data (YAML/JSON serialisable)."""
-        return asdict(self)
+        """The resolved configuration as plain data (YAML/JSON serialisable; unset optional fields left out)."""
+        return spec_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Experiment:
@@ -556,12 +585,23 @@ def _model(value: Any, where: str, base_dir: Path) -> ModelSpec:
     if _looks_like_path(weights, WEIGHT_KEYWORDS):
         weights = _existing_path(weights, base_dir, f"{where}.weights",
                                  f"a checkpoint file, or --set {where.split('[')[0]}.{name}.weights=PATH")
+    defense = entry.get("defense")
+    if defense is not None:
+        from idls.defenses import defense_from_spec
+
+        if not isinstance(defense, str):
+            raise UserError(f"{where}.defense: must be a string like bit-depth:bits=4, got {_describe(defense)}")
+        try:
+            defense_from_spec(defense)
+        except UserError as exc:
+            raise UserError(f"{where}.defense: {exc}") from None
     return ModelSpec(
         name=name,
         weights=weights,
         init_seed=_int(entry.get("init_seed", 0), f"{where}.init_seed", 0),
         interpreter_options=_interpreter_options(entry.get("interpreter_options"), f"{where}.interpreter_options",
                                                  base_dir),
+        defense=defense,
     )
 
 
@@ -584,6 +624,16 @@ def _data(value: Any, base_dir: Path) -> DataSpec:
         source = _existing_path(source, base_dir, "data.source", "a folder with labels.csv or class sub-folders")
     pool = section.get("pool")
     n_by = _mapping(section.get("n_by_interpreter") or {}, "data.n_by_interpreter")
+    fit_source = section.get("fit_source")
+    if fit_source is not None:
+        if not isinstance(fit_source, str) or not fit_source:
+            raise UserError("data.fit_source: use embedded-train or a folder of training images")
+        if fit_source.lower() not in DATA_KEYWORDS:
+            fit_source = _existing_path(fit_source, base_dir, "data.fit_source", "a folder with labels.csv")
+        if fit_source == source:
+            raise UserError(f"data.fit_source is data.source ({source}); fit on training images and evaluate on "
+                            "held-out ones")
+    fit_n = section.get("fit_n")
     return DataSpec(
         source=source,
         n=_int(section.get("n", 32), "data.n", 1),
@@ -593,6 +643,8 @@ def _data(value: Any, base_dir: Path) -> DataSpec:
         batch_size=_int(section.get("batch_size", 16), "data.batch_size", 1),
         n_by_interpreter={_registered_interpreter(k, "data.n_by_interpreter"): _int(v, f"data.n_by_interpreter.{k}", 1)
                           for k, v in n_by.items()},
+        fit_source=fit_source,
+        fit_n=None if fit_n is None else _int(fit_n, "data.fit_n", 1),
     )
 
 
@@ -604,7 +656,10 @@ def _attack(value: Any, where: str) -> AttackSpec:
         raise UserError(f"{where}.name: missing; name a registered attack (see `idls list`)")
     options = _mapping(entry.get("options") or {}, f"{where}.options")
     _check_not_grid_keys(options, f"{where}.options")
-    return AttackSpec(name=name, options=options)
+    interpreters = entry.get("interpreters")
+    if interpreters is not None:
+        interpreters = _interpreter_names(interpreters, f"{where}.interpreters")
+    return AttackSpec(name=name, options=options, interpreters=interpreters)
 
 
 #: attack options the grid sets, and the top-level key that sets them

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ from idls.system import Classifier
 
 
 BENIGN_CACHE_SIZE = 64  #: benign map tensors a workspace keeps (a few batches x interpreters)
+FITTED_DIR = "fitted"  #: where a store keeps the artifacts of its fitted attacks (one file per cell)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,14 +38,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_classifier(spec: ModelSpec, device: torch.device) -> Classifier:
-    """The model of ``spec`` in eval mode; ``'random'`` weights come from ``init_seed`` (the same in every process)."""
+    """The model of ``spec`` in eval mode (behind its defence, if any); ``'random'`` weights come from
+    ``init_seed`` (the same in every process)."""
     from idls.models import create_model
 
     if spec.weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
-            return create_model(spec.name, weights=None, device="cpu").to(device)
-    return create_model(spec.name, weights=spec.weights, device=device)
+            classifier = create_model(spec.name, weights=None, device="cpu").to(device)
+    else:
+        classifier = create_model(spec.name, weights=spec.weights, device=device)
+    if spec.defense is not None:
+        from idls.defenses import defend, defense_from_spec
+
+        classifier = defend(classifier, defense_from_spec(spec.defense))
+    return classifier
 
 
 @dataclass
@@ -85,6 +94,26 @@ class Workspace:
                 pool = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(data.seed)))
             self._images[model_index] = select_correct(classifier, pool, data.n)
         return self._images[model_index]
+
+    def fit_images(self, model_index: int) -> LabeledImages:
+        """The images fitted attacks are fitted on (``data.fit_source``; a seeded subset of ``fit_n``)."""
+        data = self.experiment.data
+        if data.fit_source is None:
+            raise UserError("an attack of this experiment is fitted on a data set before it is applied: set "
+                            "data.fit_source (training images), or give the attack a fitted perturbation=PATH")
+        classifier = self.model_classifier(model_index)
+        return load_images(data.fit_source, input_size=classifier.input_size, n=data.fit_n, seed=data.seed,
+                           num_classes=classifier.num_classes)
+
+    def fit_cell(self, cell: Cell, artifact_dir: Path) -> Cell:
+        """A cell whose attack needs fitting, fitted once (here) and saved; the returned cell applies the saved
+        artifact (``perturbation=PATH``), so every process and every resumed run uses the same one."""
+        path = Path(artifact_dir) / FITTED_DIR / f"{cell.id}.safetensors"
+        if not path.is_file():
+            attack = self.attack(cell)
+            attack.fit(self.model_classifier(cell.model_index), self.fit_images(cell.model_index), progress=True)
+            attack.save_fitted(path)
+        return replace(cell, options={**cell.options, "perturbation": str(path.resolve())})
 
     # -- interpreters -----------------------------------------------------------------
     def usable_interpreters(self, model_index: int) -> tuple[list[str], list[str]]:

@@ -67,7 +67,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
         images_by_model[index] = len(workspace.images(index))
         if images_by_model[index] < experiment.data.n:
             notes.append(f"{model.name} classifies only {images_by_model[index]} of the images correctly "
-                         f"(data.n = {experiment.data.n}); attacking those")
+                         f"(asked for data.n = {experiment.data.n}); attacking those {images_by_model[index]}")
         input_size = workspace.model_classifier(index).input_size
         for receiver in experiment.transfer_models:
             other = workspace.classifier(receiver).input_size
@@ -76,6 +76,18 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
                                 f"takes {input_size} px; transfer needs models of the same input size")
     cells = expand_cells(experiment, interpreters_by_model, images_by_model)
     return Plan(cells, expand_units(cells, experiment.data.batch_size), images_by_model, notes)
+
+
+def fit_attacks(plan: Plan, workspace: Workspace, experiment: Experiment, out: Path) -> Plan:
+    """Fit, once and in this process, the cells whose attack is fitted on a data set (universal perturbations);
+    their units then apply the saved artifact (``out/fitted/CELL.safetensors``, reused on resume)."""
+    from idls.attacks import ATTACKS
+
+    if not any(ATTACKS.get(c.attack).needs_fit and "perturbation" not in c.options for c in plan.cells):
+        return plan
+    cells = [workspace.fit_cell(c, out) if ATTACKS.get(c.attack).needs_fit and "perturbation" not in c.options else c
+             for c in plan.cells]
+    return Plan(cells, expand_units(cells, experiment.data.batch_size), plan.images_by_model, plan.warnings)
 
 
 def run_experiment(
@@ -116,6 +128,7 @@ def run_experiment(
     _report_notes(plan.warnings, progress)
     store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
     try:
+        plan = fit_attacks(plan, workspace, experiment, Path(out))
         pending = [u for u in plan.units if not store.is_done(*u.key)]
         written = 0
         with _progress_bar(progress, len(plan.units), len(plan.units) - len(pending), experiment.name) as advance:
@@ -144,7 +157,7 @@ def _report_notes(notes: list[str], console: bool) -> None:
         from rich.console import Console
 
         for note in notes:
-            Console(stderr=True).print(f"[yellow]note:[/yellow] {note}", highlight=False)
+            Console(stderr=True).print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     else:
         for note in notes:
             _warnings.warn(note, stacklevel=3)
