@@ -34,7 +34,7 @@ from idls.errors import UserError
 from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
 from idls.report.html import Section, render_report, table_html
 from idls.report.tables import Table, paper_tables, write_tables
-from idls.reproduce.scorecard import SCORECARD_FILE, read_scorecard, verdict
+from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
 
 REPORT_FILE = "report.html"
 TABLES_DIR = "tables"

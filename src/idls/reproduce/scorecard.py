@@ -14,14 +14,9 @@ from pathlib import Path
 
 from idls.analysis.store_reader import load_store
 from idls.analysis.groups import label
+from idls.report.scorecard_file import NOT_RUN, SCORECARD_FILE, read_scorecard, verdict  # noqa: F401 (re-exported)
 from idls.reproduce.claims import CLAIMS, Check, Claim
 
-SCORECARD_FILE = "scorecard.json"
-NOT_RUN = "not run"
-
-
-def verdict(passed: bool | None) -> str:
-    return NOT_RUN.upper() if passed is None else ("PASS" if passed else "FAIL")
 
 
 def measured_text(checks: Sequence[Check]) -> str:
@@ -78,14 +73,6 @@ def write_scorecard(rows: Sequence[Mapping], path: Path) -> Path:
     tmp.write_text(json.dumps(_json_safe(list(rows)), indent=2, ensure_ascii=False))
     tmp.replace(path)
     return path
-
-
-def read_scorecard(path: Path) -> list[dict] | None:
-    """The scorecard at ``path``, or ``None`` when there is none."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
 
 
 def print_scorecard(rows: Sequence[Mapping], console=None) -> None:
