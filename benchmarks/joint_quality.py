@@ -55,7 +55,7 @@ from torch import Tensor
 from idls import evaluate
 from idls.attacks import create_attack
 from idls.attacks.defaults import JointDefaults
-from idls.data.datasets import LabeledImages, load_images, select_correct
+from idls.data.datasets import LabeledImages, interleave_classes, load_images, select_correct
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
 from idls.interpreters.base import Interpreter
@@ -173,6 +173,8 @@ class Setup:
     batch_size: int
     seed: int
     source: str
+    weights: str
+    device: str
     _interpreters: dict[str, Interpreter] = field(default_factory=dict)
 
     def interpreter(self, name: str) -> Interpreter:
@@ -180,14 +182,6 @@ class Setup:
             options = self.interpreter_options.get(name, {})
             self._interpreters[name] = create_interpreter(name, self.classifier, **options)
         return self._interpreters[name]
-
-    def batches(self, n: int) -> Iterable[tuple[Tensor, Tensor, Tensor, list[str]]]:
-        """``(x B x 3 x 32 x 32, labels B, dataset positions B, ids)`` of the first ``n`` images."""
-        n = min(n, len(self.data))
-        for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            yield (self.data.images[start:stop], self.data.labels[start:stop], torch.arange(start, stop),
-                   self.data.ids[start:stop])
 
 
 def interpreter_options_for(name: str, given: Mapping[str, Mapping], rts_checkpoint: Path) -> dict:
@@ -212,20 +206,6 @@ def build_attack(cell: Cell, setup: Setup):
                          target_map=cell.target, mode="targeted", seed=setup.seed, **options)
 
 
-def attack_records(ids: Sequence[str], x: Tensor, labels: Tensor, result) -> list[dict]:
-    """Prediction-side records of one attacked batch (``idls.evaluate.image_records``)."""
-    return evaluate.image_records(
-        ids=ids, x=x, x_adv=result.x_adv, labels=labels, targets=result.target, preds=result.pred,
-        success=result.success, confidence=result.confidence, seconds_per_image=result.seconds / x.shape[0],
-        iterations_to_success=result.iterations_to_success,
-    )
-
-
-def map_records(base: Sequence[dict], pair: evaluate.MapPair) -> list[dict]:
-    """``base`` records extended by the map fields of ``pair`` (benign vs adversarial, or target vs map)."""
-    return [{**record, **fields} for record, fields in zip(base, evaluate.map_fields(pair))]
-
-
 @dataclass
 class CellRecords:
     """Per-image records of a cell: the main ones and, for patch targets, the distances to the patch."""
@@ -234,7 +214,6 @@ class CellRecords:
     to_target: list[dict] = field(default_factory=list)
     benign_to_target: list[dict] = field(default_factory=list)
     attack_seconds: float = 0.0
-    eval_seconds: float = 0.0
 
     def summary(self) -> dict:
         out = {"summary": evaluate.summarize(self.main)}
@@ -244,44 +223,83 @@ class CellRecords:
         return out
 
 
-def run_group(cells: Sequence[Cell], setup: Setup, n: int, log: Callable[[str], None]) -> dict[str, dict]:
-    """Run cells that share one attack run (a plain baseline and its interpreters; or one joint cell)."""
+def map_records(base: Sequence[dict], pair: evaluate.MapPair) -> list[dict]:
+    """``base`` records extended by the map fields of ``pair`` (benign vs adversarial, or target vs map)."""
+    return [{**record, **fields} for record, fields in zip(base, evaluate.map_fields(pair))]
+
+
+def group_experiment(cells: Sequence[Cell], setup: Setup, n: int) -> dict:
+    """The experiment (idls' one orchestrator) of a group of cells sharing one attack run."""
     first = cells[0]
-    attack = build_attack(first, setup)
-    collected = {cell.key: CellRecords() for cell in cells}
+    names = [cell.interpreter for cell in cells]
+    config: dict = {
+        "name": "joint-quality",
+        "models": [{"name": MODEL, "weights": setup.weights,
+                    "interpreter_options": {name: setup.interpreter_options.get(name, {}) for name in names}}],
+        "data": {"source": setup.source, "n": n, "batch_size": setup.batch_size, "shuffle": False,
+                 "order": "classes-interleaved", "seed": 0},
+        "interpreters": names, "mode": "targeted", "seeds": [setup.seed], "device": setup.device,
+    }
+    if first.attack in PLAIN_ATTACKS:
+        options = {"epsilon": EPSILON} if first.attack in ("pgd", "cw") else {}
+        config["attacks"] = [{"name": first.attack, "options": options}]
+    else:
+        options = dict(setup.attack_options)
+        if first.framework != "stadv":
+            options.setdefault("epsilon", EPSILON)
+        config.update(attacks=[{"name": first.attack, "options": options}], frameworks=[first.framework],
+                      targets=[first.target])
+    return config
+
+
+def _target_records(store: Path, records: Sequence[Mapping], name: str) -> tuple[list[dict], list[dict]]:
+    """Per-image map fields of (target map, adversarial map) and (target map, benign map), from the store's tensors."""
+    from safetensors import safe_open
+
+    to_target, benign_to_target = [], []
+    for record in records:
+        file, where = record["adv_path"].split("#")
+        row = int(where.rsplit(":", 1)[1])
+        with safe_open(str(store / file), framework="pt") as handle:
+            target = handle.get_tensor(f"{name}/target_map")[row:row + 1]
+            adversarial = handle.get_tensor(f"adversarial_map/{name}")[row:row + 1]
+            benign = handle.get_tensor(f"benign_map/{name}")[row:row + 1]
+        to_target += map_records([record], evaluate.MapPair(target, adversarial))
+        benign_to_target += map_records([record], evaluate.MapPair(target, benign))
+    return to_target, benign_to_target
+
+
+def run_group(cells: Sequence[Cell], setup: Setup, n: int, log: Callable[[str], None], stores: Path) -> dict[str, dict]:
+    """Run (or resume) a group of cells sharing one attack run through idls' experiment engine
+    (its store under ``stores``), then summarise each cell from the store's records."""
+    from idls.analysis.store_reader import load_store
+    from idls.experiments import run_experiment
+    from idls.experiments.config import experiment_from_mapping
+
+    first = cells[0]
+    attack = build_attack(first, setup)  # for the recorded settings only
+    store = stores / first.key.replace("|", ".").replace("+", "plus")
+    log(f"  {first.attack}/{first.framework} [{','.join(c.interpreter for c in cells)}|{first.target}] -> {store}")
     started = time.perf_counter()
-    done = 0
-    for x, labels, positions, ids in setup.batches(n):
-        x, labels = x.to(setup.classifier.device), labels.to(setup.classifier.device)
-        result = attack.run(setup.classifier, x, labels, indices=positions)
-        base = attack_records(ids, x, labels, result)
-        for cell in cells:
-            bucket = collected[cell.key]
-            bucket.attack_seconds += result.seconds
-            eval_start = time.perf_counter()
-            pair = evaluate.explain_pair(setup.interpreter(cell.interpreter), x, result.x_adv)
-            bucket.main.extend(map_records(base, pair))
-            if cell.target != "benign":
-                target_map = result.extras["target_map"].to(pair.adversarial)
-                bucket.to_target.extend(map_records(base, evaluate.MapPair(target_map, pair.adversarial)))
-                bucket.benign_to_target.extend(map_records(base, evaluate.MapPair(target_map, pair.benign)))
-            bucket.eval_seconds += time.perf_counter() - eval_start
-        done += x.shape[0]
-        log(f"  {first.attack}/{first.framework} [{','.join(c.interpreter for c in cells)}|{first.target}] "
-            f"{done}/{min(n, len(setup.data))} images, {time.perf_counter() - started:.0f} s")
+    run_experiment(experiment_from_mapping(group_experiment(cells, setup, n), default_name="joint-quality"), store,
+                   progress=False)
     wall = time.perf_counter() - started
+    records = [r for r in load_store(store).records if r.get("kind") == "attack"]
     entries = {}
     for cell in cells:
-        bucket = collected[cell.key]
-        count = len(bucket.main)
+        main = [r for r in records if r["interpreter"] == cell.interpreter]
+        bucket = CellRecords(main=main, attack_seconds=sum(float(r["seconds"]) for r in main))
+        if cell.target != "benign":
+            bucket.to_target, bucket.benign_to_target = _target_records(store, main, cell.interpreter)
+        count = len(main)
         entries[cell.key] = {
             "framework": cell.framework, "attack": cell.attack, "interpreter": cell.interpreter,
             "target": cell.target, "n": count, **bucket.summary(),
-            "attack_seconds": bucket.attack_seconds, "eval_seconds": bucket.eval_seconds,
-            "seconds_per_image": bucket.attack_seconds / max(count, 1),
+            "attack_seconds": bucket.attack_seconds, "seconds_per_image": bucket.attack_seconds / max(count, 1),
             "wall_seconds_group": wall, "shared_attack_with": [c.interpreter for c in cells] if len(cells) > 1 else [],
-            "settings": settings_of(attack, setup, cell),
-            "images": image_columns(bucket.main),
+            "settings": settings_of(attack, setup, cell), "store": str(store.relative_to(ROOT)) if
+            store.is_relative_to(ROOT) else str(store),
+            "images": image_columns(main),
             "finished": _now(),
         }
     return entries
@@ -438,26 +456,11 @@ def plan(frameworks: Sequence[str], attacks: Sequence[str], interpreters: Sequen
     return groups
 
 
-def class_interleaved(data: LabeledImages) -> LabeledImages:
-    """The images reordered round-robin over classes (the first of each class, then the second...).
-
-    The shared folder is sorted by class, so its first n images would cover only a few classes; the first
-    n of this order are as class-balanced as the correct images allow (and stay the same for every n).
-    """
-    labels = data.labels.tolist()
-    seen: dict[int, int] = {}
-    rank = []
-    for label in labels:
-        rank.append(seen.get(label, 0))
-        seen[label] = rank[-1] + 1
-    return data.subset(sorted(range(len(labels)), key=lambda i: (rank[i], labels[i])))
-
-
 def build_setup(args: argparse.Namespace) -> Setup:
     torch.manual_seed(args.seed)
     classifier = create_model(MODEL, weights=str(args.weights), device=args.device)
     loaded = load_images(str(args.data), input_size=classifier.input_size, num_classes=classifier.num_classes)
-    correct = class_interleaved(select_correct(classifier, loaded, len(loaded)))
+    correct = interleave_classes(select_correct(classifier, loaded, len(loaded)))
     data = correct.subset(list(range(min(args.n, len(correct)))))
     if len(data) < args.n:
         print(f"warning: only {len(data)} of the {len(loaded)} images are classified correctly (asked {args.n})",
@@ -469,7 +472,8 @@ def build_setup(args: argparse.Namespace) -> Setup:
                         "sidecar's tensors_sha256) or pass --rts-checkpoint FILE")
     options = {name: interpreter_options_for(name, args.interpreter_options, args.rts_checkpoint) for name in names}
     return Setup(classifier=classifier, data=data, interpreter_options=options, attack_options=args.attack_options,
-                 batch_size=args.batch_size, seed=args.seed, source=str(args.data))
+                 batch_size=args.batch_size, seed=args.seed, source=str(args.data.resolve()),
+                 weights=str(args.weights.resolve()), device=args.device)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -484,8 +488,9 @@ def run(args: argparse.Namespace) -> None:
             handle.write(f"{_now()} {line}\n")
 
     log(f"start: {len(groups)} run(s), n={len(setup.data)}, batch {setup.batch_size}, out {args.out}")
+    stores = args.stores or args.out.with_name(args.out.stem + "_stores")
     for cells in groups:
-        entries = run_group(cells, setup, args.n, log)
+        entries = run_group(cells, setup, args.n, log, stores)
         merge_cells(args.out, entries)
         for key, entry in entries.items():
             s = entry["summary"]
@@ -716,6 +721,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rts-checkpoint", type=Path, default=DEFAULT_RTS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--stores", type=Path, default=None,
+                        help="where the experiment stores of the runs go (default: <out>_stores/; a re-run resumes "
+                             "them, so delete a group's store to run it again)")
     parser.add_argument("--table", action="store_true", help="write <out>.md from the JSON (no attack runs)")
     parser.add_argument("--merge-as-prefix", type=Path, nargs="+", metavar="JSON",
                         help="add the cells of these results files (runs on the first n images) as summaries over "

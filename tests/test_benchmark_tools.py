@@ -61,3 +61,24 @@ def test_merge_as_prefix_refuses_runs_of_another_setting(tmp_path):
     side.write_text(json.dumps({"cells": {"pgd|adv2|mask|benign": {**small, "settings": {**settings, "seed": 1}}}}))
     with pytest.raises(UserError, match="differ in seed"):
         jq.merge_as_prefix(main, side)
+
+
+def test_benchmark_groups_run_as_experiments_of_the_one_orchestrator():
+    """Each benchmark group is an idls experiment: the plain baseline one cell evaluated with every interpreter
+    of the group, a joint cell one attack against its interpreter, on class-interleaved images."""
+    from types import SimpleNamespace
+
+    from idls.experiments.cells import expand_cells
+    from idls.experiments.config import experiment_from_mapping
+
+    setup = SimpleNamespace(weights="random", interpreter_options={"cam": {}}, source="embedded", batch_size=4,
+                            seed=0, device="cpu", attack_options={"steps": 5})
+    plain = experiment_from_mapping(jq.group_experiment([jq.Cell("pgd", "pgd", "cam"), jq.Cell("pgd", "pgd", "gradcam")],
+                                                        setup, 8))
+    (cell,) = expand_cells(plain)
+    assert cell.attack == "pgd" and set(cell.evaluated) == {"cam", "gradcam"} and cell.options["epsilon"] == jq.EPSILON
+    assert plain.data.order == "classes-interleaved" and plain.data.n == 8 and not plain.data.shuffle
+    joint = experiment_from_mapping(jq.group_experiment([jq.Cell("cw", "adv2", "cam", "patch")], setup, 8))
+    (cell,) = expand_cells(joint)
+    assert (cell.attack, cell.framework, cell.target, cell.attacked_interpreter) == ("adv2", "cw", "patch", "cam")
+    assert cell.evaluated == ("cam",) and cell.options["steps"] == 5

@@ -312,3 +312,14 @@ def test_torchvision_set_without_internet_raises_user_error(monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
     with pytest.raises(UserError, match="cannot download the cifar10 test set"):
         load_images("cifar10", input_size=32)
+
+
+def test_interleave_classes_is_round_robin_and_stable():
+    from idls.data import LabeledImages, interleave_classes
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    data = LabeledImages(torch.arange(9.0).view(9, 1, 1, 1).expand(9, 3, 1, 1), labels, [f"i{k}" for k in range(9)])
+    ordered = interleave_classes(data)
+    assert ordered.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 2, 2]
+    assert ordered.ids[:3] == ["i0", "i3", "i5"]  # the first of each class, in source order
+    assert sorted(ordered.ids) == sorted(data.ids)

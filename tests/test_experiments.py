@@ -400,3 +400,16 @@ def test_real_models_other_class_targets_and_model_transfer(tmp_path, resnet20_p
     # the other class's map is far from the image's own benign map: the attack moved towards it
     assert sum(r["map_l1_to_target"] < r["map_l1"] for r in attack) >= 6
     assert all(r["model"] == "cifar_resnet32" and r["source_model"] == "cifar_resnet20" for r in transfer)
+
+
+def test_data_order_and_fit_source_are_validated_and_stay_out_of_old_identities(tmp_path):
+    plain = experiment_from_mapping(TINY)
+    assert "order" not in plain.to_dict()["data"] and "defense" not in plain.to_dict()["models"][0]
+    ordered = experiment_from_mapping({**TINY, "data": {**TINY["data"], "order": "classes-interleaved"}})
+    assert ordered.data.order == "classes-interleaved" and ordered.to_dict()["data"]["order"] == "classes-interleaved"
+    with pytest.raises(UserError, match="data.order: unknown order 'random'"):
+        experiment_from_mapping({**TINY, "data": {**TINY["data"], "order": "random"}})
+    with pytest.raises(UserError, match="data.fit_source is data.source"):
+        experiment_from_mapping({**TINY, "data": {**TINY["data"], "fit_source": "embedded"}})
+    with pytest.raises(UserError, match="models\\[0\\].defense: unknown defence 'blur'"):
+        experiment_from_mapping({**TINY, "models": [{**TINY["models"][0], "defense": "blur"}]})

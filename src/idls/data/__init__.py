@@ -7,7 +7,7 @@
     data = select_correct(classifier, data, n=10)   # the papers' protocol
 """
 
-from idls.data.datasets import LabeledImages, fit_to_input, load_images, select_correct
+from idls.data.datasets import LabeledImages, fit_to_input, interleave_classes, load_images, select_correct
 from idls.data.synthetic import CLASS_NAMES, IMAGE_SIZE, SyntheticSet, make_synthetic
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "LabeledImages",
     "SyntheticSet",
     "fit_to_input",
+    "interleave_classes",
     "load_images",
     "make_synthetic",
     "select_correct",

@@ -263,6 +263,21 @@ def load_images(
     return data
 
 
+def interleave_classes(data: LabeledImages) -> LabeledImages:
+    """The images reordered round-robin over classes (the first of each class, then the second...).
+
+    A class-sorted folder's first ``n`` images cover only a few classes; the first ``n`` of this
+    order are as class-balanced as the data allows, and stay the same for every ``n``.
+    """
+    labels = data.labels.tolist()
+    seen: dict[int, int] = {}
+    rank = []
+    for label in labels:
+        rank.append(seen.get(label, 0))
+        seen[label] = rank[-1] + 1
+    return data.subset(sorted(range(len(labels)), key=lambda i: (rank[i], labels[i])))
+
+
 def select_correct(classifier, data: LabeledImages, n: int, batch_size: int = 256) -> LabeledImages:
     """The first ``n`` images that ``classifier`` classifies correctly (the papers' protocol).
 

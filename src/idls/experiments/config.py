@@ -42,7 +42,9 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
 )
 MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options", "defense")
 DATA_KEYS: tuple[str, ...] = ("source", "n", "pool", "seed", "shuffle", "batch_size", "n_by_interpreter", "fit_source",
-                              "fit_n")
+                              "fit_n", "order")
+#: ``data.order``: how the correctly classified images are ordered before the first ``n`` are taken
+DATA_ORDERS: tuple[str, ...] = ("source", "classes-interleaved")
 ATTACK_KEYS: tuple[str, ...] = ("name", "options", "interpreters")
 DATA_KEYWORDS: tuple[str, ...] = ("embedded", "embedded-train", "cifar10", "cifar100")
 WEIGHT_KEYWORDS: tuple[str, ...] = ("pretrained", "random")
@@ -63,7 +65,7 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # ---------------------------------------------------------------------------------
 #: fields added after stores existed: left out of stored configurations and cell identities while unset,
 #: so that existing stores resume with the same cell ids
-OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "fit_source", "fit_n", "interpreters"})
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "fit_source", "fit_n", "interpreters", "order"})
 
 
 def spec_dict(spec: Any) -> dict[str, Any]:
@@ -120,6 +122,9 @@ class DataSpec:
         fit_source: images that attacks needing a fit (universal perturbations) are fitted on
             (``embedded-train`` or a folder; never ``source``), or ``None``.
         fit_n: how many of them (a seeded subset; ``None``: all).
+        order: ``None`` / ``'source'`` (the pool's order, after the optional shuffle) or
+            ``'classes-interleaved'`` (round-robin over classes of all correct images; the
+            first ``n`` are class-balanced).
     """
 
     source: str
@@ -131,6 +136,7 @@ class DataSpec:
     n_by_interpreter: dict[str, int] = field(default_factory=dict)
     fit_source: str | None = None
     fit_n: int | None = None
+    order: str | None = None
 
 
 @dataclass
@@ -634,6 +640,9 @@ def _data(value: Any, base_dir: Path) -> DataSpec:
             raise UserError(f"data.fit_source is data.source ({source}); fit on training images and evaluate on "
                             "held-out ones")
     fit_n = section.get("fit_n")
+    order = section.get("order")
+    if order is not None and order not in DATA_ORDERS:
+        raise UserError(f"data.order: unknown order {order!r}; choose one of: {', '.join(DATA_ORDERS)}")
     return DataSpec(
         source=source,
         n=_int(section.get("n", 32), "data.n", 1),
@@ -645,6 +654,7 @@ def _data(value: Any, base_dir: Path) -> DataSpec:
                           for k, v in n_by.items()},
         fit_source=fit_source,
         fit_n=None if fit_n is None else _int(fit_n, "data.fit_n", 1),
+        order=order,
     )
 
 

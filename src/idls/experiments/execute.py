@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from idls import devices
-from idls.data.datasets import LabeledImages, load_images, select_correct
+from idls.data.datasets import LabeledImages, interleave_classes, load_images, select_correct
 from idls.errors import UserError
 from idls.experiments.cells import Cell, Unit
 from idls.experiments.config import Experiment, ModelSpec
@@ -92,7 +92,11 @@ class Workspace:
                                num_classes=classifier.num_classes)
             if data.shuffle:
                 pool = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(data.seed)))
-            self._images[model_index] = select_correct(classifier, pool, data.n)
+            if data.order == "classes-interleaved":
+                correct = interleave_classes(select_correct(classifier, pool, len(pool)))
+                self._images[model_index] = correct.subset(list(range(min(data.n, len(correct)))))
+            else:
+                self._images[model_index] = select_correct(classifier, pool, data.n)
         return self._images[model_index]
 
     def fit_images(self, model_index: int) -> LabeledImages:
