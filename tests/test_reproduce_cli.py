@@ -117,3 +117,30 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
     assert "scorecard" in html.lower()
     run = json.loads((out / "reproduce.json").read_text())
     assert run["system"] == "embedded_cnn" and run["claims"] == len(scorecard)
+
+
+def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
+    """--model renames the bundled CIFAR files' model; every experiment then resolves to it and its checkpoint."""
+    from idls.experiments.config import load_experiment
+
+    directory = bundled_experiments_dir()
+    checkpoint = tmp_path / "resnet32.th"
+    checkpoint.write_bytes(b"")
+    system, files, overrides = plan_reproduction(directory, weights=checkpoint, model="cifar_resnet32")
+    assert system == "cifar_resnet32"
+    for path in files:
+        experiment = load_experiment(path, overrides)
+        assert [m.name for m in experiment.models] == ["cifar_resnet32"], path.stem
+        assert experiment.models[0].weights == str(checkpoint.resolve())
+    with pytest.raises(UserError, match="--model cifar_resnet32 needs its checkpoint: pass --weights FILE"):
+        plan_reproduction(directory, model="cifar_resnet32")
+    with pytest.raises(UserError, match="runs on CIFAR-10 models: cifar_resnet110, cifar_resnet20"):
+        plan_reproduction(directory, weights=checkpoint, model="resnet50")
+    with pytest.raises(UserError, match="unknown model 'resnet21'"):
+        plan_reproduction(directory, weights=checkpoint, model="resnet21")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(UserError, match="--fit-data and --data are the same"):
+        plan_reproduction(directory, weights=checkpoint, data=str(tmp_path / "images"),
+                          fit_data=str(tmp_path / "images"))
+    with pytest.raises(UserError, match="--fit-data /no/train is not a folder"):
+        plan_reproduction(directory, weights=checkpoint, fit_data="/no/train")

@@ -528,7 +528,7 @@ def run_command(
 def reproduce(
     out: Annotated[Path, typer.Option(help="output folder (one store per experiment; run again to resume)")] = Path("runs/reproduce"),
     quick: QuickOpt = False,
-    weights: Annotated[Optional[Path], typer.Option(help="cifar_resnet20 checkpoint (default: the shared one if found, "
+    weights: Annotated[Optional[Path], typer.Option(help="the --model checkpoint (cifar_resnet20: default the shared one if found, "
                                                          "else the embedded system)")] = None,
     data: Annotated[Optional[str], typer.Option(help="CIFAR-10 images: folder with labels.csv, or cifar10")] = None,
     shared: Annotated[Optional[Path], typer.Option(help="shared-data folder holding cifar10/models and cifar10/images")] = None,
@@ -536,12 +536,16 @@ def reproduce(
     backend: BackendOpt = "local",
     experiments: Annotated[Optional[Path], typer.Option(help="folder of the bundled experiment files")] = None,
     only: Annotated[Optional[list[str]], typer.Option(help="run only this experiment (repeat for several)")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="CIFAR-10 model to reproduce on (with --weights unless "
+                                                             "cifar_resnet20)")] = "cifar_resnet20",
+    fit_data: Annotated[Optional[str], typer.Option(help="training images for fitted attacks and defences "
+                                                         "(never the --data images)")] = None,
 ) -> None:
     """Reproduce the papers' observations: bundled experiments, scorecard.json, report.html."""
     from idls.reproduce.run import reproduce as run_reproduction
 
     run_reproduction(out, quick=quick, weights=weights, shared=shared, rts=rts, data=data, backend=backend,
-                     experiments_dir=experiments, only=only)
+                     experiments_dir=experiments, only=only, model=model, fit_data=fit_data)
 
 
 @app.command()

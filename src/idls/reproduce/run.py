@@ -26,13 +26,14 @@ EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets")
 #: where the CIFAR files look for the checkpoint, relative to the shared-data folder
 RESNET20_CHECKPOINT = "cifar10/models/resnet20-12fca82f.th"
 RUN_FILE = "reproduce.json"
+DEFAULT_MODEL = "cifar_resnet20"  #: the model the bundled CIFAR experiment files name
 
 
 @dataclass
 class ReproduceSummary:
     """What ``idls reproduce`` ran and found."""
 
-    system: str  #: 'cifar_resnet20' or 'embedded_cnn'
+    system: str  #: the CIFAR model (default 'cifar_resnet20') or 'embedded_cnn'
     experiments: list[str]
     scorecard: list[dict]
     seconds: float
@@ -67,12 +68,28 @@ def plan_reproduction(
     shared: Path | None = None,
     rts: Path | None = None,
     data: str | None = None,
+    model: str = DEFAULT_MODEL,
+    fit_data: str | None = None,
 ) -> tuple[str, list[Path], dict[str, Any]]:
     """Which system and experiment files to run, and the overrides that point them at the given files.
+
+    ``model`` is any registered CIFAR-10 model (32 px, 10 classes); the bundled CIFAR files name
+    :data:`DEFAULT_MODEL`, whose entry the overrides rename (its shared checkpoint is found
+    automatically; other models need ``weights``).
 
     Returns:
         ``(system, experiment files, overrides)``.
     """
+    check_cifar_model(model)
+    if model != DEFAULT_MODEL and weights is None:
+        raise UserError(f"--model {model} needs its checkpoint: pass --weights FILE (only {DEFAULT_MODEL}'s is "
+                        "found in the shared data automatically)")
+    if fit_data is not None and data is not None and \
+            Path(fit_data).expanduser().resolve() == Path(data).expanduser().resolve():
+        raise UserError(f"--fit-data and --data are the same ({fit_data}); fit on training images and evaluate on "
+                        "held-out ones")
+    if fit_data is not None and not Path(fit_data).expanduser().is_dir():
+        raise UserError(f"--fit-data {fit_data} is not a folder; give training images (a folder with labels.csv)")
     overrides: dict[str, Any] = {}
     if shared is not None:
         if not shared.is_dir():
@@ -80,11 +97,11 @@ def plan_reproduction(
         overrides["variables.IDLS_SHARED_DATA"] = str(shared.resolve())
     if weights is not None:
         if not weights.is_file():
-            raise UserError(f"--weights {weights} does not exist; give the cifar_resnet20 checkpoint file")
-        overrides["models.cifar_resnet20.weights"] = str(weights.resolve())
+            raise UserError(f"--weights {weights} does not exist; give the {model} checkpoint file")
+        overrides[f"models.{DEFAULT_MODEL}.weights"] = str(weights.resolve())
     if rts is not None:
         if not rts.is_file():
-            raise UserError(f"--rts {rts} does not exist; train one with `idls train-rts --model cifar_resnet20 ...`")
+            raise UserError(f"--rts {rts} does not exist; train one with `idls train-rts --model {model} ...`")
         overrides["variables.IDLS_RTS_CIFAR_RESNET20"] = str(rts.resolve())
     if data is not None:
         overrides["data.source"] = data
@@ -96,12 +113,25 @@ def plan_reproduction(
     if not cifar and (rts is not None or data is not None):
         raise UserError("--rts and --data apply to the CIFAR experiments, which need the ResNet-20 checkpoint: "
                         "add --weights FILE or --shared DIR")
+    if cifar and model != DEFAULT_MODEL:
+        overrides[f"models.{DEFAULT_MODEL}.name"] = model  # after its weights: the entry is found by its old name
     names = CIFAR_EXPERIMENTS if cifar else EMBEDDED_EXPERIMENTS
     files = [experiments_dir / f"{name}.yaml" for name in names]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UserError(f"bundled experiment file(s) missing: {', '.join(missing)}; pass --experiments DIR")
-    return ("cifar_resnet20" if cifar else "embedded_cnn"), files, overrides
+    return (model if cifar else "embedded_cnn"), files, overrides
+
+
+def check_cifar_model(model: str) -> None:
+    """Refuse a model the CIFAR experiments cannot run (not registered, or not 32 px with 10 classes)."""
+    from idls.models import MODELS
+
+    cifar = [name for name in MODELS.names() if MODELS.get(name).input_size == 32 and MODELS.get(name).num_classes == 10]
+    entry = MODELS.get(model)  # unknown names: one line with the list of models
+    if model not in cifar:
+        raise UserError(f"--model {model} is a {entry.input_size} px, {entry.num_classes}-class model; the reproduction "
+                        f"runs on CIFAR-10 models: {', '.join(cifar)}")
 
 
 def reproduce(
@@ -116,6 +146,8 @@ def reproduce(
     experiments_dir: Path | None = None,
     only: Sequence[str] | None = None,
     progress: bool = True,
+    model: str = DEFAULT_MODEL,
+    fit_data: str | None = None,
 ) -> ReproduceSummary:
     """Run (or resume) the bundled experiments into ``out/<name>/``; write the scorecard and the report.
 
@@ -129,6 +161,9 @@ def reproduce(
         backend: ``'local'`` or ``'ray'``.
         experiments_dir: where the experiment files are (default: the repository's ``experiments/``).
         only: run just these experiment names (the scorecard still covers every store in ``out``).
+        model: the CIFAR-10 model to reproduce on (default cifar_resnet20).
+        fit_data: training images for experiments that fit perturbations or detectors (recorded; refused
+            when it is the evaluation folder).
     """
     from rich.console import Console
 
@@ -140,7 +175,7 @@ def reproduce(
     started = time.perf_counter()
     directory = experiments_dir if experiments_dir is not None else bundled_experiments_dir()
     system, files, overrides = plan_reproduction(Path(directory), weights=weights, shared=shared, rts=rts,
-                                               data=data)
+                                               data=data, model=model, fit_data=fit_data)
     if only:
         unknown = sorted(set(only) - {f.stem for f in files})
         if unknown:
@@ -162,6 +197,7 @@ def reproduce(
                                seconds_per_experiment=timings)
     (out / RUN_FILE).write_text(json.dumps({
         "system": system, "quick": quick, "backend": backend, "experiments": summary.experiments,
+        "fit_data": None if fit_data is None else str(Path(fit_data).resolve()),
         "seconds": summary.seconds, "seconds_per_experiment": timings,
         "passed": summary.passed, "failed": summary.failed, "claims": len(scorecard),
     }, indent=2))
