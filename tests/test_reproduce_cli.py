@@ -124,9 +124,13 @@ def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
     from idls.experiments.config import load_experiment
 
     directory = bundled_experiments_dir()
+    shared = tmp_path / "shared"  # a stand-in shared-data folder: the files only need to exist here
+    for name in ("models/resnet20-12fca82f.th", "models/resnet32-d509ac18.th", "images/labels.csv"):
+        (shared / "cifar10" / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / "cifar10" / name).write_text("")
     checkpoint = tmp_path / "resnet32.th"
     checkpoint.write_bytes(b"")
-    system, files, overrides = plan_reproduction(directory, weights=checkpoint, model="cifar_resnet32")
+    system, files, overrides = plan_reproduction(directory, weights=checkpoint, model="cifar_resnet32", shared=shared)
     assert system == "cifar_resnet32"
     for path in files:
         experiment = load_experiment(path, overrides)
