@@ -212,3 +212,11 @@ def test_target_file_with_too_few_maps_is_a_user_error(tmp_path, resnet20_path, 
     ])
     assert code == 2
     assert "holds 2 maps" in capsys.readouterr().err
+
+
+def test_help_names_the_ray_extra(capsys, monkeypatch):
+    """Rich markup must not swallow the extra's brackets: users copy this install command."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for command in ("reproduce", "attack", "run"):
+        assert run_cli([command, "--help"]) == 0
+        assert "idls[ray]" in capsys.readouterr().out, command

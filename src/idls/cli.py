@@ -356,7 +356,7 @@ def attack(
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     backend: Annotated[str, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip install "
-                                              "'idls[ray]')")] = "local",
+                                              "'idls\\[ray]')")] = "local",
     out: OutOpt = Path("runs/attack"),
 ) -> None:
     """Attack correctly classified images; write results.jsonl, summary.json and report.html.
@@ -489,7 +489,7 @@ def demo(
     run_demo(out=out, quick=quick, n=n, device=_device(device), seed=seed)
 
 
-BackendOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip install 'idls[ray]')")]
+BackendOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip install 'idls\\[ray]')")]
 QuickOpt = Annotated[bool, typer.Option(help="fewer images and iterations (the experiment files' quick: settings)")]
 
 
