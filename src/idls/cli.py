@@ -175,13 +175,6 @@ def _default_mode(attack: str) -> str:
     return ATTACKS.get(attack).Options.default("mode").value
 
 
-def _defended(classifier, spec: str):
-    """``--defense NAME[:KEY=VALUE,...]``: the classifier behind that input defence."""
-    from idls.defenses import defend, defense_from_spec
-
-    return defend(classifier, defense_from_spec(spec))
-
-
 def _key_values(pairs: list[str]) -> dict:
     """``['lam=10', 'label_smoothing=[0.9, 0.99]']`` -> ``{'lam': 10, 'label_smoothing': [0.9, 0.99]}`` (YAML values)."""
     import yaml

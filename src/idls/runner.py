@@ -46,13 +46,6 @@ class Showcase:
         self.adversarial_maps[name] = adversarial.detach().cpu()
 
 
-@dataclass
-class RunOutput:
-    records: list[dict]
-    showcase: Showcase | None
-    seconds: float
-
-
 def build_interpreters(
     classifier: Classifier, names: Sequence[str], options: Mapping[str, Mapping] | None = None
 ) -> dict[str, Interpreter]:
