@@ -51,17 +51,17 @@ def _base(system, out):
 
 def test_fit_then_reuse_the_saved_perturbation(system, tmp_path):
     fitted = tmp_path / "fitted"
-    assert run_cli(_base(system, fitted) + ["--attack", "mean-grad-uap", "--fit-data", system["fit"],
+    assert run_cli(_base(system, fitted) + ["--attack", "sgd-uap", "--fit-data", system["fit"],
                                             "-o", "epochs=2", "-o", "batch_size=8"]) == 0
     artifact = fitted / "universal.safetensors"
     meta = json.loads((fitted / "universal.safetensors.json").read_text())
-    assert artifact.is_file() and meta["attack"] == "mean-grad-uap" and meta["fit_size"] == 32
+    assert artifact.is_file() and meta["attack"] == "sgd-uap" and meta["fit_size"] == 32
     assert meta["options"]["epochs"] == 2 and meta["model"] == "cifar_resnet20" and len(meta["weights_sha256"]) == 64
-    summary = json.loads((fitted / "summary.json").read_text())["attacks"]["mean-grad-uap"]["cam"]
+    summary = json.loads((fitted / "summary.json").read_text())["attacks"]["sgd-uap"]["cam"]
     assert "fooling_ratio" in summary and summary["n"] == 16 and summary["linf"] <= 10 / 255 + 1e-6
 
     reused = tmp_path / "reused"
-    assert run_cli(_base(system, reused) + ["--attack", "mean-grad-uap", "--perturbation", str(artifact)]) == 0
+    assert run_cli(_base(system, reused) + ["--attack", "sgd-uap", "--perturbation", str(artifact)]) == 0
     first = load_file(str(next((fitted / "tensors").rglob("*.safetensors"))))["x_adv"]
     second = load_file(str(next((reused / "tensors").rglob("*.safetensors"))))["x_adv"]
     assert torch.equal(first, second)  # the same perturbation, applied again from its file
@@ -75,9 +75,9 @@ def test_attack_behind_a_defence(system, tmp_path):
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--attack", "mean-grad-uap"], "pass --fit-data FOLDER"),
+    (["--attack", "sgd-uap"], "pass --fit-data FOLDER"),
     (["--attack", "pgd", "--fit-data", "embedded-train"], "apply to universal attacks"),
-    (["--attack", "mean-grad-uap", "--perturbation", "/no/such.safetensors"], "does not exist"),
+    (["--attack", "sgd-uap", "--perturbation", "/no/such.safetensors"], "does not exist"),
     (["--attack", "pgd", "--defense", "bit-depth:bits=12"], "bits as an integer from 1 to 8"),
     (["--attack", "pgd", "--defense", "blur"], "unknown defence 'blur'"),
 ])
@@ -88,7 +88,7 @@ def test_seam_mistakes_are_one_line_errors(system, tmp_path, extra, fragment, ca
 
 
 def test_fit_data_equal_to_the_evaluation_data_is_refused(system, tmp_path, capsys):
-    args = _base(system, tmp_path / "x") + ["--attack", "mean-grad-uap", "--fit-data", system["test"]]
+    args = _base(system, tmp_path / "x") + ["--attack", "sgd-uap", "--fit-data", system["test"]]
     assert run_cli(args) == 2
     assert "--fit-data and --data are the same" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""The fit/apply seam: artifacts, digests, universal perturbations and ``mean-grad-uap``."""
+"""The fit/apply seam: artifacts, digests, universal perturbations and ``sgd-uap``."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def tiny() -> Classifier:
 
 @pytest.fixture(scope="module")
 def fitted(tiny, fit_data) -> UniversalPerturbation:
-    return create_attack("mean-grad-uap", epochs=2, batch_size=16).fit(tiny, fit_data)
+    return create_attack("sgd-uap", epochs=2, batch_size=16).fit(tiny, fit_data)
 
 
 # -- core: digests and artifacts -----------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_artifact_missing_or_corrupt_file_is_a_user_error(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_perturbation_stays_inside_its_budget(tiny, fit_data, held_out, norm, seed):
     epsilon = {"linf": 6 / 255, "l2": 0.75}[norm]
-    attack = create_attack("mean-grad-uap", norm=norm, epsilon=epsilon, epochs=2, batch_size=16,
+    attack = create_attack("sgd-uap", norm=norm, epsilon=epsilon, epochs=2, batch_size=16,
                            step_size=epsilon / 2, seed=seed)
     perturbation = attack.fit(tiny, fit_data)
     assert perturbation.delta.shape == (1, 3, 32, 32)
@@ -127,15 +127,15 @@ def test_perturbation_stays_inside_its_budget(tiny, fit_data, held_out, norm, se
 
 
 def test_fit_is_seeded_and_deterministic(tiny, fit_data):
-    first = create_attack("mean-grad-uap", epochs=2, batch_size=16, seed=3).fit(tiny, fit_data)
-    again = create_attack("mean-grad-uap", epochs=2, batch_size=16, seed=3).fit(tiny, fit_data)
+    first = create_attack("sgd-uap", epochs=2, batch_size=16, seed=3).fit(tiny, fit_data)
+    again = create_attack("sgd-uap", epochs=2, batch_size=16, seed=3).fit(tiny, fit_data)
     assert torch.equal(first.delta, again.delta)
     assert first.metadata == again.metadata
 
 
 def test_metadata_records_the_fit(fitted, tiny, fit_data):
     meta = fitted.metadata
-    assert meta["attack"] == "mean-grad-uap" and meta["model"] == tiny.info.name
+    assert meta["attack"] == "sgd-uap" and meta["model"] == tiny.info.name
     assert meta["options"]["epochs"] == 2 and meta["options"]["batch_size"] == 16 and meta["options"]["norm"] == "linf"
     assert meta["fit_digest"] == dataset_digest(fit_data.images, fit_data.labels)
     assert meta["fit_size"] == len(fit_data) and meta["image_size"] == [3, 32, 32]
@@ -151,7 +151,7 @@ def test_weights_digest_is_recorded_for_a_weights_file(fit_data, tmp_path):
     weights = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in classifier.net.state_dict().items()}, str(weights))
     classifier.info = ModelInfo(**{**classifier.info.__dict__, "weights": str(weights)})
-    perturbation = create_attack("mean-grad-uap", epochs=1, batch_size=48).fit(classifier, fit_data)
+    perturbation = create_attack("sgd-uap", epochs=1, batch_size=48).fit(classifier, fit_data)
     assert perturbation.metadata["weights_sha256"] == sha256_file(weights)
 
 
@@ -170,7 +170,7 @@ def test_save_load_is_bit_identical(fitted, held_out, tmp_path):
 
 def test_attack_built_from_a_saved_perturbation_applies_it(fitted, tiny, held_out, tmp_path):
     path = fitted.save(tmp_path / "uap.safetensors")
-    reused = create_attack("mean-grad-uap", perturbation=str(path))
+    reused = create_attack("sgd-uap", perturbation=str(path))
     assert reused.epsilon == fitted.epsilon and reused.norm == fitted.norm
     result = reused.run(tiny, held_out.images, held_out.labels)
     assert torch.equal(result.x_adv, fitted.apply(held_out.images))
@@ -179,17 +179,20 @@ def test_attack_built_from_a_saved_perturbation_applies_it(fitted, tiny, held_ou
     assert torch.equal(result.success, pred != held_out.labels) and not result.targeted
     assert torch.equal(result.iterations_to_success, torch.where(result.success, 0, -1))
     with pytest.raises(UserError, match="disagrees with the loaded perturbation"):
-        create_attack("mean-grad-uap", perturbation=str(path), epsilon=1 / 255)
+        create_attack("sgd-uap", perturbation=str(path), epsilon=1 / 255)
 
 
 def test_run_before_fit_is_a_user_error(tiny, held_out):
     with pytest.raises(UserError, match="no fitted perturbation; call attack.fit"):
-        create_attack("mean-grad-uap").run(tiny, held_out.images, held_out.labels)
+        create_attack("sgd-uap").run(tiny, held_out.images, held_out.labels)
 
 
-def test_targeted_mode_is_refused():
+def test_targeted_mode_needs_one_target_class():
+    with pytest.raises(UserError, match="pass target_class=C"):
+        create_attack("sgd-uap", mode="targeted")
     with pytest.raises(UserError, match="mode='untargeted'"):
-        create_attack("mean-grad-uap", mode="targeted")
+        create_attack("sgd-uap", mode="least_likely")
+    assert create_attack("sgd-uap", target_class=3).mode.value == "targeted"
 
 
 def test_tampered_budget_is_refused(fitted, tmp_path):
@@ -202,7 +205,7 @@ def test_tampered_budget_is_refused(fitted, tmp_path):
 
 # -- the held-out rule and mismatches ----------------------------------------------------------------
 def test_evaluating_on_fit_images_is_refused(fitted, tiny, fit_data, held_out):
-    attack = create_attack("mean-grad-uap", perturbation=fitted)
+    attack = create_attack("sgd-uap", perturbation=fitted)
     mixed = torch.cat([held_out.images[:3], fit_data.images[5:6]])
     with pytest.raises(UserError, match="evaluation images overlap the fit data .*1 of 4, e.g. batch position 3"):
         attack.run(tiny, mixed, torch.cat([held_out.labels[:3], fit_data.labels[5:6]]))
@@ -223,7 +226,7 @@ def test_other_image_size_is_an_error(fitted):
 
 
 def test_other_model_is_a_warning(fitted, held_out):
-    attack = create_attack("mean-grad-uap", perturbation=fitted)
+    attack = create_attack("sgd-uap", perturbation=fitted)
     with pytest.warns(UserWarning, match="fitted on model 'tiny_cnn' and is applied to 'other_cnn'"):
         result = attack.run(_tiny_classifier(name="other_cnn", seed=5), held_out.images, held_out.labels)
     assert torch.equal(result.x_adv, fitted.apply(held_out.images))
@@ -283,7 +286,7 @@ def colour_model() -> Classifier:
 def test_fitted_perturbation_beats_random_noise_on_held_out_images(colour_model, norm):
     fit = _colour_task(256, TRAIN_SEED, "train")
     test = _colour_task(256, TEST_SEED, "test")
-    perturbation = create_attack("mean-grad-uap", norm=norm).fit(colour_model, fit)
+    perturbation = create_attack("sgd-uap", norm=norm).fit(colour_model, fit)
     fooled = _fooling_ratio(colour_model, test.images, perturbation.apply(test.images))
     noise = max(_fooling_ratio(colour_model, test.images, (test.images + p).clamp(0, 1))
                 for p in _random_patterns(perturbation))
@@ -300,7 +303,7 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
         pytest.skip(f"shared CIFAR-10 images not found under {cifar}")
     fit = load_images(str(train_dir), input_size=32, n=256, seed=0)
     test = load_images(str(test_dir), input_size=32)
-    perturbation = create_attack("mean-grad-uap", epochs=3).fit(resnet20, fit)
+    perturbation = create_attack("sgd-uap", epochs=3, step_size=2.5 / 255).fit(resnet20, fit)
     fooled = _fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
     noise = max(_fooling_ratio(resnet20, test.images, (test.images + p).clamp(0, 1))
                 for p in _random_patterns(perturbation))
@@ -309,7 +312,7 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
 
 
 def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatch):
-    from idls.attacks import universal
+    from idls.attacks import sgd_uap as universal
 
     postfixes: list[dict] = []
 
@@ -319,6 +322,6 @@ def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatc
             return super().set_postfix(ordered_dict, refresh, **kwargs)
 
     monkeypatch.setattr(universal, "tqdm", RecordingBar)
-    create_attack("mean-grad-uap", epochs=2, batch_size=16).fit(tiny, fit_data, progress=True)
+    create_attack("sgd-uap", epochs=2, batch_size=16).fit(tiny, fit_data, progress=True)
     assert len(postfixes) == 2 * 3  # one per minibatch: 48 images in batches of 16, two epochs
     assert all(0 <= float(p["fooling"]) <= 1 for p in postfixes)

@@ -27,7 +27,8 @@ from idls.attacks.pgd import PGD, Evaluation, Iterate, project, projected_gradie
 from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
 
 # Attacks written in other modules register themselves on import; one not written yet must not break the others.
-for _module in ("mifgsm", "cw", "stadv", "joint", "edge", "universal", "adaptive"):
+for _module in ("mifgsm", "cw", "stadv", "joint", "edge", "universal", "sgd_uap", "uap", "universal_baselines",
+                "generative_uap", "jap", "adaptive"):
     try:
         importlib.import_module(f"idls.attacks.{_module}")
     except ModuleNotFoundError as exc:

@@ -12,11 +12,11 @@ orchestrators evaluate a fitted perturbation like any other attack::
     from idls.data import load_images
 
     fit_data = load_images("../shared/data/cifar10/train", input_size=32, n=2000)
-    attack = create_attack("mean-grad-uap", epsilon=10 / 255)
+    attack = create_attack("sgd-uap", epsilon=10 / 255)
     perturbation = attack.fit(classifier, fit_data, progress=True)
     perturbation.save("uap.safetensors")                     # + uap.safetensors.json
 
-    reused = create_attack("mean-grad-uap", perturbation="uap.safetensors")
+    reused = create_attack("sgd-uap", perturbation="uap.safetensors")
     result = reused.run(classifier, x_test, y_test)          # AttackResult; x_test held out
 
 Evaluating on images the perturbation was fitted on is refused
@@ -27,6 +27,8 @@ fingerprints, because disjoint splits reuse file names.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -34,13 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal
+from idls.attacks.base import Attack, Perturbation
+from idls.attacks.fit_checkpoint import FitCheckpoint
 from idls.attacks.options import AttackOptions, option
-from idls.attacks.pgd import NORMS, Norm, step_direction
+from idls.attacks.pgd import NORMS, Norm
 from idls.attacks.threats import LpBall
 from idls.attacks.targets import TargetMode
 from idls.core import (
@@ -276,18 +277,22 @@ class UniversalAttack(Attack):
     """Base class of attacks fitted once on a data set: ``fit(...)``, then ``run(...)`` per batch.
 
     Subclasses implement :meth:`_fit` and declare their options (a subclass of
-    :class:`UniversalOptions`); this class records the metadata, applies the
-    fitted perturbation in :meth:`_perturb` and refuses images of the fit data.
+    :class:`UniversalOptions`, usually :class:`BudgetOptions`); this class resolves
+    the budget, records the metadata, applies the fitted perturbation in
+    :meth:`_perturb` and refuses images of the fit data. A fit given a
+    ``checkpoint`` path resumes from it (:mod:`idls.attacks.fit_checkpoint`).
     """
 
     name: ClassVar[str] = "universal"
     Options = UniversalOptions
     needs_fit = True
-    #: target modes the attack supports
+    #: target modes the attack supports (targeted: one ``target_class`` for every image)
     modes: ClassVar[tuple[TargetMode, ...]] = (TargetMode.UNTARGETED,)
-    #: the budget of a fit; subclasses' options resolve both (a loaded perturbation carries its own)
+    #: the budget of a fit; subclasses' options resolve both (a loaded perturbation carries its own;
+    #: ``epsilon`` ``None`` until the fit sees the image size)
     norm: Norm = "linf"
-    epsilon: float = 0.0
+    epsilon: float | None = None
+    target_class: int | None = None
     perturbation: UniversalPerturbation | None
 
     def __init__(self, **options: Any) -> None:
@@ -301,6 +306,8 @@ class UniversalAttack(Attack):
                             f"build create_attack({fitted_by!r}, perturbation=...) instead")
 
     def threat(self) -> LpBall:
+        if self.epsilon is None:
+            raise UserError(f"attack {self.name!r} has no budget yet; fit it or pass epsilon")
         return LpBall(self.norm, self.epsilon)
 
     @property
@@ -318,14 +325,31 @@ class UniversalAttack(Attack):
         """The attack's options as recorded in the metadata (JSON-serialisable; without the perturbation)."""
         return {k: v for k, v in self.options.as_dict().items() if k != "perturbation"}
 
+    def resolve_targets(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None,
+                        indices: Tensor | None = None) -> Tensor | None:
+        """Untargeted: ``None``. Targeted: ``target_class`` for every image (given targets must agree)."""
+        if self.target_class is None:
+            return super().resolve_targets(classifier, x, labels, targets, indices)
+        if self.target_class >= classifier.num_classes:
+            raise UserError(f"target_class {self.target_class} is not a class of model {classifier.info.name!r} "
+                            f"(0..{classifier.num_classes - 1})")
+        wanted = torch.full_like(labels, self.target_class)
+        if targets is not None and not bool(torch.equal(targets.to(wanted), wanted)):
+            raise UserError(f"a universal targeted attack sends every image to target_class {self.target_class}; "
+                            "drop the per-image targets")
+        return wanted
+
     # -- fitting ----------------------------------------------------------------------
-    def fit(self, classifier: Classifier, data: LabeledImages, *, progress: bool = False) -> UniversalPerturbation:
+    def fit(self, classifier: Classifier, data: LabeledImages, *, progress: bool = False,
+            checkpoint: str | Path | None = None) -> UniversalPerturbation:
         """Fit the perturbation on ``data`` against ``classifier``; it is kept for :meth:`run` and returned.
 
         Args:
             classifier: the model, in eval mode.
             data: :class:`~idls.data.LabeledImages`, images ``N x C x H x W`` in [0, 1], labels ``N``.
             progress: show a progress bar (also on when the attack was built with ``progress=True``).
+            checkpoint: a ``.safetensors`` path the fit saves its state to after each epoch and
+                resumes from when it holds the state of this same fit; removed when the fit completes.
         """
         images, labels = data.images, data.labels
         check_images(images, name="fit images")
@@ -339,24 +363,41 @@ class UniversalAttack(Attack):
                 f"{classifier.input_size} x {classifier.input_size}; load them with input_size={classifier.input_size}"
             )
         labels = self._check_classes(labels, images, classifier.num_classes, "fit labels")
-        delta, extra = self._fit(classifier, images, labels, progress=progress or self.progress)
+        if self.target_class is not None and self.target_class >= classifier.num_classes:
+            raise UserError(f"target_class {self.target_class} is not a class of model {classifier.info.name!r} "
+                            f"(0..{classifier.num_classes - 1})")
+        if self.epsilon is None:
+            self.epsilon = default_epsilon(self.norm, tuple(images.shape[1:]))
+        fit_digest = dataset_digest(images, labels)
+        record = model_record(classifier)
+        key = fit_key({"attack": self.name, "options": self.recorded_options(), "epsilon": self.epsilon,
+                                     "model": record, "fit": fit_digest})
+        saver = FitCheckpoint(checkpoint, key)
+        delta, extra = self._fit(classifier, images, labels, progress=progress or self.progress, checkpoint=saver)
         metadata = {
             "attack": self.name,
-            "options": self.recorded_options(),
-            **model_record(classifier),
-            "fit_digest": dataset_digest(images, labels),
+            "options": {**self.recorded_options(), "epsilon": self.epsilon},
+            **record,
+            "target_class": self.target_class,
+            "fit_digest": fit_digest,
             "fit_size": int(images.shape[0]),
             "image_size": [int(s) for s in images.shape[1:]],
             **extra,
         }
+        delta = project_delta(delta.detach().to(device="cpu", dtype=torch.float32), self.epsilon, self.norm)
         self.perturbation = UniversalPerturbation(
-            delta=delta.detach().to(device="cpu", dtype=torch.float32).contiguous(),
-            norm=self.norm, epsilon=self.epsilon, metadata=metadata, fit_fingerprints=image_fingerprints(images),
+            delta=delta.contiguous(), norm=self.norm, epsilon=self.epsilon, metadata=metadata,
+            fit_fingerprints=image_fingerprints(images),
         )
+        saver.remove()
         return self.perturbation
 
-    def _fit(self, classifier: Classifier, images: Tensor, labels: Tensor, *, progress: bool) -> tuple[Tensor, dict[str, Any]]:
-        """The optimisation: images ``N x C x H x W``, labels ``N`` -> (``delta`` ``1 x C x H x W``, extra metadata)."""
+    def _fit(self, classifier: Classifier, images: Tensor, labels: Tensor, *, progress: bool,
+             checkpoint: FitCheckpoint) -> tuple[Tensor, dict[str, Any]]:
+        """The optimisation: images ``N x C x H x W``, labels ``N`` -> (``delta`` ``1 x C x H x W``, extra metadata).
+
+        ``self.epsilon`` is resolved; ``checkpoint`` saves and loads the state between epochs.
+        """
         raise NotImplementedError
 
     # -- applying -----------------------------------------------------------------------
@@ -376,36 +417,58 @@ class UniversalAttack(Attack):
         return Perturbation(x_adv=x_adv, iterations_to_success=first, iterations_run=0, success=success)
 
 
+def fit_key(value: Any) -> str:
+    """SHA-256 of a JSON-serialisable value (sorted keys): identifies a fit for its checkpoint."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------
-# Mean-gradient UAP
+# Budgets shared by the fitted attacks
 # ---------------------------------------------------------------------------------
-#: default budgets on the [0, 1] pixel scale (L2: for 32 x 32 images; scale with the side for larger ones)
-DEFAULT_EPSILON: dict[str, float] = {"linf": 10 / 255, "l2": 2.0}
-DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 64
+#: the paper's budgets (004) on the 0-255 scale at 224 x 224 x 3: L_inf 10, L2 2000
+PAPER_LINF, PAPER_L2, PAPER_VALUES = 10.0, 2000.0, 224 * 224 * 3
+
+
+def default_epsilon(norm: Norm, image_size: tuple[int, ...]) -> float:
+    """The default budget on the [0, 1] scale for images ``C x H x W``.
+
+    L_inf: 10/255 at any size. L2: the paper's 2000 (0-255 scale, 224 x 224 x 3) kept at the
+    same energy per value, ``(2000 / 255) * sqrt(d / (224 * 224 * 3))`` for ``d = C * H * W``
+    values: 7.84 at 224 px, 1.12 at 32 x 32 x 3.
+    """
+    if norm == "linf":
+        return PAPER_LINF / 255
+    values = math.prod(int(s) for s in image_size)
+    return PAPER_L2 / 255 * math.sqrt(values / PAPER_VALUES)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class MeanGradUAPOptions(UniversalOptions):
-    """Options of :class:`MeanGradUAP`."""
+class BudgetOptions(UniversalOptions):
+    """Options of universal attacks that fit a perturbation inside an L_inf or L2 budget.
 
-    epsilon: float | None = option(None, "budget radius on the [0, 1] scale (default 10/255 for linf, 2.0 for l2; "
-                                         "a loaded perturbation's own)")
+    ``epsilon`` ``None`` resolves at fit time (:func:`default_epsilon`, which depends on the
+    image size for L2); a loaded perturbation brings its own norm and budget.
+    """
+
     norm: str | None = option(None, "'linf' (default) or 'l2' (a loaded perturbation's own)")
-    epochs: int = option(DEFAULT_EPOCHS, "passes over the fit data")
-    batch_size: int = option(DEFAULT_BATCH_SIZE, "images per gradient step")
-    step_size: float | None = option(None, "step length (default epsilon / 8)")
+    epsilon: float | None = option(None, "budget radius on the [0, 1] scale (default: 10/255 for linf; for l2 the "
+                                         "paper's 2000/255 at 224x224x3 scaled to the image size, 1.12 at 32x32x3)")
+    target_class: int | None = option(None, "targeted universal attack: the one class every image is sent to "
+                                            "(sets mode 'targeted')")
 
     def check(self) -> None:
         super().check()
         norm, epsilon = self.norm, self.epsilon
         if norm is not None and norm not in NORMS:
             raise UserError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
-        for name, value in (("epsilon", epsilon), ("step_size", self.step_size)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UserError(f"{name} must be a positive number, got {value}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UserError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
+            raise UserError(f"epsilon must be a positive number, got {epsilon}")
+        if self.target_class is not None:
+            if isinstance(self.target_class, bool) or not isinstance(self.target_class, int) or self.target_class < 0:
+                raise UserError(f"target_class must be a class index >= 0, got {self.target_class!r}")
+            self._set("mode", TargetMode.TARGETED)
+        elif self.mode is TargetMode.TARGETED and self.perturbation is None:
+            raise UserError("a targeted universal attack sends every image to one class; pass target_class=C")
         loaded = self.perturbation
         if loaded is not None:
             if epsilon is not None and not math.isclose(epsilon, loaded.epsilon, rel_tol=1e-6):
@@ -414,68 +477,21 @@ class MeanGradUAPOptions(UniversalOptions):
             if norm is not None and norm != loaded.norm:
                 raise UserError(f"norm={norm!r} disagrees with the loaded perturbation's {loaded.norm!r}; drop norm")
             norm, epsilon = loaded.norm, loaded.epsilon
-        norm = "linf" if norm is None else norm
-        self._set("norm", norm)
-        self._set("epsilon", float(DEFAULT_EPSILON[norm] if epsilon is None else epsilon))
-        self._set("step_size", float(self.epsilon / 8 if self.step_size is None else self.step_size))
+            recorded = loaded.metadata.get("target_class")
+            if recorded is not None and self.target_class is None:
+                self._set("target_class", int(recorded))
+                self._set("mode", TargetMode.TARGETED)
+        self._set("norm", "linf" if norm is None else norm)
+        self._set("epsilon", None if epsilon is None else float(epsilon))
 
 
-@ATTACKS.register("mean-grad-uap")
-class MeanGradUAP(UniversalAttack):
-    """Untargeted universal perturbation by projected ascent on the mean cross-entropy.
-
-    Per minibatch ``x`` ``b x C x H x W`` with true labels ``y`` of the (seeded,
-    reshuffled each epoch) fit data::
-
-        g = grad_delta mean_i CE(f(clamp(x_i + delta, 0, 1)), y_i)        # 1 x C x H x W
-        delta <- Proj_eps(delta + step_size * direction(g))
-
-    with ``direction`` the sign (L_inf) or ``g / ||g||_2`` (L2), starting from
-    ``delta = 0``. The progress bar shows the running fooling ratio of the epoch
-    (share of images whose prediction on ``x + delta`` differs from that on ``x``);
-    the metadata records the final fooling ratio on the fit data
-    (``fit_fooling_ratio``).
-
-    Options: :class:`MeanGradUAPOptions` (``idls options mean-grad-uap``).
-    """
-
-    name = "mean-grad-uap"
-    Options = MeanGradUAPOptions
-    epochs: int
-    batch_size: int
-    step_size: float
-
-    def _fit(self, classifier: Classifier, images: Tensor, labels: Tensor, *, progress: bool) -> tuple[Tensor, dict[str, Any]]:
-        device = classifier.device
-        count = images.shape[0]
-        clean = _predictions(classifier, images, None)
-        labels = labels.to(device)
-        delta = torch.zeros((1, *images.shape[1:]), device=device, dtype=torch.float32)
-        order_generator = torch.Generator().manual_seed(self.seed)
-        batches = math.ceil(count / self.batch_size)
-        with flush_denormal(), tqdm(total=self.epochs * batches, desc=self.name, disable=not progress, leave=False) as bar:
-            for _ in range(self.epochs):
-                fooled = seen = 0
-                for index in torch.randperm(count, generator=order_generator).split(self.batch_size):
-                    x = images[index.to(images.device)].to(device)
-                    on_device = index.to(device)
-                    step_from = delta.detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        logits = classifier((x + step_from).clamp(0.0, 1.0))
-                        loss = F.cross_entropy(logits, labels[on_device])
-                        (grad,) = torch.autograd.grad(loss, step_from)
-                    with torch.no_grad():
-                        fooled += int((logits.argmax(1) != clean[on_device]).sum())
-                        seen += index.numel()
-                        delta = project_delta(delta + self.step_size * step_direction(grad, self.norm), self.epsilon, self.norm)
-                    bar.update(1)
-                    bar.set_postfix(fooling=f"{fooled / seen:.3f}", refresh=False)
-        fooling = float((_predictions(classifier, images, delta) != clean).float().mean())
-        return delta, {"fit_fooling_ratio": fooling}
+def epoch_order(count: int, epoch: int, seed: int) -> Tensor:
+    """The shuffled order ``count`` of the fit images in ``epoch`` (seeded per epoch, so a resumed fit repeats it)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 @torch.no_grad()
-def _predictions(classifier: Classifier, images: Tensor, delta: Tensor | None, chunk: int = 256) -> Tensor:
+def predictions(classifier: Classifier, images: Tensor, delta: Tensor | None, chunk: int = 256) -> Tensor:
     """Predicted classes ``N`` of ``clamp(images + delta, 0, 1)`` (``images`` ``N x C x H x W`` on any device).
 
     Chunks are moved to the classifier's device one at a time; ``delta`` ``None``: the clean images.
@@ -490,12 +506,16 @@ def _predictions(classifier: Classifier, images: Tensor, delta: Tensor | None, c
 
 __all__ = [
     "ARTIFACT_KIND",
-    "DEFAULT_EPSILON",
-    "MeanGradUAP",
+    "BudgetOptions",
     "UniversalAttack",
+    "UniversalOptions",
     "UniversalPerturbation",
     "model_record",
     "perturbation_norm",
     "project_delta",
+    "default_epsilon",
+    "epoch_order",
+    "fit_key",
+    "predictions",
     "weights_digest",
 ]
