@@ -64,7 +64,7 @@ from idls.attacks.target_maps import TARGET_MAP_KINDS, resolve_target_maps
 from idls.attacks.targets import TargetMode
 from idls.attacks.threats import Threat
 from idls.errors import UserError
-from idls.interpreters import Interpreter, create_interpreter
+from idls.interpreters import Interpreter, interpreter_for
 from idls.system import Classifier
 
 DEFAULT_EPSILON = 8 / 255
@@ -195,12 +195,7 @@ class ADV2(Attack):
     # -- configuration ------------------------------------------------------------------
     def interpreter_for(self, classifier: Classifier) -> Interpreter:
         """The interpreter of ``classifier`` (built from its name, or checked to explain this classifier)."""
-        if isinstance(self.interpreter, str):
-            return create_interpreter(self.interpreter, classifier, **self.interpreter_options)
-        if self.interpreter.classifier is not classifier:
-            raise UserError("the interpreter explains a different classifier than the one attacked; "
-                            "build it with create_interpreter(name, classifier)")
-        return self.interpreter
+        return interpreter_for(self.interpreter, classifier, **self.interpreter_options)
 
     def threat(self) -> Threat:
         """The framework's threat set with this attack's budget."""

@@ -129,6 +129,7 @@ class UniversalPerturbation:
             ``fit_size``, ``image_size`` ``[C, H, W]``, and whatever the attack adds.
         fit_fingerprints: ``N`` int64 per-image fingerprints of the fit images
             (:func:`~idls.core.image_fingerprints`), for the held-out check.
+        tensors: further named tensors of the fitted state (a generator's weights, its noise).
     """
 
     delta: Tensor
@@ -136,6 +137,7 @@ class UniversalPerturbation:
     epsilon: float
     metadata: dict[str, Any] = field(default_factory=dict)
     fit_fingerprints: Tensor | None = None
+    tensors: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -228,7 +230,10 @@ class UniversalPerturbation:
     # -- persistence ------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (safetensors: ``delta``, ``fit_fingerprints``; metadata in the header) and ``PATH.json``."""
-        tensors = {"delta": self.delta}
+        clash = {"delta", "fit_fingerprints"} & set(self.tensors)
+        if clash:
+            raise ValueError(f"extra tensor names {sorted(clash)} are reserved")
+        tensors = {**self.tensors, "delta": self.delta}
         if self.fit_fingerprints is not None:
             tensors["fit_fingerprints"] = self.fit_fingerprints
         metadata = {**self.metadata, "kind": ARTIFACT_KIND, "format": FORMAT_VERSION,
@@ -245,8 +250,10 @@ class UniversalPerturbation:
                             f"reads format {FORMAT_VERSION}; re-fit the perturbation")
         if "delta" not in artifact.tensors or "norm" not in metadata or "epsilon" not in metadata:
             raise UserError(f"{str(path)!r} lacks the delta tensor or its budget; re-fit the perturbation")
+        extra = {k: v for k, v in artifact.tensors.items() if k not in ("delta", "fit_fingerprints")}
         perturbation = cls(delta=artifact.tensors["delta"], norm=metadata["norm"], epsilon=metadata["epsilon"],
-                           metadata=metadata, fit_fingerprints=artifact.tensors.get("fit_fingerprints"))
+                           metadata=metadata, fit_fingerprints=artifact.tensors.get("fit_fingerprints"),
+                           tensors=extra)
         if list(perturbation.image_size) != list(metadata.get("image_size", perturbation.image_size)):
             raise UserError(f"{str(path)!r}: the delta's shape disagrees with its recorded image size; re-fit it")
         return perturbation
@@ -387,7 +394,7 @@ class UniversalAttack(Attack):
         delta = project_delta(delta.detach().to(device="cpu", dtype=torch.float32), self.epsilon, self.norm)
         self.perturbation = UniversalPerturbation(
             delta=delta.contiguous(), norm=self.norm, epsilon=self.epsilon, metadata=metadata,
-            fit_fingerprints=image_fingerprints(images),
+            fit_fingerprints=image_fingerprints(images), tensors=dict(self._fitted_tensors()),
         )
         saver.remove()
         return self.perturbation
@@ -399,6 +406,10 @@ class UniversalAttack(Attack):
         ``self.epsilon`` is resolved; ``checkpoint`` saves and loads the state between epochs.
         """
         raise NotImplementedError
+
+    def _fitted_tensors(self) -> dict[str, Tensor]:
+        """Further tensors of the fitted state to save with the perturbation (after :meth:`_fit`); default none."""
+        return {}
 
     # -- applying -----------------------------------------------------------------------
     def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:

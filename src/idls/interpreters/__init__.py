@@ -15,6 +15,7 @@ from idls.interpreters.registry import (
     INTERPRETERS,
     create_interpreter,
     interpreter_class,
+    interpreter_for,
     interpreters_in_order,
     list_interpreters,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "INTERPRETERS",
     "Interpreter",
     "JointOutput",
+    "interpreter_for",
     "create_interpreter",
     "interpreter_class",
     "interpreters_in_order",

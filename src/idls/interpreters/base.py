@@ -88,13 +88,17 @@ class Interpreter(nn.Module):
         """Whether :meth:`joint_forward`'s map equals the real map (else a surrogate's)."""
         return not self.needs_smooth_surrogate
 
-    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+    def joint_forward(self, x: Tensor, classes: Tensor | None) -> JointOutput:
         """Logits ``B x N`` and differentiable maps ``B x h x w`` of ``classes`` at images ``x``.
+
+        ``classes`` ``None``: each image's predicted class (the explanation a user would see).
 
         The default runs the classifier and :meth:`attribute` with ``create_graph=True``
         (two passes); interpreters that can share one pass override it.
         """
-        return JointOutput(self.classifier(x), self.attribute(x, classes, create_graph=True))
+        logits = self.classifier(x)
+        classes = logits.argmax(1).detach() if classes is None else classes
+        return JointOutput(logits, self.attribute(x, classes, create_graph=True))
 
     def for_joint_attack(self) -> Interpreter:
         """The interpreter a joint attack differentiates (called once per attacked batch).

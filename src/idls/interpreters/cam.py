@@ -69,7 +69,8 @@ class CAMInterpreter(Interpreter):
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             return class_activation_map(self.classifier, x, target)
 
-    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+    def joint_forward(self, x: Tensor, classes: Tensor | None) -> JointOutput:
         """One forward gives the feature map (-> the map) and the logits."""
         features, logits = self.classifier.features_and_logits(x)
+        classes = logits.argmax(1).detach() if classes is None else classes
         return JointOutput(logits, cam_from_features(self.classifier, features, classes))

@@ -234,10 +234,11 @@ class GradInterpreter(GradientInterpreter):
             self.model_for(create_graph), x, target, pool=self.pool, loss=self.loss, create_graph=create_graph
         )
 
-    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+    def joint_forward(self, x: Tensor, classes: Tensor | None) -> JointOutput:
         """The surrogate's logits (equal to the real ones) and its map, from one forward pass."""
         model = self.model_for(True)
         logits = model(x)
+        classes = logits.argmax(1).detach() if classes is None else classes
         (grad,) = torch.autograd.grad(class_score(logits, classes, self.loss), x, create_graph=True)
         pool = default_pool(x.shape[-2]) if self.pool is None else self.pool
         return JointOutput(logits, gradient_to_map(grad, pool))

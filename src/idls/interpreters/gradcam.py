@@ -65,7 +65,8 @@ class GradCAMInterpreter(Interpreter):
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         return gradcam_map(self.classifier, x, target, create_graph=create_graph)
 
-    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+    def joint_forward(self, x: Tensor, classes: Tensor | None) -> JointOutput:
         """One forward; the channel weights are differentiated again (double back-propagation)."""
         features, logits = self.classifier.features_and_logits(x)
+        classes = logits.argmax(1).detach() if classes is None else classes
         return JointOutput(logits, gradcam_from_features(features, logits, classes, create_graph=True))

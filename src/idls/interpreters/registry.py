@@ -14,6 +14,19 @@ def create_interpreter(name: str, classifier: Classifier, **options) -> Interpre
     return INTERPRETERS.get(name)(classifier, **options)
 
 
+def interpreter_for(spec: Interpreter | str, classifier: Classifier, **options) -> Interpreter:
+    """The interpreter an attack was given (``spec``): built for ``classifier`` from a registry name,
+    or checked to explain ``classifier`` when it is already an :class:`Interpreter`."""
+    from idls.errors import UserError
+
+    if isinstance(spec, str):
+        return create_interpreter(spec, classifier, **options)
+    if spec.classifier is not classifier:
+        raise UserError("the interpreter explains a different classifier than the one attacked; "
+                        "build it with create_interpreter(name, classifier)")
+    return spec
+
+
 def list_interpreters() -> list[str]:
     return INTERPRETERS.names()
 

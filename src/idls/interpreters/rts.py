@@ -111,7 +111,7 @@ class RTSInterpreter(Interpreter):
         with torch.no_grad():
             return self.masker(x.detach(), cls)
 
-    def joint_forward(self, x: Tensor, classes: Tensor) -> JointOutput:
+    def joint_forward(self, x: Tensor, classes: Tensor | None) -> JointOutput:
         """Masks and encoder logits in one encoder pass (the encoder is the classifier)."""
         out = self.attribute_and_logits(x, classes, create_graph=True)
         return JointOutput(out.logits, out.mask, encoder_logits=out.logits)
