@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from idls.attacks import create_attack
-from idls.attacks.universal import UniversalPerturbation, perturbation_norm, project_delta
 from idls.attacks.uap import DeepFoolUAP, deepfool, update_delta
+from idls.attacks.universal import UniversalPerturbation, perturbation_norm, project_delta
 from idls.data import LabeledImages, make_synthetic
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
