@@ -183,7 +183,8 @@ def test_fitted_delta_lies_inside_its_budget(tiny, fit_data, norm):
 
 
 def test_fit_stops_at_the_target_fooling_ratio(tiny, fit_data):
-    perturbation = create_attack("uap", epsilon=0.5, target_fooling=0.5, max_passes=5, batch_size=16).fit(tiny, fit_data)
+    attack = create_attack("uap", epsilon=0.5, target_fooling=0.5, max_passes=5, batch_size=16)
+    perturbation = attack.fit(tiny, fit_data)
     assert perturbation.metadata["passes"] == 1 and perturbation.metadata["fit_fooling_ratio"] >= 0.5
 
 
