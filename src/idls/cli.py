@@ -118,39 +118,34 @@ def _check_attack_options(attack: str, options: dict, mode: str, interpreters: l
 
 
 def _joint_options(attack: str, framework: str | None, target: str | None, mode: str) -> dict:
-    """``framework`` / ``target_map`` options of a joint attack, refused with a hint for plain attacks."""
+    """``framework`` / ``target_map`` options, for the attacks that declare them (refused with a hint otherwise)."""
     from idls.attacks import ATTACKS, list_frameworks
+    from idls.attacks.base import attack_options
     from idls.attacks.target_maps import MAP_FILE_SUFFIXES, TARGET_MAP_KINDS
-    from idls.runner import attack_needs_interpreter
 
-    ATTACKS.get(attack)  # unknown names fail here with the list of attacks
-    if not attack_needs_interpreter(attack):
-        if framework is not None and framework != attack:
-            raise UserError(f"--framework applies to the joint attacks (adv2, advedge, advedge+); "
-                            f"for a plain {framework} attack use --attack {framework}")
-        if target is not None:
-            raise UserError(f"--target applies to the joint attacks (adv2, advedge, advedge+); {attack} aims at a "
-                            "class only, use --attack adv2 to also steer the map")
-        return {}
-    if mode == "untargeted":
-        raise UserError(f"{attack} is a targeted attack (the interpreter explains the target class); "
-                        "use --mode targeted or least_likely")
+    accepted = set(attack_options(ATTACKS.get(attack)))  # unknown names fail here with the list of attacks
+    on_frameworks = [name for name in ATTACKS.names() if "framework" in attack_options(ATTACKS.get(name))]
     options: dict = {}
-    if framework is not None:
-        if framework not in list_frameworks():
+    if "framework" in accepted:
+        if framework is not None and framework not in list_frameworks():
             raise UserError(f"unknown --framework {framework!r}; choose one of: {', '.join(list_frameworks())}")
-        options["framework"] = framework
-    else:
-        options["framework"] = "pgd"
-    if target is not None:
-        if target not in TARGET_MAP_KINDS:
-            path = Path(target)
-            if path.suffix not in MAP_FILE_SUFFIXES:
-                raise UserError(f"unknown --target {target!r}; choose one of: {', '.join(TARGET_MAP_KINDS)}, "
-                                f"or a map file ({', '.join(MAP_FILE_SUFFIXES)})")
-            if not path.is_file():
-                raise UserError(f"--target map file {target} does not exist; check the path")
-        options["target_map"] = target
+        options["framework"] = framework or "pgd"
+    elif framework is not None and framework != attack:
+        raise UserError(f"--framework applies to the attacks that run on another's optimiser "
+                        f"({', '.join(on_frameworks)}); for a plain {framework} attack use --attack {framework}")
+    if target is None:
+        return options
+    if "target_map" not in accepted:
+        raise UserError(f"--target applies to the attacks that steer the map ({', '.join(on_frameworks)}); "
+                        f"{attack} does not take a target map")
+    if target not in TARGET_MAP_KINDS:
+        path = Path(target)
+        if path.suffix not in MAP_FILE_SUFFIXES:
+            raise UserError(f"unknown --target {target!r}; choose one of: {', '.join(TARGET_MAP_KINDS)}, "
+                            f"or a map file ({', '.join(MAP_FILE_SUFFIXES)})")
+        if not path.is_file():
+            raise UserError(f"--target map file {target} does not exist; check the path")
+    options["target_map"] = target
     return options
 
 

@@ -116,8 +116,10 @@ def expand_cells(
         for spec in experiment.attacks:
             if attack_needs_interpreter(spec.name):
                 attacked = [name for name in usable if spec.interpreters is None or name in spec.interpreters]
-                variants = [(framework, target, name) for framework in experiment.frameworks
-                            for target in experiment.targets for name in attacked]
+                frameworks = experiment.frameworks if accepts_option(spec.name, "framework") else [spec.name]
+                targets = experiment.targets if accepts_option(spec.name, "target_map") else [NONE]
+                variants = [(framework, target, name) for framework in frameworks
+                            for target in targets for name in attacked]
             else:
                 variants = [(spec.name, NONE, NONE)]
             cells += [_cell(experiment, index, spec, framework, target, attacked, seed, usable, available)
@@ -136,10 +138,13 @@ def _cell(experiment: Experiment, index: int, spec: AttackSpec, framework: str, 
 
     model = experiment.models[index]
     joint = attacked != NONE
-    options = dict(experiment.attack_options_for(spec, attacked if joint else None),
-                   mode=experiment.mode, seed=seed, progress=False)
-    if joint:
-        options.update(framework=framework, target_map=target)
+    # the experiment's mode, unless the attack's own options set one (a universal or untargeted-only attack)
+    options = {"mode": experiment.mode, **experiment.attack_options_for(spec, attacked if joint else None),
+               "seed": seed, "progress": False}
+    if joint and framework != spec.name:
+        options["framework"] = framework
+    if joint and target != NONE:
+        options["target_map"] = target
     if _takes_epsilon(spec.name, framework) and experiment.epsilon is not None:
         options.setdefault("epsilon", experiment.epsilon)
     evaluated = tuple(usable) if not joint or experiment.evaluate_all_interpreters else (attacked,)
@@ -191,7 +196,9 @@ def cell_id(model: str, attack: str, framework: str, target: str, attacked: str,
     parts = [model, attack]
     if attacked != NONE:
         target_label = target if "/" not in target and "\\" not in target else "file-" + Path(target).stem
-        parts += [framework, target_label, attacked]
+        if framework != attack:  # attacks that run on a framework's optimiser and steer the map towards a target
+            parts += [framework, target_label]
+        parts += [attacked]
     return ".".join(parts + [f"s{seed}", digest])
 
 
