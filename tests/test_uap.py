@@ -10,84 +10,34 @@ import torch.nn.functional as F
 
 from idls.attacks import create_attack
 from idls.attacks.uap import DeepFoolUAP, deepfool, update_delta
-from idls.attacks.universal import UniversalPerturbation, perturbation_norm, project_delta
-from idls.data import LabeledImages, make_synthetic
+from idls.attacks.universal import perturbation_norm, project_delta
+from idls.data import LabeledImages
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
-from idls.models.embedded import EmbeddedCNN
-from idls.system import Classifier, ModelInfo
-
-
-def _tiny_classifier(seed: int = 0, classes: int = 6) -> Classifier:
-    """A small GAP + linear CNN (random weights, seeded) in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = EmbeddedCNN(classes, widths=(8, 16, 32))
-    info = ModelInfo(name="tiny_cnn", num_classes=classes, input_size=32)
-    return Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info,
-                      linear=lambda n: n.fc).eval()
-
-
-def _synthetic(n: int, seed: int, prefix: str) -> LabeledImages:
-    data = make_synthetic(n, seed, size=32)
-    return LabeledImages(data.images, data.labels, [f"{prefix}/{i}" for i in range(n)])
-
-
-def _colour_task(n: int, seed: int, prefix: str) -> LabeledImages:
-    """Synthetic images labelled by their dominant colour channel (3 classes): a tiny CNN learns it fast."""
-    data = _synthetic(n, seed, prefix)
-    return LabeledImages(data.images, data.images.mean(dim=(2, 3)).argmax(1), data.ids)
+from idls.system import Classifier
+from tests.universal_helpers import (
+    colour_task,
+    fooling_ratio,
+    noise_fooling,
+    synthetic,
+    tiny_classifier,
+    trained_colour_model,
+)
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Classifier:
-    return _tiny_classifier()
+    return tiny_classifier()
 
 
 @pytest.fixture(scope="module")
 def fit_data() -> LabeledImages:
-    return _synthetic(48, TRAIN_SEED, "train")
+    return synthetic(48, TRAIN_SEED, "train")
 
 
 @pytest.fixture(scope="module")
 def colour_model() -> Classifier:
-    train = _colour_task(1200, TRAIN_SEED + 1, "train")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = EmbeddedCNN(3, widths=(8, 16, 32))
-    info = ModelInfo(name="colour_cnn", num_classes=3, input_size=32)
-    classifier = Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info)
-    optimiser = torch.optim.Adam(classifier.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(0)
-    classifier.train()
-    for _ in range(4):
-        for index in torch.randperm(len(train), generator=generator).split(64):
-            loss = F.cross_entropy(classifier(train.images[index]), train.labels[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    classifier.eval()
-    test = _colour_task(256, TEST_SEED, "test")
-    assert float((classifier.predict(test.images) == test.labels).float().mean()) > 0.8  # it learned the task
-    return classifier
-
-
-def _fooling_ratio(classifier: Classifier, clean: torch.Tensor, perturbed: torch.Tensor) -> float:
-    return float((classifier.predict(clean) != classifier.predict(perturbed)).float().mean())
-
-
-def _random_patterns(perturbation: UniversalPerturbation, count: int = 3) -> list[torch.Tensor]:
-    """Random patterns on the budget's boundary: random signs (L_inf) or random directions (L2)."""
-    patterns = []
-    for seed in range(count):
-        noise = torch.randn(perturbation.delta.shape, generator=torch.Generator().manual_seed(seed))
-        patterns.append(noise.sign() * perturbation.epsilon if perturbation.norm == "linf"
-                        else noise / noise.norm() * perturbation.epsilon)
-    return patterns
-
-
-def _noise_fooling(classifier: Classifier, perturbation: UniversalPerturbation, images: torch.Tensor) -> float:
-    return max(_fooling_ratio(classifier, images, (images + p).clamp(0, 1)) for p in _random_patterns(perturbation))
+    return trained_colour_model()
 
 
 # -- the batched DeepFool step -------------------------------------------------------------------
@@ -178,11 +128,11 @@ def test_fitted_delta_lies_inside_its_budget(tiny, fit_data, norm):
     meta = perturbation.metadata
     assert meta["attack"] == "uap" and meta["options"]["update"] == "sequential"
     assert 1 <= meta["passes"] <= 2 and 0 <= meta["fit_fooling_ratio"] <= 1
-    fooled = _fooling_ratio(tiny, fit_data.images, perturbation.apply(fit_data.images))
+    fooled = fooling_ratio(tiny, fit_data.images, perturbation.apply(fit_data.images))
     assert meta["fit_fooling_ratio"] == pytest.approx(fooled)
 
 
-def test_fit_stops_at_the_target_fooling_ratio(tiny, fit_data):
+def test_fit_stops_at_the_targetfooling_ratio(tiny, fit_data):
     attack = create_attack("uap", epsilon=0.5, target_fooling=0.5, max_passes=5, batch_size=16)
     perturbation = attack.fit(tiny, fit_data)
     assert perturbation.metadata["passes"] == 1 and perturbation.metadata["fit_fooling_ratio"] >= 0.5
@@ -190,11 +140,11 @@ def test_fit_stops_at_the_target_fooling_ratio(tiny, fit_data):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fitted_perturbation_beats_random_noise_on_held_out_images(colour_model, norm):
-    fit = _colour_task(128, TRAIN_SEED, "train")
-    test = _colour_task(256, TEST_SEED, "test")
+    fit = colour_task(128, TRAIN_SEED, "train")
+    test = colour_task(256, TEST_SEED, "test")
     perturbation = create_attack("uap", norm=norm, max_passes=5).fit(colour_model, fit)
-    fooled = _fooling_ratio(colour_model, test.images, perturbation.apply(test.images))
-    noise = _noise_fooling(colour_model, perturbation, test.images)
+    fooled = fooling_ratio(colour_model, test.images, perturbation.apply(test.images))
+    noise = noise_fooling(colour_model, perturbation, test.images)
     # the colour task has three symmetric classes, so one pattern fools few images; noise fools almost none
     assert fooled > max(2 * noise, noise + 0.03), (fooled, noise)
 
@@ -243,7 +193,7 @@ def test_options_are_checked():
         create_attack("uap", candidates=1)
 
 
-def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatch):
+def test_progress_bar_shows_the_runningfooling_ratio(tiny, fit_data, monkeypatch):
     from idls.attacks import uap
 
     postfixes: list[dict] = []
@@ -270,8 +220,8 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
     fit = load_images(str(train_dir), input_size=32, n=256, seed=0)
     test = load_images(str(test_dir), input_size=32)
     perturbation = create_attack("uap", max_passes=4).fit(resnet20, fit)
-    fooled = _fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
-    noise = _noise_fooling(resnet20, perturbation, test.images)
+    fooled = fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
+    noise = noise_fooling(resnet20, perturbation, test.images)
     print(f"resnet20 fooling ratio: uap {fooled:.3f}, random signs {noise:.3f}")
     # random signs at 10/255 already fool this model often; DeepFool-UAP needs passes to fill the L_inf ball
     assert fooled > noise + 0.08, (fooled, noise)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from idls.attacks import create_attack
 from idls.attacks.universal import UniversalPerturbation, perturbation_norm
@@ -20,41 +19,35 @@ from idls.core import (
     sidecar_path,
     tensor_digest,
 )
-from idls.data import LabeledImages, make_synthetic
+from idls.data import LabeledImages
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
-from idls.models.embedded import EmbeddedCNN
 from idls.system import Classifier, ModelInfo
+from tests.universal_helpers import (
+    colour_task,
+    fooling_ratio,
+    random_patterns,
+    synthetic,
+    tiny_classifier,
+    trained_colour_model,
+)
 
 
-def _tiny_classifier(name: str = "tiny_cnn", seed: int = 0, input_size: int = 32) -> Classifier:
-    """A small GAP + linear CNN (random weights, seeded) in eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = EmbeddedCNN(6, widths=(8, 16, 32))
-    info = ModelInfo(name=name, num_classes=6, input_size=input_size)
-    return Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info,
-                      linear=lambda n: n.fc).eval()
-
-
-def _synthetic(n: int, seed: int, prefix: str) -> LabeledImages:
-    data = make_synthetic(n, seed, size=32)
-    return LabeledImages(data.images, data.labels, [f"{prefix}/{i}" for i in range(n)])
 
 
 @pytest.fixture(scope="module")
 def fit_data() -> LabeledImages:
-    return _synthetic(48, TRAIN_SEED, "train")
+    return synthetic(48, TRAIN_SEED, "train")
 
 
 @pytest.fixture(scope="module")
 def held_out() -> LabeledImages:
-    return _synthetic(16, TEST_SEED, "test")
+    return synthetic(16, TEST_SEED, "test")
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Classifier:
-    return _tiny_classifier()
+    return tiny_classifier()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +140,7 @@ def test_metadata_records_the_fit(fitted, tiny, fit_data):
 def test_weights_digest_is_recorded_for_a_weights_file(fit_data, tmp_path):
     from safetensors.torch import save_file
 
-    classifier = _tiny_classifier()
+    classifier = tiny_classifier()
     weights = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in classifier.net.state_dict().items()}, str(weights))
     classifier.info = ModelInfo(**{**classifier.info.__dict__, "weights": str(weights)})
@@ -222,74 +215,32 @@ def test_other_image_size_is_an_error(fitted):
     with pytest.raises(UserError, match=r"fitted on \(3, 32, 32\)"):
         fitted.apply(torch.rand(2, 3, 16, 16))
     with pytest.raises(UserError, match="expects 48 x 48"):
-        fitted.check_classifier(_tiny_classifier(input_size=48))
+        fitted.check_classifier(tiny_classifier(input_size=48))
 
 
 def test_other_model_is_a_warning(fitted, held_out):
     attack = create_attack("sgd-uap", perturbation=fitted)
     with pytest.warns(UserWarning, match="fitted on model 'tiny_cnn' and is applied to 'other_cnn'"):
-        result = attack.run(_tiny_classifier(name="other_cnn", seed=5), held_out.images, held_out.labels)
+        result = attack.run(tiny_classifier(name="other_cnn", seed=5), held_out.images, held_out.labels)
     assert torch.equal(result.x_adv, fitted.apply(held_out.images))
 
 
 # -- it works: fitted on one split, it fools more on another than noise of the same budget -------------
-def _colour_task(n: int, seed: int, prefix: str) -> LabeledImages:
-    """Embedded synthetic images labelled by their dominant colour channel (3 classes).
-
-    A task a tiny CNN learns in a few epochs, so the test needs no pretrained model.
-    """
-    data = _synthetic(n, seed, prefix)
-    return LabeledImages(data.images, data.images.mean(dim=(2, 3)).argmax(1), data.ids)
-
-
-def _train_tiny(train: LabeledImages, epochs: int = 4) -> Classifier:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = EmbeddedCNN(3, widths=(8, 16, 32))
-    info = ModelInfo(name="colour_cnn", num_classes=3, input_size=32)
-    classifier = Classifier(net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a), info=info)
-    optimiser = torch.optim.Adam(classifier.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(0)
-    classifier.train()
-    for _ in range(epochs):
-        for index in torch.randperm(len(train), generator=generator).split(64):
-            loss = F.cross_entropy(classifier(train.images[index]), train.labels[index])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    return classifier.eval()
-
-
-def _fooling_ratio(classifier: Classifier, clean: torch.Tensor, perturbed: torch.Tensor) -> float:
-    return float((classifier.predict(clean) != classifier.predict(perturbed)).float().mean())
-
-
-def _random_patterns(perturbation: UniversalPerturbation, count: int = 3) -> list[torch.Tensor]:
-    """Random patterns on the budget's boundary: random signs (L_inf) or random directions (L2)."""
-    patterns = []
-    for seed in range(count):
-        noise = torch.randn(perturbation.delta.shape, generator=torch.Generator().manual_seed(seed))
-        patterns.append(noise.sign() * perturbation.epsilon if perturbation.norm == "linf"
-                        else noise / noise.norm() * perturbation.epsilon)
-    return patterns
 
 
 @pytest.fixture(scope="module")
 def colour_model() -> Classifier:
-    model = _train_tiny(_colour_task(1200, TRAIN_SEED + 1, "train"))
-    test = _colour_task(256, TEST_SEED, "test")
-    assert float((model.predict(test.images) == test.labels).float().mean()) > 0.8  # it learned the task
-    return model
+    return trained_colour_model()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fitted_perturbation_beats_random_noise_on_held_out_images(colour_model, norm):
-    fit = _colour_task(256, TRAIN_SEED, "train")
-    test = _colour_task(256, TEST_SEED, "test")
+    fit = colour_task(256, TRAIN_SEED, "train")
+    test = colour_task(256, TEST_SEED, "test")
     perturbation = create_attack("sgd-uap", norm=norm).fit(colour_model, fit)
-    fooled = _fooling_ratio(colour_model, test.images, perturbation.apply(test.images))
-    noise = max(_fooling_ratio(colour_model, test.images, (test.images + p).clamp(0, 1))
-                for p in _random_patterns(perturbation))
+    fooled = fooling_ratio(colour_model, test.images, perturbation.apply(test.images))
+    noise = max(fooling_ratio(colour_model, test.images, (test.images + p).clamp(0, 1))
+                for p in random_patterns(perturbation))
     assert fooled > noise + 0.05, (fooled, noise)
 
 
@@ -304,9 +255,9 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
     fit = load_images(str(train_dir), input_size=32, n=256, seed=0)
     test = load_images(str(test_dir), input_size=32)
     perturbation = create_attack("sgd-uap", epochs=3, step_size=2.5 / 255).fit(resnet20, fit)
-    fooled = _fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
-    noise = max(_fooling_ratio(resnet20, test.images, (test.images + p).clamp(0, 1))
-                for p in _random_patterns(perturbation))
+    fooled = fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
+    noise = max(fooling_ratio(resnet20, test.images, (test.images + p).clamp(0, 1))
+                for p in random_patterns(perturbation))
     print(f"resnet20 fooling ratio: universal {fooled:.3f}, random signs {noise:.3f}")
     assert fooled > noise + 0.1, (fooled, noise)
 

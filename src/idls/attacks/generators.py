@@ -38,7 +38,8 @@ def _norm(channels: int) -> nn.Module:
 
 
 def _conv(cin: int, cout: int, groups: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin * groups, cout * groups, kernel, stride=stride, padding=kernel // 2, groups=groups)
+    return nn.Conv2d(cin * groups, cout * groups, kernel, stride=stride, padding=(kernel - stride + 1) // 2,
+                     groups=groups)
 
 
 class _ResidualBlock(nn.Module):
