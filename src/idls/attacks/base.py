@@ -192,6 +192,12 @@ class Attack:
                 return least_likely_targets(classifier(x))
         return random_targets(labels, classifier.num_classes, self.seed, indices)
 
+    def variant(self) -> str:
+        """A short label of the options that make this configuration another method of the same attack
+        (a universal attack's norm, a generator's architecture and loss); recorded with every result
+        so that analyses can tell the configurations apart. Default: none."""
+        return ""
+
     def threat(self) -> Threat:
         """The set of images this attack may return (checked after every run); default: the pixel box."""
         return Threat()

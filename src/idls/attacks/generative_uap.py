@@ -123,6 +123,10 @@ class GenerativeUAP(UniversalAttack):
     lr: float
     width: int | None
 
+    def variant(self) -> str:
+        """Generator, loss, norm and target class, e.g. ``'resnet-cmin-linf'``."""
+        return f"{self.generator}-{self.loss}-{super().variant()}"
+
     def _interpreter(self, classifier: Classifier) -> Interpreter | None:
         """The real interpreter whose benign maps the objective keeps, or ``None``."""
         return None
@@ -241,6 +245,10 @@ class JUAP(GenerativeUAP):
             raise UserError(f"juap cannot differentiate interpreter {interpreter.name!r}: its map is itself an "
                             "optimisation; choose cam, gradcam, rts or grad")
         return interpreter
+
+    def variant(self) -> str:
+        """As GAP's, with ``-lam<value>`` when ``lam`` was set explicitly (e.g. the ``lam=0`` ablation)."""
+        return super().variant() + ("" if self.lam is None else f"-lam{self.lam:g}")
 
     def _lam(self, interpreter: Interpreter | None) -> float:
         assert interpreter is not None

@@ -101,6 +101,9 @@ class JAP(Attack):
     encoder_weight: float
     interpreter_options: dict
 
+    def variant(self) -> str:
+        return f"{self.generator}-{self.norm}"
+
     def threat(self) -> LpBall:
         if self.epsilon is None:
             raise UserError("jap has no budget until it sees an image size; pass epsilon or run it first")

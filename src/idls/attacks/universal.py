@@ -312,6 +312,10 @@ class UniversalAttack(Attack):
             raise UserError(f"the perturbation was fitted by {fitted_by!r}, not {self.name!r}; "
                             f"build create_attack({fitted_by!r}, perturbation=...) instead")
 
+    def variant(self) -> str:
+        """The norm, and the target class of a targeted perturbation (e.g. ``'linf'``, ``'l2-t3'``)."""
+        return self.norm + ("" if self.target_class is None else f"-t{self.target_class}")
+
     def threat(self) -> LpBall:
         if self.epsilon is None:
             raise UserError(f"attack {self.name!r} has no budget yet; fit it or pass epsilon")

@@ -54,6 +54,8 @@ class Cell:
     evaluated: tuple[str, ...]
     n_images: int
     options: dict[str, Any] = field(default_factory=dict)
+    #: the attack's :meth:`~idls.attacks.base.Attack.variant` label ('' for most attacks)
+    variant: str = ""
 
     @property
     def joint(self) -> bool:
@@ -66,7 +68,7 @@ class Cell:
             "experiment": self.experiment, "cell": self.id, "model": self.model, "weights": self.weights,
             "data": self.data, "attack": self.attack, "framework": self.framework, "target": self.target,
             "mode": self.mode, "epsilon": self.epsilon, "seed": self.seed,
-            "attacked_interpreter": self.attacked_interpreter,
+            "attacked_interpreter": self.attacked_interpreter, "variant": self.variant,
         }
 
     def n_batches(self, batch_size: int) -> int:
@@ -168,7 +170,7 @@ def _cell(experiment: Experiment, index: int, spec: AttackSpec, framework: str, 
         experiment=experiment.name, model_index=index, model=model.name, weights=model.weights,
         data=experiment.data.source, attack=spec.name, framework=framework, target=target, mode=experiment.mode,
         epsilon=attack_epsilon(attack), seed=seed, attacked_interpreter=attacked, evaluated=evaluated,
-        n_images=n_images, options=options,
+        n_images=n_images, options=options, variant=attack.variant(),
     )
 
 

@@ -115,7 +115,8 @@ class Workspace:
         path = Path(artifact_dir) / FITTED_DIR / f"{cell.id}.safetensors"
         if not path.is_file():
             attack = self.attack(cell)
-            attack.fit(self.model_classifier(cell.model_index), self.fit_images(cell.model_index), progress=True)
+            attack.fit(self.model_classifier(cell.model_index), self.fit_images(cell.model_index), progress=True,
+                       checkpoint=path.with_name(f"{cell.id}.checkpoint.safetensors"))  # a killed fit resumes
             attack.save_fitted(path)
         return replace(cell, options={**cell.options, "perturbation": str(path.resolve())})
 
