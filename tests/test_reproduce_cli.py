@@ -104,6 +104,10 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
     write_experiment(experiments / "embedded.yaml", "embedded")
     write_experiment(experiments / "embedded_targets.yaml", "embedded_targets", attacks=["adv2"],
                      attack_options={"adv2": {"steps": 4, "warm_start": 2}}, targets=["patch"])
+    write_experiment(experiments / "juap_embedded.yaml", "juap_embedded", mode="untargeted",
+                     data={**TINY["data"], "fit_source": "embedded-train", "fit_n": 16},
+                     attacks=[{"name": "sgd-uap", "options": {"epochs": 1}},
+                              {"name": "juap", "options": {"epochs": 1, "width": 4}}])
     out = tmp_path / "reproduce"
     code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--out", str(out)])
     assert code == 0
@@ -113,6 +117,8 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
     by_id = {row["id"]: row for row in scorecard}
     assert by_id["001-obs1"]["pass"] is not None  # PGD and ADV² ran on the same images
     assert by_id["001-obs7"]["pass"] is None  # no transfer records: "not run", never PASS
+    assert by_id["004-fr"]["pass"] is not None and by_id["004-maps"]["pass"] is not None  # JUAP vs SGD-UAP
+    assert by_id["004-jap"]["pass"] is None
     html = (out / "report.html").read_text()
     assert "scorecard" in html.lower()
     run = json.loads((out / "reproduce.json").read_text())
@@ -125,7 +131,8 @@ def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
 
     directory = bundled_experiments_dir()
     shared = tmp_path / "shared"  # a stand-in shared-data folder: the files only need to exist here
-    for name in ("models/resnet20-12fca82f.th", "models/resnet32-d509ac18.th", "images/labels.csv"):
+    for name in ("models/resnet20-12fca82f.th", "models/resnet32-d509ac18.th", "images/labels.csv",
+                 "train/labels.csv"):
         (shared / "cifar10" / name).parent.mkdir(parents=True, exist_ok=True)
         (shared / "cifar10" / name).write_text("")
     checkpoint = tmp_path / "resnet32.th"

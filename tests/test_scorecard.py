@@ -35,7 +35,7 @@ def test_claim_ids_are_unique_and_complete():
     assert len(ids) == len(set(ids))
     assert {"001-obs1", "001-obs2", "001-obs6-patch", "001-obs7", "000-noise"} <= set(ids)
     for claim in CLAIMS:
-        assert claim.paper in ("000", "001") and claim.paper_value and claim.rule
+        assert claim.paper in ("000", "001", "004") and claim.paper_value and claim.rule
 
 
 def test_adv2_matching_pgd_passes_obs1_and_obs2():

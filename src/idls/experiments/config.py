@@ -672,9 +672,11 @@ def _attack(value: Any, where: str) -> AttackSpec:
     return AttackSpec(name=name, options=options, interpreters=interpreters)
 
 
-#: attack options the grid sets, and the top-level key that sets them
+#: attack options the grid sets, and the top-level key that sets them (``mode`` is not one: the top-level
+#: ``mode`` is every attack's default, and an attack's options may set its own, e.g. ADV²'s least_likely
+#: beside untargeted universal attacks)
 GRID_KEYS: dict[str, str] = {"interpreter": "interpreters", "framework": "frameworks", "target_map": "targets",
-                             "mode": "mode", "seed": "seeds"}
+                             "seed": "seeds"}
 
 
 def _check_not_grid_keys(options: Mapping[str, Any], where: str) -> None:

@@ -1,6 +1,7 @@
 """Reproduction of the papers' observations: claims as data and the scorecard."""
 
-from idls.reproduce.claims import CLAIMS, Check, Claim
+from idls.reproduce.catalog import CLAIMS
+from idls.reproduce.claims import Check, Claim
 from idls.reproduce.scorecard import (
     SCORECARD_FILE,
     evaluate_claims,

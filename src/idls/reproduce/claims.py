@@ -286,7 +286,7 @@ def measure_edge_transfer(records) -> list[Check]:
     return checks
 
 
-CLAIMS: tuple[Claim, ...] = (
+JOINT_CLAIMS: tuple[Claim, ...] = (
     Claim(
         "001-obs1", "001", "001 Obs. 1: ADV² as effective as PGD",
         "ASR ADV² 96-100%, MC 0.98-1.0; PGD 100% (1.0) (Table 3, ResNet/DenseNet)",

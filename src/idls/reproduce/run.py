@@ -3,8 +3,10 @@
 The bundled experiment files live in the repository's ``experiments/`` folder:
 
 * on the pretrained CIFAR-10 ResNet-20 (when its checkpoint is found or given): ``adv2_cifar``,
-  ``advedge_cifar``, ``targets_cifar`` and ``transfer_cifar``;
-* otherwise on the embedded default (no download): ``embedded`` and ``embedded_targets``.
+  ``advedge_cifar``, ``targets_cifar``, ``transfer_cifar``, ``juap_cifar`` and ``jap_cifar``;
+* otherwise on the embedded default (no download): ``embedded``, ``embedded_targets`` and ``juap_embedded``.
+
+Experiments that fit universal perturbations (``data.fit_source``) fit on ``--fit-data`` when it is given.
 
 Each experiment writes its own store ``OUT/<name>/`` (so a second run resumes each one);
 ``OUT/scorecard.json``, ``OUT/report.html`` and ``OUT/tables/`` cover all of them.
@@ -21,8 +23,9 @@ from typing import Any
 
 from idls.errors import UserError
 
-CIFAR_EXPERIMENTS: tuple[str, ...] = ("adv2_cifar", "advedge_cifar", "targets_cifar", "transfer_cifar")
-EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets")
+CIFAR_EXPERIMENTS: tuple[str, ...] = ("adv2_cifar", "advedge_cifar", "targets_cifar", "transfer_cifar", "juap_cifar",
+                                      "jap_cifar")
+EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets", "juap_embedded")
 #: where the CIFAR files look for the checkpoint, relative to the shared-data folder
 RESNET20_CHECKPOINT = "cifar10/models/resnet20-12fca82f.th"
 RUN_FILE = "reproduce.json"
@@ -123,6 +126,14 @@ def plan_reproduction(
     return (model if cifar else "embedded_cnn"), files, overrides
 
 
+def declares_fit_source(path: Path) -> bool:
+    """Whether an experiment file fits perturbations on a training set (its ``data`` sets ``fit_source``)."""
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    return isinstance(config.get("data"), dict) and "fit_source" in config["data"]
+
+
 def check_cifar_model(model: str) -> None:
     """Refuse a model the CIFAR experiments cannot run (not registered, or not 32 px with 10 classes)."""
     from idls.models import MODELS
@@ -162,8 +173,8 @@ def reproduce(
         experiments_dir: where the experiment files are (default: the repository's ``experiments/``).
         only: run just these experiment names (the scorecard still covers every store in ``out``).
         model: the CIFAR-10 model to reproduce on (default cifar_resnet20).
-        fit_data: training images for experiments that fit perturbations or detectors (recorded; refused
-            when it is the evaluation folder).
+        fit_data: training images for the experiments that fit perturbations (those whose file sets
+            ``data.fit_source``); refused when it is the evaluation folder.
     """
     from rich.console import Console
 
@@ -188,7 +199,10 @@ def reproduce(
     for index, path in enumerate(files, 1):
         console.print(f"[{index}/{len(files)}] {path.stem}")
         experiment_started = time.perf_counter()
-        run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=overrides, progress=progress)
+        file_overrides = dict(overrides)
+        if fit_data is not None and declares_fit_source(path):
+            file_overrides["data.fit_source"] = str(Path(fit_data).expanduser().resolve())
+        run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=file_overrides, progress=progress)
         timings[path.stem] = time.perf_counter() - experiment_started
     scorecard = scorecard_for_run(out, console=console)
     report = write_experiment_report(out)

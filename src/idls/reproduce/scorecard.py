@@ -15,7 +15,8 @@ from pathlib import Path
 from idls.analysis.store_reader import load_store
 from idls.analysis.groups import label
 from idls.report.scorecard_file import NOT_RUN, SCORECARD_FILE, read_scorecard, verdict  # noqa: F401 (re-exported)
-from idls.reproduce.claims import CLAIMS, Check, Claim
+from idls.reproduce.catalog import CLAIMS
+from idls.reproduce.claims import Check, Claim
 
 
 
