@@ -4,7 +4,9 @@
 2. the interpreter validity table: does each map localise the object?
 3. each demo attack against every interpreter, as one experiment (:func:`demo_experiment`) run by the
    engine behind every attack run of idls, into ``OUT/store`` (a second demo resumes it), then
-   records, summary and report.
+   records, summary and report;
+4. universal perturbations (:func:`universal_experiment`): fitted once on embedded training images,
+   then applied to the unseen test images, into ``OUT/universal-store``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ DEMO_ATTACKS = ("pgd", "adv2", "advedge", "advedge+")
 #: its steps, ~10x ADV²-Grad; it stays available in `idls attack`)
 JOINT_INTERPRETERS = ("grad", "cam", "gradcam", "rts", "mask")
 STORE_DIR = "store"  #: the demo's experiment store inside its output folder (resumed by the next demo)
+UNIVERSAL_STORE_DIR = "universal-store"  #: the universal section's store
+#: the universal section: the pattern floor, a plain universal perturbation and JUAP against CAM
+UNIVERSAL_ATTACKS = ("random-sign", "chessboard", "sgd-uap", "juap")
+#: the embedded CNN shrugs off 10/255 patterns (random signs fool almost none), so the section uses 16/255
+UNIVERSAL_EPSILON = 16 / 255
 
 
 def demo_settings(quick: bool, n: int | None) -> dict:
@@ -68,8 +75,27 @@ def demo_experiment(settings: dict, *, seed: int, device: str) -> dict:
     }
 
 
-def run_attacks(out: Path, settings: dict, *, seed: int, device: str) -> list[dict]:
-    """Run (or resume) the demo's experiment in ``out/store``; its attack records.
+def universal_experiment(settings: dict, *, seed: int, device: str) -> dict:
+    """The universal section as one experiment: fitted on the embedded training split, evaluated on test images."""
+    quick = settings["attack_images"] <= 4
+    epochs = 2 if quick else 5
+    return {
+        "name": "demo-universal",
+        "models": [{"name": "embedded_cnn", "weights": "pretrained"}],
+        "data": {"source": "embedded", "fit_source": "embedded-train", "fit_n": 128 if quick else 512,
+                 "n": max(16, settings["attack_images"]), "batch_size": 64, "shuffle": False, "seed": seed},
+        "interpreters": ["cam"],
+        "attacks": list(UNIVERSAL_ATTACKS),
+        "attack_options": {"sgd-uap": {"epochs": epochs}, "juap": {"epochs": epochs, "width": 16, "lr": 1e-3}},
+        "mode": "untargeted",
+        "epsilon": UNIVERSAL_EPSILON,
+        "seeds": [seed],
+        "device": str(device),
+    }
+
+
+def run_experiment_in(store: Path, config: dict) -> list[dict]:
+    """Run (or resume) an experiment given as a mapping in ``store``; its attack records.
 
     A store left by a demo of other settings (``--quick`` vs full) is rebuilt: the demo owns that folder.
     """
@@ -80,8 +106,7 @@ def run_attacks(out: Path, settings: dict, *, seed: int, device: str) -> list[di
     from idls.experiments import run_experiment
     from idls.experiments.config import experiment_from_mapping
 
-    store = out / STORE_DIR
-    experiment = experiment_from_mapping(demo_experiment(settings, seed=seed, device=device), default_name="demo")
+    experiment = experiment_from_mapping(config, default_name=config["name"])
     try:
         run_experiment(experiment, store)
     except UserError as exc:
@@ -90,6 +115,11 @@ def run_attacks(out: Path, settings: dict, *, seed: int, device: str) -> list[di
         shutil.rmtree(store)
         run_experiment(experiment, store)
     return [r for r in load_store(store).records if r.get("kind") == "attack"]
+
+
+def run_attacks(out: Path, settings: dict, *, seed: int, device: str) -> list[dict]:
+    """Run (or resume) the demo's experiment in ``out/store``; its attack records."""
+    return run_experiment_in(out / STORE_DIR, demo_experiment(settings, seed=seed, device=device))
 
 
 def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: torch.device | str = "cpu", seed: int = 0) -> dict:
@@ -102,7 +132,7 @@ def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: to
     started = time.perf_counter()
     settings = demo_settings(quick, n)
     console.rule("idls demo" + (" (quick)" if quick else ""))
-    console.print("[1/3] embedded classifier and RTS (trained once, then cached)")
+    console.print("[1/4] embedded classifier and RTS (trained once, then cached)")
     classifier = create_model("embedded_cnn", weights="pretrained", device=device)
     accuracy = float(embedded_metrics()["test_accuracy"])
     console.print(f"      embedded test accuracy: {accuracy:.3f}")
@@ -110,34 +140,42 @@ def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: to
     interpreters = build_interpreters(classifier, list(DEMO_INTERPRETERS), options)
     data = load_images("embedded", input_size=classifier.input_size, seed=seed)
 
-    console.print(f"[2/3] interpreter validity on {settings['validity_images']} test images")
+    console.print(f"[2/4] interpreter validity on {settings['validity_images']} test images")
     nv = settings["validity_images"]
     validity = interpreter_validity(interpreters, data.images[:nv].to(device), data.masks[:nv].to(device), seed=seed)
     _print_validity(console, validity)
 
-    console.print(f"[3/3] attacks on {settings['attack_images']} correctly classified images")
+    console.print(f"[3/4] attacks on {settings['attack_images']} correctly classified images")
     attacks_started = time.perf_counter()
     records = run_attacks(out, settings, seed=seed, device=str(device))
     chosen = select_correct(classifier, data, settings["attack_images"])
     showcases = showcases_from_store(out / STORE_DIR, records, chosen.images, chosen.labels)
     console.print(f"      {', '.join(DEMO_ATTACKS)}: {time.perf_counter() - attacks_started:.1f} s")
     per_attack = group_summaries(records)
+
+    console.print(f"[4/4] universal perturbations at {UNIVERSAL_EPSILON * 255:.0f}/255: fitted once on embedded "
+                  "training images, applied to unseen test images")
+    universal_records = run_experiment_in(out / UNIVERSAL_STORE_DIR,
+                                          universal_experiment(settings, seed=seed, device=str(device)))
+    universal = group_summaries(universal_records)
+    _print_universal(console, universal)
     seconds = time.perf_counter() - started
     summary = {
         "model": "embedded_cnn",
         "embedded_accuracy": accuracy,
         "interpreters": validity,
         "attacks": per_attack,
+        "universal": universal,
         "settings": settings,
         "seconds": seconds,
         "quick": quick,
     }
-    write_records(out / "results.jsonl", records)
+    write_records(out / "results.jsonl", records + universal_records)
     write_json(out / "summary.json", summary)
     write_run_report(
         out,
         title="idls demo: embedded system",
-        per_attack=per_attack,
+        per_attack={**per_attack, **universal},
         showcases=showcases,
         class_names=classifier.info.class_names,
         validity=validity,
@@ -146,7 +184,9 @@ def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: to
         f"also keep each interpreter's map close to its benign map (shortened demo schedules: "
         f"{settings['joint']['default']['steps']} joint steps; MASK {settings['joint']['mask']['steps']} on the first "
         f"{settings['joint_images']['mask']} images; "
-        f"IG is attacked by PGD only). Total time {seconds:.0f} s.",
+        f"IG is attacked by PGD only). Universal perturbations ({', '.join(UNIVERSAL_ATTACKS)}) are fitted once on "
+        f"embedded training images and applied at {UNIVERSAL_EPSILON * 255:.0f}/255 to unseen images; their "
+        f"success is the fooling ratio. Total time {seconds:.0f} s.",
     )
     _print_attacks(console, per_attack)
     console.print(f"done in {seconds:.0f} s; report: {out / 'report.html'}")
@@ -159,6 +199,18 @@ def _print_validity(console: Console, validity: dict) -> None:
         table.add_column(col, justify="right")
     for name, v in validity.items():
         table.add_row(name, f"{v['localization_iou']:.3f}", f"{v['random_iou']:.3f}", f"{v['pointing_game']:.3f}", f"{v['random_pointing']:.3f}")
+    console.print(table)
+
+
+def _print_universal(console: Console, universal: dict) -> None:
+    """Fooling ratio and CAM map distances per universal attack."""
+    table = Table(title="universal perturbations (one pattern for every image; CAM maps vs benign)")
+    for col in ("attack", "fooling ratio", "map L1", "IoU@20%", "noise rate"):
+        table.add_column(col, justify="right")
+    for attack, by_int in universal.items():
+        s = by_int.get("cam", next(iter(by_int.values())))
+        table.add_row(attack, *(f"{s.get(k, float('nan')):.3f}" for k in ("fooling_ratio", "map_l1", "map_iou",
+                                                                          "noise_rate")))
     console.print(table)
 
 
