@@ -7,6 +7,7 @@ that model's own predictions (so every image counts as correctly classified).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,19 +50,24 @@ def _base(system, out):
             "--n", "16", "-i", "cam", "--out", str(out)]
 
 
-def test_fit_then_reuse_the_saved_perturbation(system, tmp_path):
+@pytest.mark.parametrize("attack, options", [
+    ("sgd-uap", ["-o", "epochs=2", "-o", "batch_size=8"]),
+    ("juap", ["-o", "epochs=1", "-o", "batch_size=8", "-o", "width=4"]),  # the contract command of paper 004
+])
+def test_fit_then_reuse_the_saved_perturbation(system, tmp_path, attack, options):
     fitted = tmp_path / "fitted"
-    assert run_cli(_base(system, fitted) + ["--attack", "sgd-uap", "--fit-data", system["fit"],
-                                            "-o", "epochs=2", "-o", "batch_size=8"]) == 0
+    assert run_cli(_base(system, fitted) + ["--attack", attack, "--fit-data", system["fit"], "--fit-n", "32",
+                                            *options]) == 0
     artifact = fitted / "universal.safetensors"
     meta = json.loads((fitted / "universal.safetensors.json").read_text())
-    assert artifact.is_file() and meta["attack"] == "sgd-uap" and meta["fit_size"] == 32
-    assert meta["options"]["epochs"] == 2 and meta["model"] == "cifar_resnet20" and len(meta["weights_sha256"]) == 64
-    summary = json.loads((fitted / "summary.json").read_text())["attacks"]["sgd-uap"]["cam"]
+    assert artifact.is_file() and meta["attack"] == attack and meta["fit_size"] == 32
+    assert meta["options"]["batch_size"] == 8 and meta["model"] == "cifar_resnet20" and len(meta["weights_sha256"]) == 64
+    summary = json.loads((fitted / "summary.json").read_text())["attacks"][attack]["cam"]
     assert "fooling_ratio" in summary and summary["n"] == 16 and summary["linf"] <= 10 / 255 + 1e-6
+    assert not list((fitted / "fitted").glob("*.checkpoint.safetensors"))  # removed once the fit completed
 
     reused = tmp_path / "reused"
-    assert run_cli(_base(system, reused) + ["--attack", "sgd-uap", "--perturbation", str(artifact)]) == 0
+    assert run_cli(_base(system, reused) + ["--attack", attack, "--perturbation", str(artifact)]) == 0
     first = load_file(str(next((fitted / "tensors").rglob("*.safetensors"))))["x_adv"]
     second = load_file(str(next((reused / "tensors").rglob("*.safetensors"))))["x_adv"]
     assert torch.equal(first, second)  # the same perturbation, applied again from its file
@@ -91,6 +97,25 @@ def test_fit_data_equal_to_the_evaluation_data_is_refused(system, tmp_path, caps
     args = _base(system, tmp_path / "x") + ["--attack", "sgd-uap", "--fit-data", system["test"]]
     assert run_cli(args) == 2
     assert "--fit-data and --data are the same" in capsys.readouterr().err
+
+
+def test_evaluation_images_inside_the_fit_data_are_refused(system, tmp_path, capsys):
+    """A fit folder holding some of the evaluation images (under other file names) is caught by content."""
+    import shutil
+
+    fit = tmp_path / "fit_with_test"
+    shutil.copytree(system["fit"], fit)
+    rows = (fit / "labels.csv").read_text().splitlines()
+    test_rows = (Path(system["test"]) / "labels.csv").read_text().splitlines()[1:3]
+    for i, row in enumerate(test_rows):
+        name, label = row.split(",")
+        shutil.copy(Path(system["test"]) / name, fit / f"copy_{i}.png")
+        rows.append(f"copy_{i}.png,{label}")
+    (fit / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = _base(system, tmp_path / "x") + ["--attack", "sgd-uap", "--fit-data", str(fit), "-o", "epochs=1"]
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "overlap the fit data" in err and "\n" not in err
 
 
 def test_asking_for_more_images_than_there_are_says_how_many_are_used(system, tmp_path, capsys):
