@@ -11,7 +11,9 @@ Reads (each optional; a missing file is reported in the page, never guessed):
 * ``joint_cost.json`` (``benchmarks/joint_cost.py``): cost per iteration in forward + backward units;
 * ``pgd_cost.json`` (``benchmarks/pgd_cost.py``): plain PGD's cost per iteration;
 * ``interpreters.json`` (``benchmarks/interpreters.py``): cost of one map per interpreter;
-* ``rts_cifar/*.json`` (``benchmarks/train_rts_cifar.py``): RTS training on CIFAR and its sidecar.
+* ``rts_cifar/*.json`` (``benchmarks/train_rts_cifar.py``): RTS training on CIFAR and its sidecar;
+* ``universal_quality.json`` (``benchmarks/universal_quality.py``) and ``uap_vs_art.json``
+  (``benchmarks/uap_vs_art.py``): universal perturbations (paper 004).
 
 The output depends on the JSON content only (no clock, no absolute paths, sorted keys), so the
 same JSON always gives the same Markdown; ``tests/test_benchmark_docs.py`` checks that the
@@ -381,6 +383,54 @@ def rts_section(results_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------
+# Universal perturbations (paper 004)
+# ---------------------------------------------------------------------------------
+UNIVERSAL_INTERPRETERS = ("cam", "gradcam")
+
+
+def universal_section(results_dir: Path) -> list[str]:
+    lines = ["## Universal perturbations (CIFAR-10 ResNet-20)", ""]
+    path = results_dir / "universal_quality.json"
+    if not path.exists():
+        lines += ["No `universal_quality.json` in benchmarks/results/."]
+    else:
+        run = load(path)
+        settings = run.get("settings", {})
+        lines += [provenance("benchmarks/universal_quality.py", rel(path, results_dir), None),
+                  machine_line(run.get("machine")), "",
+                  f"{settings.get('model', '?')}; fitted on {settings.get('fit_n', '?')} images of "
+                  f"{settings.get('fit_data', '?')}, evaluated on {settings.get('test_n', '?')} images "
+                  f"({settings.get('test', '?')}); L_inf {fmt(settings.get('epsilon_linf'), 4)} unless the row "
+                  "says @l2. FR = fooling ratio; maps of the perturbed images against the benign maps "
+                  "(L1, IoU@20%); fit time on one thread.", ""]
+        header = ["row", "FR", *(f"{i} {m}" for i in UNIVERSAL_INTERPRETERS for m in ("L1", "IoU")),
+                  "lam", "epochs", "fit s", "passes / image / epoch"]
+        rows = []
+        for name, row in sorted(run.get("rows", {}).items()):
+            cells = [fmt(row.get(i, {}).get(m)) for i in UNIVERSAL_INTERPRETERS for m in ("map_l1", "map_iou")]
+            rows.append([name, fmt(row.get("fooling_ratio")), *cells, fmt(row.get("lam")), fmt(row.get("epochs")),
+                         fmt_seconds(row.get("fit_seconds")), fmt(row.get("passes_per_image_per_epoch"))])
+        lines += table(header, rows)
+    art = results_dir / "uap_vs_art.json"
+    lines += ["", "### `uap` (batched DeepFool) against ART's UniversalPerturbation", ""]
+    if not art.exists():
+        return lines + ["No `uap_vs_art.json` in benchmarks/results/."]
+    run = load(art)
+    settings = run.get("settings", {})
+    lines += [provenance("benchmarks/uap_vs_art.py", rel(art, results_dir), None), machine_line(run.get("machine")), "",
+              f"{settings.get('model', '?')}; {settings.get('fit_n', '?')} fit images, {settings.get('test_n', '?')} "
+              f"test images, {settings.get('norm', '?')} {fmt(settings.get('epsilon'), 4)}, at most "
+              f"{settings.get('max_passes', '?')} passes, DeepFool {settings.get('deepfool_steps', '?')} steps, "
+              f"overshoot {settings.get('overshoot', '?')}, {settings.get('threads', '?')} thread.", ""]
+    rows = [[name, fmt_seconds(row.get("seconds")), fmt(row.get("fit_fooling_ratio")), fmt(row.get("test_fooling_ratio"))]
+            for name, row in sorted(run.get("results", {}).items())]
+    lines += table(["run", "seconds", "FR fit", "FR test"], rows)
+    if "speedup" in run:
+        lines += ["", f"Speed-up of `uap` over ART: x{fmt(run['speedup'], 1)}."]
+    return lines
+
+
+# ---------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------
 HEADER = """# Benchmarks
@@ -410,6 +460,7 @@ def render(results_dir: Path = RESULTS) -> str:
         joint_cost_section(results_dir),
         interpreters_section(results_dir),
         rts_section(results_dir),
+        universal_section(results_dir),
         [NOTES],
     ]
     text = "\n\n".join("\n".join(section) for section in sections if section)
