@@ -61,7 +61,7 @@ class GenerativeOptions(BudgetOptions):
     loss: str = option("cmin", "classifier loss: 'cmin' (least-likely class, Eq. 8, the paper's default), "
                                "'ce' (Eq. 7) or 'target' (Eq. 9, with target_class)")
     floor: float = option(DEFAULT_FLOOR, "floor of the classifier loss (delta of Eq. 16)")
-    epochs: int = option(10, "passes over the fit data")
+    epochs: int = option(30, "passes over the fit data")
     batch_size: int = option(32, "images per Adam step")
     lr: float = option(PAPER_LR, "Adam learning rate of the generator (the paper's 2e-4)")
     width: int | None = option(None, "generator width (default: 32 up to 64 px, 64 above)")

@@ -37,7 +37,7 @@ CLASSIFIER_LOSSES = ("ce", "cmin", "target")
 #: the paper's floor of the classifier loss (``delta`` of Eq. 16)
 DEFAULT_FLOOR = -0.8
 #: default interpretation weights per interpreter family, in this module's units (RMS map shift)
-DEFAULT_LAM = {"cam": 10.0, "grad": 10.0, "rts": 10.0}
+DEFAULT_LAM = {"cam": 1.0, "grad": 1.0, "rts": 1.0}
 _TINY = 1e-12
 
 
