@@ -3,14 +3,17 @@
 Fits each configuration on ``--fit-n`` shared training images and evaluates it on the
 correctly classified shared test images: fooling ratio (share whose prediction changes),
 map L1 and IoU@20% of the perturbed images' maps against the benign ones, per
-interpreter; plus the fitting time and its cost in forward + backward passes per
-training image per epoch (generative attacks: the generator's own pass is counted in
-``seconds`` but not in the pass count). One compute thread, so the numbers are the
-work itself on a shared machine.
+interpreter; plus the fitting time (CPU seconds on one compute thread, so the numbers
+are the work itself on a shared machine). docs/benchmarks.md turns the time per epoch
+into forward + backward passes per training image per epoch, relative to SGD-UAP's
+epoch, which is exactly one such pass per image.
 
     python benchmarks/universal_quality.py                         # all rows (about 15 min)
     python benchmarks/universal_quality.py --rows sgd-uap,juap-cam # a subset
     python benchmarks/universal_quality.py --lams 0,0.3,1,3        # the lam trade-off of R-JUAP-CAM
+    python benchmarks/universal_quality.py --rows sgd-uap,juap-cam --transfer 32,44,56 --out ...transfer.json
+                                       # also evaluate each perturbation on the deeper CIFAR ResNets whose
+                                       # checkpoints are in the shared data (transfer; others are skipped)
 
 Writes ``benchmarks/results/universal_quality.json`` (merging rows into an existing file).
 """
@@ -51,8 +54,6 @@ ROWS: dict[str, tuple[str, dict]] = {
     "juap-gradcam": ("juap", {"interpreter": "gradcam"}),
     "ujuap-cam": ("juap", {"interpreter": "cam", "generator": "unet"}),
 }
-#: forward + backward passes of the classifier per training image per epoch, by attack (lower bounds)
-PASSES = {"sgd-uap": 2, "gap": 2, "juap-cam": 2, "juap-gradcam": 4}
 
 
 def evaluate(classifier, interpreters, x, clean_pred, benign, delta) -> dict:
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-n", type=int, default=2000)
     parser.add_argument("--norm", default="linf")
     parser.add_argument("--out", type=Path, default=OUTPUT)
+    parser.add_argument("--transfer", default="", help="depths of CIFAR ResNets to evaluate each perturbation on")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     classifier = create_model("cifar_resnet20", weights=str(SHARED_DATA / "cifar10/models/resnet20-12fca82f.th"))
@@ -86,6 +88,19 @@ def main(argv=None) -> int:
     x, clean_pred = test.images[correct], clean[correct]
     interpreters = {name: create_interpreter(name, classifier) for name in INTERPRETERS}
     benign = {name: interp.attribute(x) for name, interp in interpreters.items()}
+    receivers = {}
+    for depth in (d for d in args.transfer.split(",") if d):
+        checkpoints = sorted((SHARED_DATA / "cifar10/models").glob(f"resnet{depth}-*.th"))
+        if not checkpoints:
+            print(f"no resnet{depth} checkpoint in the shared data; skipping its transfer column")
+            continue
+        model = create_model(f"cifar_resnet{depth}", weights=str(checkpoints[0]))
+        with torch.no_grad():
+            own = model(test.images).argmax(1)
+        ok = own == test.labels
+        maps = {name: create_interpreter(name, model) for name in INTERPRETERS}
+        receivers[f"cifar_resnet{depth}"] = (model, maps, test.images[ok], own[ok],
+                                             {n: m.attribute(test.images[ok]) for n, m in maps.items()})
     rows = {name: ROWS[name] for name in args.rows.split(",") if name}
     for lam in (float(v) for v in args.lams.split(",") if v):
         rows[f"juap-cam-lam{lam:g}"] = ("juap", {"interpreter": "cam", "lam": lam})
@@ -97,11 +112,12 @@ def main(argv=None) -> int:
         perturbation = attack.fit(classifier, fit, progress=True)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
         row = evaluate(classifier, interpreters, x, clean_pred, benign, perturbation.delta)
+        row["transfer"] = {name: evaluate(model, maps, xs, preds, benigns, perturbation.delta)
+                           for name, (model, maps, xs, preds, benigns) in receivers.items()}
         epochs = getattr(attack, "epochs", None) or perturbation.metadata.get("passes")
         row.update({"attack": attack_name, "options": {k: v for k, v in options.items()}, "fit_seconds": seconds,
                     "fit_cpu_seconds": cpu_seconds, "epochs": epochs, "lam": perturbation.metadata.get("lam"),
-                    "fit_fooling_ratio": perturbation.metadata.get("fit_fooling_ratio"),
-                    "passes_per_image_per_epoch": PASSES.get(name)})
+                    "fit_fooling_ratio": perturbation.metadata.get("fit_fooling_ratio")})
         results["rows"][f"{name}@{args.norm}" if args.norm != "linf" else name] = row
         cells = ", ".join(f"{k} L1 {row[k]['map_l1']:.3f} IoU {row[k]['map_iou']:.3f}" for k in INTERPRETERS)
         print(f"{name:18s} FR {row['fooling_ratio']:.3f}  {cells}  fit {seconds:.0f} s", flush=True)

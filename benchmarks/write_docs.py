@@ -386,6 +386,8 @@ def rts_section(results_dir: Path) -> list[str]:
 # Universal perturbations (paper 004)
 # ---------------------------------------------------------------------------------
 UNIVERSAL_INTERPRETERS = ("cam", "gradcam")
+#: fits that run epochs of gradient passes (their cost is comparable per epoch)
+GRADIENT_FITS = ("sgd-uap", "gap", "juap")
 
 
 def universal_section(results_dir: Path) -> list[str]:
@@ -402,15 +404,35 @@ def universal_section(results_dir: Path) -> list[str]:
                   f"{settings.get('fit_data', '?')}, evaluated on {settings.get('test_n', '?')} images "
                   f"({settings.get('test', '?')}); L_inf {fmt(settings.get('epsilon_linf'), 4)} unless the row "
                   "says @l2. FR = fooling ratio; maps of the perturbed images against the benign maps "
-                  "(L1, IoU@20%); fit time on one thread.", ""]
+                  "(L1, IoU@20%); fit time on one thread. Passes: CPU time per epoch over SGD-UAP's, whose "
+                  "epoch is one forward + backward pass per training image (the generators' own passes "
+                  "included).", ""]
         header = ["row", "FR", *(f"{i} {m}" for i in UNIVERSAL_INTERPRETERS for m in ("L1", "IoU")),
-                  "lam", "epochs", "fit s", "passes / image / epoch"]
+                  "lam", "epochs", "fit s", "F+B passes / image / epoch"]
+        sgd = run.get("rows", {}).get("sgd-uap", {})
+        unit = sgd["fit_cpu_seconds"] / sgd["epochs"] if sgd.get("fit_cpu_seconds") and sgd.get("epochs") else None
         rows = []
         for name, row in sorted(run.get("rows", {}).items()):
+            epochs, cpu = row.get("epochs"), row.get("fit_cpu_seconds")
+            passes = cpu / epochs / unit if unit and epochs and cpu and row.get("attack") in GRADIENT_FITS else None
             cells = [fmt(row.get(i, {}).get(m)) for i in UNIVERSAL_INTERPRETERS for m in ("map_l1", "map_iou")]
             rows.append([name, fmt(row.get("fooling_ratio")), *cells, fmt(row.get("lam")), fmt(row.get("epochs")),
-                         fmt_seconds(row.get("fit_seconds")), fmt(row.get("passes_per_image_per_epoch"))])
+                         fmt_seconds(row.get("fit_seconds")), fmt(passes, 2)])
         lines += table(header, rows)
+    transfer = results_dir / "universal_transfer.json"
+    if transfer.exists():
+        run = load(transfer)
+        lines += ["", "### Transfer to deeper CIFAR ResNets", "",
+                  provenance("benchmarks/universal_quality.py --transfer", rel(transfer, results_dir), None), "",
+                  "Perturbations fitted on cifar_resnet20, applied unchanged to the other models' correctly "
+                  "classified test images; maps of that model's own interpreters.", ""]
+        rows = []
+        for name, row in sorted(run.get("rows", {}).items()):
+            for model, t in sorted({"cifar_resnet20 (fitted on)": row, **row.get("transfer", {})}.items()):
+                rows.append([name, model, fmt(t.get("fooling_ratio")),
+                             *(fmt(t.get(i, {}).get(m)) for i in UNIVERSAL_INTERPRETERS for m in ("map_l1", "map_iou"))])
+        lines += table(["row", "evaluated on", "FR", *(f"{i} {m}" for i in UNIVERSAL_INTERPRETERS for m in ("L1", "IoU"))],
+                       rows)
     art = results_dir / "uap_vs_art.json"
     lines += ["", "### `uap` (batched DeepFool) against ART's UniversalPerturbation", ""]
     if not art.exists():

@@ -12,13 +12,23 @@ from idls.attacks import create_attack
 from idls.attacks.generative_uap import generator_from
 from idls.attacks.generators import build_generator, scale_to_budget, unet_levels
 from idls.attacks.juap_objective import benign_reference, classifier_loss
-from idls.attacks.universal import UniversalPerturbation, default_epsilon, perturbation_norm
+from idls.attacks.universal import (
+    UniversalPerturbation,
+    default_epsilon,
+    perturbation_norm,
+)
 from idls.data import LabeledImages
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
 from idls.system import Classifier
-from tests.universal_helpers import colour_task, fooling_ratio, synthetic, tiny_classifier, trained_colour_model
+from tests.universal_helpers import (
+    colour_task,
+    fooling_ratio,
+    synthetic,
+    tiny_classifier,
+    trained_colour_model,
+)
 
 #: small, fast generative fits for the tiny models
 FAST = {"epochs": 2, "batch_size": 16, "width": 8, "lr": 0.01}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from store_factory import attack_record
 
 from idls.reproduce import evaluate_claims
 from idls.reproduce.claims_universal import UNIVERSAL_CLAIMS, variant_parts
-from store_factory import attack_record
 
 IMAGES = [f"img{i}" for i in range(10)]
 

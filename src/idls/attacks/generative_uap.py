@@ -32,7 +32,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS
-from idls.attacks.fit_checkpoint import FitCheckpoint, load_optimizer_tensors, optimizer_tensors
+from idls.attacks.fit_checkpoint import (
+    FitCheckpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+)
 from idls.attacks.generators import GENERATOR_KINDS, build_generator, scale_to_budget
 from idls.attacks.juap_objective import (
     CLASSIFIER_LOSSES,
@@ -43,7 +47,13 @@ from idls.attacks.juap_objective import (
 )
 from idls.attacks.options import option
 from idls.attacks.targets import TargetMode
-from idls.attacks.universal import BudgetOptions, UniversalAttack, UniversalPerturbation, epoch_order, predictions
+from idls.attacks.universal import (
+    BudgetOptions,
+    UniversalAttack,
+    UniversalPerturbation,
+    epoch_order,
+    predictions,
+)
 from idls.errors import UserError
 from idls.interpreters import Interpreter, interpreter_for
 from idls.optim import flush_denormal

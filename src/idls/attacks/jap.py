@@ -28,7 +28,12 @@ from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS, Attack
 from idls.attacks.generators import GENERATOR_KINDS, build_generator, scale_to_budget
-from idls.attacks.juap_objective import DEFAULT_FLOOR, JointGeneratorObjective, benign_reference, default_lam
+from idls.attacks.juap_objective import (
+    DEFAULT_FLOOR,
+    JointGeneratorObjective,
+    benign_reference,
+    default_lam,
+)
 from idls.attacks.options import AttackOptions, option
 from idls.attacks.pgd import NORMS
 from idls.attacks.targets import TargetMode
@@ -153,7 +158,7 @@ class JAP(Attack):
             single = build_generator(self.generator, size, width=self.width)
         grouped = build_generator(self.generator, size, groups=batch, width=self.width)
         with torch.no_grad():
-            for (name, target), source in zip(grouped.state_dict().items(), single.state_dict().values()):
+            for target, source in zip(grouped.state_dict().values(), single.state_dict().values(), strict=True):
                 target.copy_(source.repeat(batch, *([1] * (source.dim() - 1))) if target.shape != source.shape
                              else source)
         return grouped

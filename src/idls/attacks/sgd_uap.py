@@ -27,7 +27,13 @@ from idls.attacks.fit_checkpoint import FitCheckpoint
 from idls.attacks.options import option
 from idls.attacks.pgd import step_direction
 from idls.attacks.targets import TargetMode
-from idls.attacks.universal import BudgetOptions, UniversalAttack, epoch_order, predictions, project_delta
+from idls.attacks.universal import (
+    BudgetOptions,
+    UniversalAttack,
+    epoch_order,
+    predictions,
+    project_delta,
+)
 from idls.errors import UserError
 from idls.optim import flush_denormal
 from idls.system import Classifier

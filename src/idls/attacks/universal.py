@@ -42,8 +42,8 @@ from idls.attacks.base import Attack, Perturbation
 from idls.attacks.fit_checkpoint import FitCheckpoint
 from idls.attacks.options import AttackOptions, option
 from idls.attacks.pgd import NORMS, Norm
-from idls.attacks.threats import LpBall
 from idls.attacks.targets import TargetMode
+from idls.attacks.threats import LpBall
 from idls.core import (
     dataset_digest,
     image_fingerprints,
