@@ -47,8 +47,21 @@ def test_pgd_records_against_every_interpreter(quick_demo):
     records = [json.loads(line) for line in (quick_demo / "results.jsonl").read_text().splitlines()]
     summary = json.loads((quick_demo / "summary.json").read_text())
     assert set(summary["attacks"]["pgd"]) == {"grad", "ig", "cam", "gradcam", "rts", "mask"}
-    assert all(r["linf"] <= 8 / 255 + 1e-6 for r in records)
+    assert all(r["linf"] <= 8 / 255 + 1e-6 for r in records if r["attack"] == "pgd")
     assert summary["attacks"]["pgd"]["cam"]["attack_success_rate"] >= 0.9
+
+
+def test_universal_section_fits_once_and_applies_to_unseen_images(quick_demo):
+    from idls.demo import UNIVERSAL_ATTACKS, UNIVERSAL_EPSILON
+
+    records = [json.loads(line) for line in (quick_demo / "results.jsonl").read_text().splitlines()]
+    universal = [r for r in records if r["attack"] in UNIVERSAL_ATTACKS]
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    assert set(summary["universal"]) == set(UNIVERSAL_ATTACKS)
+    assert all("fooling_ratio" in by_int["cam"] for by_int in summary["universal"].values())
+    assert universal and all(r["linf"] <= UNIVERSAL_EPSILON + 1e-6 for r in universal)
+    fitted = list((quick_demo / "universal-store" / "fitted").glob("*.safetensors"))
+    assert len(fitted) == len(UNIVERSAL_ATTACKS)  # one perturbation per attack, fitted once
 
 
 def test_joint_attacks_side_by_side_with_pgd(quick_demo):
