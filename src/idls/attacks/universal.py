@@ -27,8 +27,6 @@ fingerprints, because disjoint splits reuse file names.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from idls.attacks.threats import LpBall
 from idls.core import (
     dataset_digest,
     image_fingerprints,
+    json_digest,
     load_artifact,
     save_artifact,
     sha256_file,
@@ -381,7 +380,7 @@ class UniversalAttack(Attack):
             self.epsilon = default_epsilon(self.norm, tuple(images.shape[1:]))
         fit_digest = dataset_digest(images, labels)
         record = model_record(classifier)
-        key = fit_key({"attack": self.name, "options": self.recorded_options(), "epsilon": self.epsilon,
+        key = json_digest({"attack": self.name, "options": self.recorded_options(), "epsilon": self.epsilon,
                                      "model": record, "fit": fit_digest})
         saver = FitCheckpoint(checkpoint, key)
         delta, extra = self._fit(classifier, images, labels, progress=progress or self.progress, checkpoint=saver)
@@ -430,11 +429,6 @@ class UniversalAttack(Attack):
         success = pred == targets if targets is not None else pred != labels
         first = torch.where(success, torch.zeros_like(pred), torch.full_like(pred, -1))
         return Perturbation(x_adv=x_adv, iterations_to_success=first, iterations_run=0, success=success)
-
-
-def fit_key(value: Any) -> str:
-    """SHA-256 of a JSON-serialisable value (sorted keys): identifies a fit for its checkpoint."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------
@@ -530,7 +524,6 @@ __all__ = [
     "project_delta",
     "default_epsilon",
     "epoch_order",
-    "fit_key",
     "predictions",
     "weights_digest",
 ]

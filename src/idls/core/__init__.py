@@ -16,6 +16,7 @@ from idls.core.artifacts import Artifact, load_artifact, save_artifact, sidecar_
 from idls.core.digests import (
     dataset_digest,
     image_fingerprints,
+    json_digest,
     sha256_file,
     short_hex,
     tensor_digest,
@@ -25,6 +26,7 @@ __all__ = [
     "Artifact",
     "dataset_digest",
     "image_fingerprints",
+    "json_digest",
     "load_artifact",
     "save_artifact",
     "sha256_file",

@@ -10,7 +10,9 @@ can be found (file names cannot: disjoint splits reuse names such as
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,6 +39,11 @@ def _update(digest: hashlib._Hash, tensor: Tensor) -> None:
     flat = tensor.detach().cpu().contiguous().reshape(-1)
     digest.update(f"{flat.dtype}|{tuple(tensor.shape)}|".encode())
     digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+def json_digest(value: Any) -> str:
+    """SHA-256 (hex) of a JSON-serialisable value, keys sorted (non-JSON values by their ``str``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def tensor_digest(*tensors: Tensor) -> str:
