@@ -25,6 +25,7 @@ from idls.system import Classifier
 from tests.universal_helpers import (
     colour_task,
     fooling_ratio,
+    record_progress,
     synthetic,
     tiny_classifier,
     trained_colour_model,
@@ -165,6 +166,15 @@ def test_juap_keeps_the_maps_closer_than_the_same_generator_without_the_map_term
         perturbation = create_attack("juap", interpreter="cam", lam=lam, **FAST).fit(colour_model, fit)
         shifts[lam] = float(metrics.map_l1(cam.attribute(perturbation.apply(x)), benign).mean())
     assert shifts[10.0] < 0.8 * shifts[0.0], shifts
+
+
+def test_progress_bar_shows_the_running_fooling_ratio_and_map_shift(colour_model, fit, monkeypatch):
+    from idls.attacks import generative_uap
+
+    postfixes = record_progress(generative_uap, monkeypatch)
+    create_attack("juap", interpreter="cam", **FAST).fit(colour_model, fit, progress=True)
+    assert len(postfixes) == 2 * 16  # one per minibatch: 256 images in batches of 16, two epochs
+    assert all(0 <= float(p["fooling"]) <= 1 and float(p["map_shift"]) >= 0 for p in postfixes)
 
 
 def test_a_fitted_generator_perturbation_reloads_identically(colour_model, fit, held_out, tmp_path):

@@ -19,6 +19,7 @@ from tests.universal_helpers import (
     colour_task,
     fooling_ratio,
     noise_fooling,
+    record_progress,
     synthetic,
     tiny_classifier,
     trained_colour_model,
@@ -193,17 +194,10 @@ def test_options_are_checked():
         create_attack("uap", candidates=1)
 
 
-def test_progress_bar_shows_the_runningfooling_ratio(tiny, fit_data, monkeypatch):
+def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatch):
     from idls.attacks import uap
 
-    postfixes: list[dict] = []
-
-    class RecordingBar(uap.tqdm):
-        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-            postfixes.append(dict(kwargs))
-            return super().set_postfix(ordered_dict, refresh, **kwargs)
-
-    monkeypatch.setattr(uap, "tqdm", RecordingBar)
+    postfixes = record_progress(uap, monkeypatch)
     create_attack("uap", max_passes=2, target_fooling=1.0, batch_size=16).fit(tiny, fit_data, progress=True)
     assert len(postfixes) == 2 * 3  # one per minibatch: 48 images in batches of 16, two passes
     assert all(0 <= float(p["fooling"]) <= 1 for p in postfixes)

@@ -27,12 +27,11 @@ from tests.universal_helpers import (
     colour_task,
     fooling_ratio,
     random_patterns,
+    record_progress,
     synthetic,
     tiny_classifier,
     trained_colour_model,
 )
-
-
 
 
 @pytest.fixture(scope="module")
@@ -263,16 +262,9 @@ def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
 
 
 def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatch):
-    from idls.attacks import sgd_uap as universal
+    from idls.attacks import sgd_uap
 
-    postfixes: list[dict] = []
-
-    class RecordingBar(universal.tqdm):
-        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-            postfixes.append(dict(kwargs))
-            return super().set_postfix(ordered_dict, refresh, **kwargs)
-
-    monkeypatch.setattr(universal, "tqdm", RecordingBar)
+    postfixes = record_progress(sgd_uap, monkeypatch)
     create_attack("sgd-uap", epochs=2, batch_size=16).fit(tiny, fit_data, progress=True)
     assert len(postfixes) == 2 * 3  # one per minibatch: 48 images in batches of 16, two epochs
     assert all(0 <= float(p["fooling"]) <= 1 for p in postfixes)

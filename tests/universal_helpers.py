@@ -70,3 +70,16 @@ def random_patterns(perturbation: UniversalPerturbation, count: int = 3) -> list
 def noise_fooling(classifier: Classifier, perturbation: UniversalPerturbation, images: torch.Tensor) -> float:
     """The best fooling ratio of :func:`random_patterns` at the perturbation's budget."""
     return max(fooling_ratio(classifier, images, (images + p).clamp(0, 1)) for p in random_patterns(perturbation))
+
+
+def record_progress(module, monkeypatch) -> list[dict]:
+    """Replace ``module.tqdm`` by a bar that records every ``set_postfix``; the list fills as the fit runs."""
+    postfixes: list[dict] = []
+
+    class RecordingBar(module.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            postfixes.append(dict(kwargs))
+            return super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    monkeypatch.setattr(module, "tqdm", RecordingBar)
+    return postfixes
