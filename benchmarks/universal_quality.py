@@ -47,6 +47,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "chessboard-2px": ("chessboard", {"cell": 2}),
     "chessboard-4px": ("chessboard", {"cell": 4}),
     "uap": ("uap", {}),
+    "uap-target0.95": ("uap", {"target_fooling": 0.95}),
     "sgd-uap": ("sgd-uap", {}),
     "gap": ("gap", {}),
     "juap-cam": ("juap", {"interpreter": "cam"}),

@@ -285,3 +285,18 @@ def test_chessboard_and_random_sign_sit_on_the_budget_boundary():
     l2 = create_attack("random-sign", norm="l2").fit(model, fit)
     assert perturbation_norm(l2.delta, "l2") == pytest.approx(default_epsilon("l2", (3, 32, 32)), rel=1e-5)
     assert len(set(l2.delta.abs().flatten().tolist())) == 1
+
+
+def test_experiments_skip_the_interpreters_a_generator_attack_cannot_differentiate():
+    from idls.experiments.cells import expand_cells
+    from idls.experiments.config import experiment_from_mapping
+
+    experiment = experiment_from_mapping({
+        "name": "skip", "models": [{"name": "embedded_cnn", "weights": "random"}],
+        "data": {"source": "embedded", "n": 2, "fit_source": "embedded-train"}, "interpreters": ["cam", "mask"],
+        "attacks": [{"name": "juap", "options": {"mode": "untargeted"}}, "adv2"], "mode": "targeted",
+    }, default_name="skip")
+    notes: list[str] = []
+    cells = expand_cells(experiment, notes=notes)
+    assert {(c.attack, c.attacked_interpreter) for c in cells} == {("juap", "cam"), ("adv2", "cam"), ("adv2", "mask")}
+    assert len(notes) == 1 and "skipping juap against mask" in notes[0]

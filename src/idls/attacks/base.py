@@ -192,6 +192,12 @@ class Attack:
                 return least_likely_targets(classifier(x))
         return random_targets(labels, classifier.num_classes, self.seed, indices)
 
+    @classmethod
+    def interpreter_unavailable_reason(cls, interpreter: type) -> str | None:
+        """Why this attack cannot be crafted against interpreters of class ``interpreter``, or ``None``
+        (attacks that take an interpreter; experiments skip the pairs with a reason)."""
+        return None
+
     def variant(self) -> str:
         """A short label of the options that make this configuration another method of the same attack
         (a universal attack's norm, a generator's architecture and loss); recorded with every result

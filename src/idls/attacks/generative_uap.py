@@ -44,6 +44,7 @@ from idls.attacks.juap_objective import (
     JointGeneratorObjective,
     benign_reference,
     default_lam,
+    optimised_map_reason,
 )
 from idls.attacks.options import option
 from idls.attacks.targets import TargetMode
@@ -251,10 +252,14 @@ class JUAP(GenerativeUAP):
 
     def _interpreter(self, classifier: Classifier) -> Interpreter:
         interpreter = interpreter_for(self.interpreter, classifier, **self.interpreter_options)
-        if interpreter.map_is_optimised:
-            raise UserError(f"juap cannot differentiate interpreter {interpreter.name!r}: its map is itself an "
-                            "optimisation; choose cam, gradcam, rts or grad")
+        reason = optimised_map_reason(self.name, interpreter)
+        if reason:
+            raise UserError(reason)
         return interpreter
+
+    @classmethod
+    def interpreter_unavailable_reason(cls, interpreter: type) -> str | None:
+        return optimised_map_reason(cls.name, interpreter)
 
     def variant(self) -> str:
         """As GAP's, with ``-lam<value>`` when ``lam`` was set explicitly (e.g. the ``lam=0`` ablation)."""

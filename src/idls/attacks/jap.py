@@ -33,6 +33,7 @@ from idls.attacks.juap_objective import (
     JointGeneratorObjective,
     benign_reference,
     default_lam,
+    optimised_map_reason,
 )
 from idls.attacks.options import AttackOptions, option
 from idls.attacks.pgd import NORMS
@@ -109,6 +110,10 @@ class JAP(Attack):
     def variant(self) -> str:
         return f"{self.generator}-{self.norm}"
 
+    @classmethod
+    def interpreter_unavailable_reason(cls, interpreter: type) -> str | None:
+        return optimised_map_reason(cls.name, interpreter)
+
     def threat(self) -> LpBall:
         if self.epsilon is None:
             raise UserError("jap has no budget until it sees an image size; pass epsilon or run it first")
@@ -119,9 +124,9 @@ class JAP(Attack):
         if self.epsilon is None:
             self.epsilon = default_epsilon(self.norm, size)
         real = interpreter_for(self.interpreter, classifier, **self.interpreter_options)
-        if real.map_is_optimised:
-            raise UserError(f"jap cannot differentiate interpreter {real.name!r}: its map is itself an "
-                            "optimisation; choose cam, gradcam, rts or grad")
+        reason = optimised_map_reason(self.name, real)
+        if reason:
+            raise UserError(reason)
         lam = default_lam(real) if self.lam is None else float(self.lam)
         batch = x.shape[0]
         reference = benign_reference(classifier, real, x).to(x.device)

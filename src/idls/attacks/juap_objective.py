@@ -41,6 +41,14 @@ DEFAULT_LAM = {"cam": 1.0, "grad": 1.0, "rts": 1.0}
 _TINY = 1e-12
 
 
+def optimised_map_reason(attack: str, interpreter: type[Interpreter] | Interpreter) -> str | None:
+    """Why a generator attack cannot differentiate an interpreter: its map is itself an optimisation (MASK)."""
+    if interpreter.map_is_optimised:
+        return (f"{attack} cannot differentiate interpreter {interpreter.name!r}: its map is itself an "
+                "optimisation; choose cam, gradcam, rts or grad")
+    return None
+
+
 def default_lam(interpreter: Interpreter) -> float:
     """The default ``lam`` for an interpreter, by its family."""
     if interpreter.family not in DEFAULT_LAM:
@@ -185,5 +193,6 @@ __all__ = [
     "benign_reference",
     "classifier_loss",
     "default_lam",
+    "optimised_map_reason",
     "rms_shift",
 ]

@@ -99,16 +99,21 @@ def expand_cells(
     experiment: Experiment,
     interpreters_by_model: Mapping[int, Sequence[str]] | None = None,
     images_by_model: Mapping[int, int] | None = None,
+    notes: list[str] | None = None,
 ) -> list[Cell]:
     """All cells of the grid, in a deterministic order (models, attacks, frameworks, targets, interpreters, seeds).
 
     Args:
         interpreters_by_model: model index -> the interpreters usable with it (default: all listed).
         images_by_model: model index -> number of selected images (default: ``data.n``).
+        notes: collects one line per (attack, interpreter) pair left out because the attack cannot be
+            crafted against that interpreter (:meth:`~idls.attacks.base.Attack.interpreter_unavailable_reason`).
 
     Raises:
         UserError: an attack rejects its options (the message names the cell).
     """
+    from idls.attacks import ATTACKS
+    from idls.interpreters import interpreter_class
     from idls.runner import attack_needs_interpreter
 
     cells: list[Cell] = []
@@ -117,7 +122,15 @@ def expand_cells(
         available = experiment.data.n if images_by_model is None else images_by_model[index]
         for spec in experiment.attacks:
             if attack_needs_interpreter(spec.name):
-                attacked = [name for name in usable if spec.interpreters is None or name in spec.interpreters]
+                attacked = []
+                for name in usable:
+                    if spec.interpreters is not None and name not in spec.interpreters:
+                        continue
+                    reason = ATTACKS.get(spec.name).interpreter_unavailable_reason(interpreter_class(name))
+                    if reason is None:
+                        attacked.append(name)
+                    elif notes is not None:
+                        notes.append(f"skipping {spec.name} against {name} on {model.name}: {reason}")
                 frameworks = experiment.frameworks if accepts_option(spec.name, "framework") else [spec.name]
                 targets = experiment.targets if accepts_option(spec.name, "target_map") else [NONE]
                 variants = [(framework, target, name) for framework in frameworks

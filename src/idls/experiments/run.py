@@ -74,7 +74,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             if other != input_size:
                 raise UserError(f"transfer_models: {receiver.name} takes {other} px images but {model.name} "
                                 f"takes {input_size} px; transfer needs models of the same input size")
-    cells = expand_cells(experiment, interpreters_by_model, images_by_model)
+    cells = expand_cells(experiment, interpreters_by_model, images_by_model, notes)
     return Plan(cells, expand_units(cells, experiment.data.batch_size), images_by_model, notes)
 
 
