@@ -28,6 +28,7 @@ from tests.universal_helpers import (
     fooling_ratio,
     random_patterns,
     record_progress,
+    shared_cifar_split,
     synthetic,
     tiny_classifier,
     trained_colour_model,
@@ -245,14 +246,7 @@ def test_fitted_perturbation_beats_random_noise_on_held_out_images(colour_model,
 
 @pytest.mark.shared
 def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
-    from idls.data import load_images
-
-    cifar = resnet20_path.parents[1]  # ../shared/data/cifar10
-    train_dir, test_dir = cifar / "train", cifar / "images"
-    if not train_dir.exists() or not test_dir.exists():
-        pytest.skip(f"shared CIFAR-10 images not found under {cifar}")
-    fit = load_images(str(train_dir), input_size=32, n=256, seed=0)
-    test = load_images(str(test_dir), input_size=32)
+    fit, test = shared_cifar_split(resnet20_path)
     perturbation = create_attack("sgd-uap", epochs=3, step_size=2.5 / 255).fit(resnet20, fit)
     fooled = fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
     noise = max(fooling_ratio(resnet20, test.images, (test.images + p).clamp(0, 1))

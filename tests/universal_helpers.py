@@ -83,3 +83,16 @@ def record_progress(module, monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(module, "tqdm", RecordingBar)
     return postfixes
+
+
+def shared_cifar_split(resnet20_path, fit_n: int = 256):
+    """``fit_n`` shared CIFAR-10 training images and the shared test images (skips when either is absent)."""
+    import pytest
+
+    from idls.data import load_images
+
+    cifar = resnet20_path.parents[1]  # ../shared/data/cifar10
+    train_dir, test_dir = cifar / "train", cifar / "images"
+    if not train_dir.exists() or not test_dir.exists():
+        pytest.skip(f"shared CIFAR-10 images not found under {cifar}")
+    return load_images(str(train_dir), input_size=32, n=fit_n, seed=0), load_images(str(test_dir), input_size=32)
