@@ -99,3 +99,29 @@ def run_cli(args: list[str]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     return 0
+
+
+# -- shared by the universal-attack tests (tests/universal_helpers.py builds them) --------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    """A small random-weight GAP + linear CNN (6 classes, 32 px), eval mode."""
+    from tests.universal_helpers import tiny_classifier
+
+    return tiny_classifier()
+
+
+@pytest.fixture(scope="module")
+def fit_data():
+    """48 embedded synthetic training images (32 px)."""
+    from idls.data.synthetic import TRAIN_SEED
+    from tests.universal_helpers import synthetic
+
+    return synthetic(48, TRAIN_SEED, "train")
+
+
+@pytest.fixture(scope="session")
+def colour_model():
+    """A tiny CNN trained on the dominant-colour task (trained once per session)."""
+    from tests.universal_helpers import trained_colour_model
+
+    return trained_colour_model()

@@ -185,3 +185,13 @@ def test_lp_ball_membership():
     assert ball.contains(x, torch.stack([inside[0], outside[1]])).tolist() == [True, False]
     assert not bool(LpBall("l2", 0.01).contains(x, x + 0.01).any())
     assert not bool(ball.contains(x, x + 1.0).any())  # out of the pixel box
+
+
+@pytest.mark.parametrize("interpreter", [n for n in list_interpreters() if not interpreter_class(n).map_is_optimised])
+def test_joint_forward_returns_encoder_logits_exactly_when_declared(interpreter, model, batch):
+    """``has_encoder`` is the capability the generative attacks read instead of asking for RTS by name."""
+    x = batch[0][:2].clone().requires_grad_(True)
+    built = create_interpreter(interpreter, model, **_interpreter_options(interpreter, model)).for_joint_attack()
+    out = built.joint_forward(x, None)
+    assert (out.encoder_logits is not None) == interpreter_class(interpreter).has_encoder
+    assert out.maps.shape[0] == 2 and out.logits.shape == (2, 10)

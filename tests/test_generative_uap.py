@@ -21,23 +21,16 @@ from idls.data import LabeledImages
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
-from idls.system import Classifier
 from tests.universal_helpers import (
     colour_task,
     fooling_ratio,
     record_progress,
     synthetic,
     tiny_classifier,
-    trained_colour_model,
 )
 
 #: small, fast generative fits for the tiny models
 FAST = {"epochs": 2, "batch_size": 16, "width": 8, "lr": 0.01}
-
-
-@pytest.fixture(scope="module")
-def colour_model() -> Classifier:
-    return trained_colour_model()
 
 
 @pytest.fixture(scope="module")

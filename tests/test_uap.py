@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from idls.attacks import create_attack
 from idls.attacks.uap import DeepFoolUAP, deepfool, update_delta
 from idls.attacks.universal import perturbation_norm, project_delta
-from idls.data import LabeledImages
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
 from idls.system import Classifier
@@ -21,25 +20,7 @@ from tests.universal_helpers import (
     noise_fooling,
     record_progress,
     shared_cifar_split,
-    synthetic,
-    tiny_classifier,
-    trained_colour_model,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Classifier:
-    return tiny_classifier()
-
-
-@pytest.fixture(scope="module")
-def fit_data() -> LabeledImages:
-    return synthetic(48, TRAIN_SEED, "train")
-
-
-@pytest.fixture(scope="module")
-def colour_model() -> Classifier:
-    return trained_colour_model()
 
 
 # -- the batched DeepFool step -------------------------------------------------------------------

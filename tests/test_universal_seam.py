@@ -22,7 +22,7 @@ from idls.core import (
 from idls.data import LabeledImages
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
 from idls.errors import UserError
-from idls.system import Classifier, ModelInfo
+from idls.system import ModelInfo
 from tests.universal_helpers import (
     colour_task,
     fooling_ratio,
@@ -31,23 +31,12 @@ from tests.universal_helpers import (
     shared_cifar_split,
     synthetic,
     tiny_classifier,
-    trained_colour_model,
 )
-
-
-@pytest.fixture(scope="module")
-def fit_data() -> LabeledImages:
-    return synthetic(48, TRAIN_SEED, "train")
 
 
 @pytest.fixture(scope="module")
 def held_out() -> LabeledImages:
     return synthetic(16, TEST_SEED, "test")
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Classifier:
-    return tiny_classifier()
 
 
 @pytest.fixture(scope="module")
@@ -226,11 +215,6 @@ def test_other_model_is_a_warning(fitted, held_out):
 
 
 # -- it works: fitted on one split, it fools more on another than noise of the same budget -------------
-
-
-@pytest.fixture(scope="module")
-def colour_model() -> Classifier:
-    return trained_colour_model()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

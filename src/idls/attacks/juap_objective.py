@@ -102,9 +102,9 @@ def benign_reference(classifier: Classifier, interpreter: Interpreter | None, im
         if interpreter is not None:
             with torch.enable_grad():
                 parts["maps"].append(interpreter.attribute(x, pred).detach().cpu())
-                encoder = interpreter.joint_forward(x.clone().requires_grad_(True), pred).encoder_logits
-            if encoder is not None:
-                parts["encoder"].append(encoder.detach().cpu())
+                if interpreter.has_encoder:
+                    encoder = interpreter.joint_forward(x.clone().requires_grad_(True), pred).encoder_logits
+                    parts["encoder"].append(encoder.detach().cpu())
     cat = lambda key: torch.cat(parts[key]) if parts[key] else None  # noqa: E731
     return Reference(cat("pred"), cat("least"), cat("maps"), cat("encoder"))
 

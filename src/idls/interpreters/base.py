@@ -60,6 +60,8 @@ class Interpreter(nn.Module):
     * :attr:`map_is_optimised`: its map is itself the result of an optimisation
       (MASK), so joint attacks run their bilevel loop instead of
       differentiating :meth:`joint_forward`;
+    * :attr:`has_encoder`: :meth:`joint_forward` also returns the logits of the
+      interpreter's own encoder (RTS);
     * :meth:`joint_forward`: logits and differentiable maps in one pass;
     * :meth:`unavailable_reason`: why it cannot explain a given classifier;
     * :attr:`taxonomy` and :attr:`display_order`: how reports group and order it.
@@ -77,6 +79,8 @@ class Interpreter(nn.Module):
     needs_smooth_surrogate: ClassVar[bool] = False
     #: the map is the result of an optimisation per image (MASK): joint attacks use the bilevel loop
     map_is_optimised: ClassVar[bool] = False
+    #: :meth:`joint_forward` fills ``encoder_logits`` (the interpreter has an encoder of its own: RTS)
+    has_encoder: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls, classifier: Classifier, options: dict[str, Any]) -> str | None:

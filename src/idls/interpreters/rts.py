@@ -65,6 +65,7 @@ class RTSInterpreter(Interpreter):
     taxonomy = "model-guided"
     display_order = 50
     family = "rts"
+    has_encoder = True
 
     @classmethod
     def unavailable_reason(cls, classifier: Classifier, options: dict) -> str | None:
