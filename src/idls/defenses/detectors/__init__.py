@@ -1,0 +1,37 @@
+"""Detectors: decide whether an input to a classifier is adversarial (registered in ``DETECTORS``).
+
+The contract is in :mod:`idls.defenses.detectors.base`: options declared once,
+``fit(classifier, benign, adversarial=None)``, ``score(x)`` per image, a threshold set
+at a false-positive rate on benign images, ``flag(x)``, artifacts. Example::
+
+    from idls.defenses.detectors import create_detector, load_detector
+
+    detector = create_detector("feature-squeezing").fit(classifier, benign_fit_images)
+    detector.save("runs/fs.safetensors")
+    same = load_detector("runs/fs.safetensors", classifier)
+    same.flag(x_adv)                                  # B booleans
+"""
+
+from __future__ import annotations
+
+from idls.defenses.detectors.base import (
+    DETECTOR_KIND,
+    DETECTORS,
+    DetectionSummary,
+    Detector,
+    DetectorOptions,
+    create_detector,
+    load_detector,
+    roc_auc,
+    summarize_scores,
+    threshold_at_fpr,
+)
+
+
+def list_detectors() -> list[str]:
+    """Names of the registered detectors."""
+    return DETECTORS.names()
+
+
+__all__ = ["DETECTORS", "DETECTOR_KIND", "DetectionSummary", "Detector", "DetectorOptions", "create_detector",
+           "list_detectors", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
