@@ -17,6 +17,7 @@ from idls.defenses.detectors import (
     threshold_at_fpr,
 )
 from idls.errors import UserError
+from tests.detector_helpers import register_brightness
 from tests.universal_helpers import synthetic, tiny_classifier
 
 
@@ -55,29 +56,9 @@ def test_every_registered_detector_declares_its_options():
             create_detector(name, not_an_option=1)
 
 
-class _Brightness(Detector):
-    """A test detector: the mean pixel (bright = 'adversarial'); learns a per-channel offset."""
-
-    name = "test-brightness"
-
-    def _fit(self, classifier, benign, adversarial, *, progress):
-        self.offset = benign.mean(dim=(0, 2, 3))
-
-    def _score(self, x):
-        return (x.mean(dim=(2, 3)) - self.offset).mean(1)
-
-    def state_tensors(self):
-        return {"offset": self.offset}
-
-    def load_state_tensors(self, tensors):
-        self.offset = tensors["offset"]
-
-
 @pytest.fixture(scope="module")
 def brightness_registered():
-    DETECTORS.register(_Brightness.name, _Brightness)
-    yield
-    DETECTORS._entries.pop(_Brightness.name, None)
+    return register_brightness()
 
 
 def test_fit_sets_the_threshold_flag_and_artifact_round_trip(tmp_path, brightness_registered):

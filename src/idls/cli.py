@@ -149,17 +149,23 @@ def _joint_options(attack: str, framework: str | None, target: str | None, mode:
     return options
 
 
-def _check_fit_sources(attack: str, fit_data: str | None, perturbation: Path | None) -> None:
-    """A fitted attack needs --fit-data or --perturbation (one of them); others take neither. Checked before loading."""
+def _check_fit_sources(attack: str, fit_data: str | None, perturbation: Path | None,
+                       detectors: list[str] | None = None) -> None:
+    """A fitted attack needs --fit-data or --perturbation (one of them); others take neither, unless a --detector
+    is fitted here. Checked before loading."""
     from idls.attacks import ATTACKS
 
+    fitted_detectors = [d for d in detectors or [] if not d.endswith(".safetensors")]
+    if fitted_detectors and fit_data is None:
+        raise UserError(f"--detector {fitted_detectors[0]} is fitted on training images: pass --fit-data FOLDER, or "
+                        "give a detector file from `idls detector fit`")
     if ATTACKS.get(attack).needs_fit:
         if fit_data is None and perturbation is None:
             raise UserError(f"attack {attack!r} is fitted on a data set before it is applied: pass --fit-data FOLDER "
                             "(training images, not the evaluation images), or --perturbation FILE to reuse a fitted one")
         if fit_data is not None and perturbation is not None:
             raise UserError("give --fit-data (fit a new perturbation) or --perturbation (reuse one), not both")
-    elif fit_data is not None or perturbation is not None:
+    elif perturbation is not None or (fit_data is not None and not fitted_detectors):
         raise UserError(f"--fit-data and --perturbation apply to universal attacks (fitted once, then applied); "
                         f"{attack} attacks each image on its own")
 
@@ -197,6 +203,7 @@ def list_command() -> None:
 
     from idls.attacks import list_attacks
     from idls.defenses import list_defenses
+    from idls.defenses.detectors import list_detectors
     from idls.interpreters import list_interpreters
     from idls.models import MODELS
 
@@ -211,28 +218,33 @@ def list_command() -> None:
     console.print("interpreters: " + ", ".join(list_interpreters()))
     console.print("attacks: " + ", ".join(list_attacks()) + "  (options: `idls options ATTACK`)")
     console.print("defences (--defense): " + ", ".join(list_defenses()))
+    console.print("detectors (--detector, `idls detector fit`): " + ", ".join(list_detectors())
+                  + "  (options: `idls options DETECTOR`)")
 
 
 @app.command("options")
 def options_command(
-    attack: Annotated[Optional[str], typer.Argument(help="attack name (default: all)")] = None,
+    attack: Annotated[Optional[str], typer.Argument(help="attack or detector name (default: every attack)")] = None,
 ) -> None:
-    """List an attack's options with their defaults (the names -o KEY=VALUE and experiment files take)."""
+    """List an attack's or a detector's options with their defaults (the names -o KEY=VALUE and experiment files take)."""
     from rich.console import Console
     from rich.table import Table
 
     from idls.attacks import ATTACKS, list_attacks
     from idls.attacks.reference import option_rows
+    from idls.defenses.detectors import DETECTORS
 
     names = [attack] if attack else list_attacks()
     for name in names:
-        ATTACKS.get(name)  # unknown names: one line with the list of attacks
+        if name not in DETECTORS:
+            ATTACKS.get(name)  # unknown names: one line with the list of attacks
     console = Console()
     for name in names:
         table = Table(title=name)
         for col in ("option", "default", "meaning"):
             table.add_column(col)
-        for row in option_rows(name):
+        rows = DETECTORS.get(name).Options.describe() if name in DETECTORS else option_rows(name)
+        for row in rows:
             table.add_row(*row)
         console.print(table)
 
@@ -340,6 +352,10 @@ def attack(
         Optional[str], typer.Option(help="attack the classifier behind an input defence: NAME or NAME:KEY=VALUE,... "
                                          "(e.g. bit-depth:bits=4; see `idls list`)")
     ] = None,
+    detector: Annotated[
+        Optional[list[str]], typer.Option(help="guard the system with a detector: a file from `idls detector fit`, or "
+                                               "NAME[:KEY=VALUE,...] fitted here on --fit-data; repeat for several")
+    ] = None,
     batch_size: BatchOpt = 64,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
@@ -363,7 +379,7 @@ def attack(
     if epsilon is not None and not 0 < epsilon <= 1:
         raise UserError(f"--epsilon {epsilon} is outside (0, 1]; it is on the [0,1] pixel scale (8/255 = 0.031)")
     mode = mode or _default_mode(attack)
-    _check_fit_sources(attack, fit_data, perturbation)
+    _check_fit_sources(attack, fit_data, perturbation, detector)
     given = {"epsilon": epsilon, "norm": norm, "random_start": random_start, "step_size": step_size, "steps": steps}
     options = {key: value for key, value in given.items() if value is not None}
     options.update(_joint_options(attack, framework, target, mode))
@@ -381,6 +397,8 @@ def attack(
     config = _attack_experiment(attack, options, mode=mode, model=model, weights=weights, data=data, n=n,
                                 interpreter=interpreter, rts=rts, mask_iterations=mask_iterations, fit_data=fit_data,
                                 fit_n=fit_n, defense=defense, batch_size=batch_size, device=device, seed=seed)
+    if detector:
+        config["detectors"] = [_detector_entry(spec) for spec in detector]
     try:
         experiment = experiment_from_mapping(config, default_name="attack")
     except UserError as exc:
@@ -433,12 +451,23 @@ def _attack_experiment(attack: str, options: dict, *, mode: str, model: str, wei
             **grid}
 
 
+def _detector_entry(spec: str) -> dict:
+    """``--detector FILE`` or ``NAME[:KEY=VALUE,...]`` -> a ``detectors:`` entry of the experiment."""
+    if spec.endswith(".safetensors"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise UserError(f"--detector {spec}: no such file; fit one with `idls detector fit`")
+        return {"path": str(path.resolve())}
+    name, _, rest = spec.partition(":")
+    return {"name": name.strip(), "options": _key_values([p for p in rest.split(",") if p.strip()])}
+
+
 #: experiment-file keys and the `idls attack` flags that set them (for error messages)
 _FLAG_OF_KEY = (("data.fit_source", "--fit-data"), ("data.fit_n", "--fit-n"), ("data.source", "--data"),
                 ("data.n", "--n"), ("data.batch_size", "--batch-size"), ("models[0].weights", "--weights"),
                 ("models[0].defense", "--defense"), ("models[0].name", "--model"), ("attacks[0].options.", "-o "),
                 ("attacks[0]", "--attack"), ("interpreters", "--interpreter"), ("targets[0]", "--target"),
-                ("frameworks", "--framework"), (" (relative paths are relative to the experiment file)", ""))
+                ("frameworks", "--framework"), ("detectors", "--detector"), (" (relative paths are relative to the experiment file)", ""))
 
 
 def _in_flag_terms(message: str) -> str:
@@ -461,6 +490,72 @@ def _copy_fitted(out: Path) -> None:
         sidecar = fitted[0].with_name(fitted[0].name + ".json")
         if sidecar.is_file():
             shutil.copyfile(sidecar, out / (UNIVERSAL_FILE + ".json"))
+
+
+detector_app = typer.Typer(no_args_is_help=True, help="Fit detectors of adversarial inputs (saved, then used with "
+                                                         "`idls attack --detector FILE` or an experiment's detectors:).")
+app.add_typer(detector_app, name="detector")
+
+
+@detector_app.command("fit")
+def detector_fit_command(
+    name: Annotated[str, typer.Argument(help="detector name (see `idls list`; options: `idls options NAME`)")],
+    fit_data: Annotated[str, typer.Option(help="training images to fit on: a folder with labels.csv or class "
+                                               "sub-folders, or embedded-train")],
+    model: ModelOpt = "embedded_cnn",
+    weights: WeightsOpt = None,
+    fit_n: Annotated[Optional[int], typer.Option(help="how many --fit-data images (a seeded subset; default: all)")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="detector option KEY=VALUE "
+                                                                               "(e.g. -o fpr=0.05)")] = None,
+    fit_attack: Annotated[Optional[str], typer.Option(help="supervised detectors: the attack that makes the "
+                                                           "adversarial fit images (e.g. pgd, adv2)")] = None,
+    fit_attack_option: Annotated[Optional[list[str]], typer.Option(help="an option of --fit-attack, KEY=VALUE")] = None,
+    interpreter: Annotated[Optional[str], typer.Option("--interpreter", "-i", help="the interpreter a joint "
+                                                                                   "--fit-attack attacks")] = None,
+    rts: RtsOpt = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="the fitted detector (.safetensors; metadata beside it as .json)")]
+        = Path("runs/detector.safetensors"),
+) -> None:
+    """Fit a detector on training images (and adversarial ones for supervised detectors) and save it."""
+    from idls.attacks import create_attack
+    from idls.data.datasets import load_images, select_correct
+    from idls.defenses.detectors import create_detector
+    from idls.experiments.detector_fit import adversarial_fit_images
+    from idls.interpreters import create_interpreter
+
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: a detector is saved as a .safetensors file, e.g. --out runs/fs.safetensors")
+    detector = create_detector(name, **_key_values(option or []))
+    if detector.needs_adversarial and fit_attack is None:
+        raise UserError(f"detector {name!r} is supervised: name the attack that makes its adversarial fit images, "
+                        "e.g. --fit-attack pgd")
+    classifier = _classifier(model, weights, _device(device))
+    images = load_images(fit_data, input_size=classifier.input_size, n=fit_n, seed=seed,
+                         num_classes=classifier.num_classes)
+    benign, adversarial = images.images, None
+    if detector.needs_adversarial:
+        extra = {}
+        if interpreter is not None:
+            options = _interpreter_options([interpreter], rts, None).get(interpreter, {})
+            extra["interpreter"] = create_interpreter(interpreter, classifier, **options)
+        attack = create_attack(str(fit_attack), seed=seed, **extra, **_key_values(fit_attack_option or []))
+        correct = select_correct(classifier, images, len(images))
+        adversarial = adversarial_fit_images(classifier, attack, correct.images, correct.labels,
+                                             batch_size=batch_size, label=name)
+        benign = correct.images
+    device_ = classifier.device
+    detector.fit(classifier, benign.to(device_), None if adversarial is None else adversarial.to(device_),
+                 progress=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    detector.save(out)
+    flagged = float(detector.flag(benign.to(device_)).float().mean())
+    typer.echo(f"fitted {detector.describe()} on {benign.shape[0]} benign"
+               + ("" if adversarial is None else f" + {adversarial.shape[0]} adversarial")
+               + f" images; threshold {detector.threshold:.4g} (flags {flagged:.3f} of the benign fit images); "
+               f"wrote {out}")
 
 
 @app.command()
@@ -560,8 +655,12 @@ def _print_summary(per_attack) -> None:
 
     table = Table(title="summary")
     cols = ("attack", "interpreter", "n", "success", "confidence", "map_l1", "map_iou", "noise_rate", "seconds")
+    summaries = [s for by_int in per_attack.values() for s in by_int.values()]
+    labels = sorted({k.split(".")[1] for s in summaries for k in s if k.startswith("detector.")})
+    # per detector: detection rate of the adversarial images and the share that succeeded unflagged
+    cols += tuple(f"detector.{label}.{field}" for label in labels for field in ("flagged", "evaded"))
     for col in cols:
-        table.add_column(col)
+        table.add_column(col.replace("detector.", "").replace(".flagged", " detected").replace(".evaded", " evaded"))
     for a, by_int in per_attack.items():
         for i, s in by_int.items():
             table.add_row(a, i, *[f"{s.get(c, float('nan')):.3f}" if isinstance(s.get(c), float) else str(s.get(c)) for c in cols[2:]])

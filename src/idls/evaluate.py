@@ -106,7 +106,30 @@ def summarize(records: Sequence[Mapping]) -> dict:
         summary[key] = sum(float(r[key]) for r in records) / n
     its = [r["iterations_to_success"] for r in records if r.get("iterations_to_success", -1) >= 0]
     summary["iterations_to_success"] = sum(its) / len(its) if its else float("nan")
+    summary.update(detector_summary(records))
     return summary
+
+
+#: per-image detector fields (``detector.LABEL.FIELD``, see :mod:`idls.experiments.detection`) that are averaged
+DETECTOR_RATE_FIELDS = ("flagged", "benign_flagged", "evaded", "score", "benign_score")
+
+
+def detector_summary(records: Sequence[Mapping]) -> dict:
+    """Per detector label: detection rate (mean ``flagged``), false-positive rate (``benign_flagged``), evasion
+    rate (``evaded``), mean scores and the ROC-AUC of adversarial against benign scores."""
+    from idls.defenses.detectors.base import roc_auc
+
+    labels = sorted({k[len("detector."):-len(".flagged")] for r in records for k in r
+                     if k.startswith("detector.") and k.endswith(".flagged") and not k.endswith(".benign_flagged")})
+    out: dict = {}
+    for label in labels:
+        prefix = f"detector.{label}."
+        rows = [r for r in records if prefix + "flagged" in r]
+        for name in DETECTOR_RATE_FIELDS:
+            out[prefix + name] = sum(float(r[prefix + name]) for r in rows) / len(rows)
+        out[prefix + "auc"] = roc_auc(torch.tensor([float(r[prefix + "benign_score"]) for r in rows]),
+                                      torch.tensor([float(r[prefix + "score"]) for r in rows]))
+    return out
 
 
 def group_summaries(records: Sequence[Mapping], keys: Sequence[str] = ("attack", "interpreter")) -> dict:

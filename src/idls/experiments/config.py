@@ -34,11 +34,12 @@ from typing import Any
 import yaml
 
 from idls.errors import UserError
+from idls.experiments.detection import DetectorSpec, parse_detectors
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "name", "description", "variables", "models", "data", "interpreters", "interpreter_options", "attacks",
     "attack_options", "frameworks", "targets", "mode", "epsilon", "seeds", "evaluate_all_interpreters",
-    "transfer_models", "device", "quick",
+    "transfer_models", "device", "quick", "detectors",
 )
 MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options", "defense")
 DATA_KEYS: tuple[str, ...] = ("source", "n", "pool", "seed", "shuffle", "batch_size", "n_by_interpreter", "fit_source",
@@ -65,7 +66,8 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # ---------------------------------------------------------------------------------
 #: fields added after stores existed: left out of stored configurations and cell identities while unset,
 #: so that existing stores resume with the same cell ids
-OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "fit_source", "fit_n", "interpreters", "order"})
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "fit_source", "fit_n", "interpreters", "order", "detectors",
+                                             "fitted", "path", "fit_attack"})
 
 
 def spec_dict(spec: Any) -> dict[str, Any]:
@@ -173,6 +175,7 @@ class Experiment:
     device: str = "cpu"
     quick: bool = False
     source_file: str | None = None
+    detectors: list[DetectorSpec] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data (YAML/JSON serialisable; unset optional fields left out)."""
@@ -186,6 +189,8 @@ class Experiment:
         data["transfer_models"] = [ModelSpec(**m) for m in data.get("transfer_models", [])]
         data["data"] = DataSpec(**data["data"])
         data["attacks"] = [AttackSpec(**a) for a in data["attacks"]]
+        if data.get("detectors"):
+            data["detectors"] = [DetectorSpec(**d) for d in data["detectors"]]
         return cls(**data)
 
     def interpreter_options_for(self, model: ModelSpec, name: str) -> dict[str, Any]:
@@ -467,7 +472,12 @@ def _build(config: dict[str, Any], base_dir: Path, default_name: str, source_fil
         device=str(config.get("device") or "cpu"),
         quick=bool(config.get("quick", False)),
         source_file=source_file,
+        detectors=parse_detectors(config.get("detectors"), base_dir),
     )
+    if experiment.detectors and experiment.data.fit_source is None and \
+            any(d.path is None for d in experiment.detectors):
+        raise UserError("detectors: are fitted on training images; set data.fit_source (or give path: to a "
+                        "detector fitted earlier)")
     if not experiment.seeds:
         raise UserError("seeds: is empty; give at least one seed, e.g. seeds: [0]")
     _check_unique_models(experiment.models, "models")

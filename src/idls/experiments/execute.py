@@ -10,9 +10,10 @@ runs give the same records as an uninterrupted local one.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,6 +27,10 @@ from idls.experiments.store import tensor_file
 from idls.interpreters import create_interpreter
 from idls.interpreters.base import Interpreter
 from idls.system import Classifier
+
+if TYPE_CHECKING:
+    from idls.defenses.detectors import Detector
+    from idls.experiments.detection import DetectorSpec
 
 
 BENIGN_CACHE_SIZE = 64  #: benign map tensors a workspace keeps (a few batches x interpreters)
@@ -72,7 +77,8 @@ class Workspace:
         self._classifiers: dict[str, Classifier] = {}
         self._images: dict[int, LabeledImages] = {}
         self._interpreters: dict[tuple[int, str], Interpreter] = {}
-        self._benign: OrderedDict[tuple[int, str, int, int], Tensor] = OrderedDict()
+        self._benign: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._detectors: dict[tuple[int, str], Any] = {}
 
     # -- models and data --------------------------------------------------------------
     def classifier(self, spec: ModelSpec) -> Classifier:
@@ -153,14 +159,31 @@ class Workspace:
 
     def benign_maps(self, model_index: int, name: str, start: int, stop: int, x: Tensor) -> Tensor:
         """Maps ``B x h x w`` of the selected images ``start:stop`` (= ``x``), cached across cells."""
-        key = (model_index, name, start, stop)
+        return self.cached((model_index, name, start, stop),
+                           lambda: self.interpreter(model_index, name).attribute(x).detach())
+
+    def cached(self, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()`` once per ``key`` among the last :data:`BENIGN_CACHE_SIZE` keys (benign maps, benign scores)."""
         if key in self._benign:
             self._benign.move_to_end(key)
         else:
-            self._benign[key] = self.interpreter(model_index, name).attribute(x).detach()
+            self._benign[key] = compute()
             while len(self._benign) > BENIGN_CACHE_SIZE:
                 self._benign.popitem(last=False)
         return self._benign[key]
+
+    # -- detectors --------------------------------------------------------------------
+    def detector(self, model_index: int, spec: DetectorSpec) -> Detector:
+        """The fitted detector of a ``detectors:`` entry for a model (loaded once from its saved file)."""
+        from idls.defenses.detectors import load_detector
+
+        key = (model_index, spec.label)
+        if key not in self._detectors:
+            path = spec.file_for(model_index)
+            if path is None:
+                raise RuntimeError(f"detector {spec.label} was not fitted before the units ran (fit_detectors)")
+            self._detectors[key] = load_detector(path, self.model_classifier(model_index))
+        return self._detectors[key]
 
     # -- attacks ----------------------------------------------------------------------
     def attack(self, cell: Cell):
@@ -195,8 +218,38 @@ def run_unit(workspace: Workspace, unit: Unit) -> UnitOutput:
         )
     keys = {**cell.record_keys(), "batch": unit.batch}
     records = [{"kind": "attack", **keys, **record} for record in batch.records]
+    if workspace.experiment.detectors:
+        fields = detector_fields(workspace, cell.model_index, (unit.start, unit.stop), x, result.x_adv, result.success)
+        by_id = {str(image_id): row for image_id, row in zip(ids, fields)}
+        for record in records:
+            record.update(by_id[str(record["image_id"])])
     records += transfer_records(workspace, cell, keys, x, result.x_adv, labels, result.target, result.targeted, ids)
     return UnitOutput(records=records, tensors=batch.tensors)
+
+
+def detector_fields(workspace: Workspace, model_index: int, key: tuple[int, int], x: Tensor, x_adv: Tensor,
+                    success: Tensor) -> list[dict[str, Any]]:
+    """Per image of a unit, the ``detector.LABEL.*`` fields of every detector of the experiment.
+
+    ``score`` / ``flagged``: the adversarial image; ``benign_score`` / ``benign_flagged``: the benign
+    one (cached per ``key`` = the unit's image range); ``evaded``: the attack succeeded and was not flagged.
+    """
+    from idls.experiments.detection import FIELD_PREFIX
+
+    rows: list[dict[str, Any]] = [{} for _ in range(x.shape[0])]
+    for spec in workspace.experiment.detectors or []:
+        detector = workspace.detector(model_index, spec)
+        benign = workspace.cached(("detector-benign", model_index, spec.label, *key), lambda: detector.score(x))
+        adversarial = detector.score(x_adv)
+        threshold = float(detector.threshold)  # type: ignore[arg-type]
+        prefix = f"{FIELD_PREFIX}{spec.label}."
+        for i, row in enumerate(rows):
+            flagged = bool(adversarial[i] > threshold)
+            row.update({prefix + "score": float(adversarial[i]), prefix + "flagged": flagged,
+                        prefix + "benign_score": float(benign[i]),
+                        prefix + "benign_flagged": bool(benign[i] > threshold),
+                        prefix + "evaded": bool(success[i]) and not flagged})
+    return rows
 
 
 def transfer_records(workspace: Workspace, cell: Cell, keys: dict, x: Tensor, x_adv: Tensor, labels: Tensor,
@@ -220,4 +273,4 @@ def transfer_records(workspace: Workspace, cell: Cell, keys: dict, x: Tensor, x_
     return records
 
 
-__all__ = ["UnitOutput", "Workspace", "build_classifier", "resolve_device", "run_unit", "transfer_records"]
+__all__ = ["UnitOutput", "Workspace", "build_classifier", "detector_fields", "resolve_device", "run_unit", "transfer_records"]

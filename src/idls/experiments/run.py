@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings as _warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,11 @@ def run_experiment(
     store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
     try:
         plan = fit_attacks(plan, workspace, experiment, Path(out))
+        if experiment.detectors:
+            from idls.experiments.detector_fit import fit_detectors
+
+            experiment = replace(experiment, detectors=fit_detectors(workspace, Path(out)))
+            workspace.experiment = experiment
         pending = [u for u in plan.units if not store.is_done(*u.key)]
         written = 0
         with _progress_bar(progress, len(plan.units), len(plan.units) - len(pending), experiment.name) as advance:

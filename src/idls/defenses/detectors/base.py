@@ -256,9 +256,10 @@ class Detector:
     def metadata(self) -> dict[str, Any]:
         """What the artifact records besides the tensors."""
         classifier = self._require_fitted()
+        from idls.attacks.universal import model_record
+
         return {"kind": DETECTOR_KIND, "detector": self.name, "options": self.options.as_dict(),
-                "threshold": self.threshold, "model": classifier.info.name,
-                "defense": classifier.info.extra.get("defense"), "input_size": classifier.input_size,
+                "threshold": self.threshold, **model_record(classifier), "input_size": classifier.input_size,
                 "fit": self.fit_info, "describe": self.describe()}
 
     def save(self, path: str | Path) -> Path:
@@ -291,6 +292,12 @@ def load_detector(path: str | Path, classifier: Classifier) -> Detector:
     if meta.get("model") != classifier.info.name:
         raise UserError(f"detector {path} was fitted on model {meta.get('model')!r}, not {classifier.info.name!r}; "
                         "fit one for this model (idls detector fit)")
+    from idls.attacks.universal import weights_digest
+
+    current = weights_digest(classifier)
+    if meta.get("weights_sha256") and current and meta["weights_sha256"] != current:
+        raise UserError(f"detector {path} was fitted on other weights of {classifier.info.name} "
+                        f"({meta.get('weights')}); fit one for these weights (idls detector fit)")
     if meta.get("defense") != classifier.info.extra.get("defense"):
         raise UserError(f"detector {path} was fitted on the classifier with defence {meta.get('defense')!r}, "
                         f"not {classifier.info.extra.get('defense')!r}")

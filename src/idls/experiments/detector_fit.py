@@ -1,0 +1,89 @@
+"""Fitting the detectors of an experiment once per model, before its units run (see :mod:`idls.experiments.detection`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+import torch
+from torch import Tensor
+
+from idls.attacks import create_attack
+from idls.attacks.base import Attack
+from idls.defenses.detectors import Detector, create_detector
+from idls.errors import UserError
+from idls.experiments.detection import FITTED_DETECTOR, DetectorSpec
+from idls.experiments.execute import FITTED_DIR, Workspace
+from idls.system import Classifier
+
+
+def fit_detectors(workspace: Workspace, out: Path) -> list[DetectorSpec] | None:
+    """Fit (or reuse the saved fit of) every detector on every model; the specs with their ``fitted`` files."""
+    specs = workspace.experiment.detectors
+    if not specs:
+        return specs
+    resolved = []
+    for spec in specs:
+        if spec.path is not None:
+            resolved.append(spec)
+            continue
+        fitted = {}
+        for index in range(len(workspace.experiment.models)):
+            path = Path(out) / FITTED_DIR / FITTED_DETECTOR.format(label=spec.label, model=index)
+            if not path.is_file():
+                fit_detector(workspace, index, spec).save(path)
+            fitted[index] = str(path.resolve())
+        resolved.append(replace(spec, fitted=fitted))
+    return resolved
+
+
+def fit_detector(workspace: Workspace, model_index: int, spec: DetectorSpec) -> Detector:
+    """Fit ``spec``'s detector for one model on the experiment's fit images.
+
+    Unsupervised detectors see every fit image; supervised ones the correctly classified fit
+    images and the successful adversarial images ``spec.fit_attack`` makes from them.
+    """
+    from idls.data.datasets import select_correct
+
+    classifier = workspace.model_classifier(model_index)
+    images = workspace.fit_images(model_index)
+    detector = create_detector(str(spec.name), **spec.options)
+    benign, adversarial = images.images, None
+    if detector.needs_adversarial:
+        correct = select_correct(classifier, images, len(images))
+        attack_spec = spec.fit_attack or {}
+        extra = {}
+        if attack_spec.get("interpreter"):
+            extra["interpreter"] = workspace.interpreter(model_index, attack_spec["interpreter"])
+        attack = create_attack(attack_spec["name"], **extra, **attack_spec.get("options", {}))
+        adversarial = adversarial_fit_images(classifier, attack, correct.images, correct.labels,
+                                             batch_size=workspace.experiment.data.batch_size, label=spec.label)
+        benign = correct.images
+    device = classifier.device
+    return detector.fit(classifier, benign.to(device), None if adversarial is None else adversarial.to(device),
+                        progress=True)
+
+
+def adversarial_fit_images(classifier: Classifier, attack: Attack, images: Tensor, labels: Tensor, *,
+                           batch_size: int, label: str) -> Tensor:
+    """The successful adversarial images ``attack`` makes from ``images`` (``N x C x H x W``), in batches.
+
+    Batches carry the images' positions as ``indices``, so seeded targets do not depend on the batch size.
+    """
+    from tqdm.auto import tqdm
+
+    kept = []
+    device = classifier.device
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=f"adversarial fit images for {label}",
+                      unit="batch"):
+        stop = min(start + batch_size, images.shape[0])
+        result = attack.run(classifier, images[start:stop].to(device), labels[start:stop].to(device),
+                            indices=torch.arange(start, stop))
+        kept.append(result.x_adv[result.success].detach().cpu())
+    adversarial = torch.cat(kept) if kept else images.new_zeros((0, *images.shape[1:]))
+    if adversarial.shape[0] == 0:
+        raise UserError(f"detector {label}: the fit attack {attack.name} succeeded on no fit image; "
+                        "give it a larger budget or more steps")
+    return adversarial
+
+
+__all__ = ["adversarial_fit_images", "fit_detector", "fit_detectors"]

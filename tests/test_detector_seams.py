@@ -1,0 +1,106 @@
+"""Detectors in experiments and on the command line: configuration errors, per-image fields, fitting once, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from idls.analysis.store_reader import load_store
+from idls.errors import UserError
+from idls.evaluate import summarize
+from idls.experiments import run_experiment
+from idls.experiments.config import Experiment, experiment_from_mapping
+from tests.conftest import run_cli
+from tests.detector_helpers import register_brightness
+
+NAME = register_brightness()
+
+BASE = {
+    "name": "guarded",
+    "models": [{"name": "embedded_cnn", "weights": "random", "init_seed": 0}],
+    "data": {"source": "embedded", "n": 6, "pool": 200, "batch_size": 3, "fit_source": "embedded-train", "fit_n": 64},
+    "interpreters": ["cam"],
+    "attacks": [{"name": "pgd", "options": {"steps": 3}}],
+    "mode": "untargeted",
+}
+
+
+def _attack_records(out):
+    return [r for r in load_store(out).records if r["kind"] == "attack"]
+
+
+@pytest.mark.parametrize("detectors, message", [
+    ("fs", "must be a list"),
+    ([{"name": NAME, "labels": "x"}], "unknown key 'labels'"),
+    ([{"name": NAME}, {"name": NAME}], "used twice"),
+    ([{"name": NAME, "label": "a b"}], "label"),
+    ([{"name": NAME, "options": {"fpr": 2}}], "fpr"),
+    ([{"name": NAME, "fit_attack": "pgd"}], "benign images only"),
+    ([{"name": "no-such-detector"}], "unknown detector"),
+    ([{"path": "missing.safetensors"}], "does not exist"),
+])
+def test_bad_detector_entries_are_one_line_errors(detectors, message):
+    with pytest.raises(UserError, match=message):
+        experiment_from_mapping({**BASE, "detectors": detectors})
+
+
+def test_detectors_need_fit_images():
+    data = {k: v for k, v in BASE["data"].items() if k not in ("fit_source", "fit_n")}
+    with pytest.raises(UserError, match="data.fit_source"):
+        experiment_from_mapping({**BASE, "data": data, "detectors": [NAME]})
+
+
+def test_configuration_without_detectors_is_unchanged():
+    """Stores written before detectors existed resume: the resolved configuration has no detectors key."""
+    experiment = experiment_from_mapping(BASE)
+    assert "detectors" not in experiment.to_dict()
+    guarded = experiment_from_mapping({**BASE, "detectors": [NAME]})
+    assert Experiment.from_dict(guarded.to_dict()).to_dict() == guarded.to_dict()
+
+
+def test_records_carry_detector_fields_and_the_fit_is_saved_once(tmp_path):
+    experiment = experiment_from_mapping({**BASE, "detectors": [NAME, {"name": NAME, "label": "loose",
+                                                                       "options": {"fpr": 0.5}}]})
+    run_experiment(experiment, tmp_path, progress=False)
+    records = _attack_records(tmp_path)
+    fitted = sorted(p.name for p in (tmp_path / "fitted").glob("*.safetensors"))
+    assert fitted == sorted([f"detector-{NAME}-m0.safetensors", "detector-loose-m0.safetensors"])
+    for record in records:
+        for label in (NAME, "loose"):
+            prefix = f"detector.{label}."
+            assert record[prefix + "evaded"] == (record["success"] and not record[prefix + "flagged"])
+    # a looser threshold (higher FPR) flags at least as many benign images: same scores, lower threshold
+    assert sum(r["detector.loose.benign_flagged"] for r in records) >= sum(
+        r[f"detector.{NAME}.benign_flagged"] for r in records)
+    summary = summarize(records)
+    assert summary[f"detector.{NAME}.flagged"] == pytest.approx(
+        sum(r[f"detector.{NAME}.flagged"] for r in records) / len(records))
+    assert 0.0 <= summary[f"detector.{NAME}.auc"] <= 1.0
+    stamp = (tmp_path / "fitted" / f"detector-{NAME}-m0.safetensors").stat().st_mtime_ns
+    again = run_experiment(experiment, tmp_path, progress=False)  # resumes: nothing refitted, nothing rerun
+    assert again.units_run == 0
+    assert (tmp_path / "fitted" / f"detector-{NAME}-m0.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_cli_fits_a_detector_and_the_attack_uses_the_file(tmp_path):
+    path = tmp_path / "b.safetensors"
+    assert run_cli(["detector", "fit", NAME, "--fit-data", "embedded-train", "--fit-n", "40", "-o", "fpr=0.1",
+                    "--weights", "random", "--out", str(path)]) == 0
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert meta["detector"] == NAME and meta["options"]["fpr"] == 0.1 and meta["model"] == "embedded_cnn"
+    out = tmp_path / "attack"
+    assert run_cli(["attack", "--attack", "pgd", "--n", "3", "-i", "cam", "-o", "steps=2", "--detector", str(path),
+                    "--weights", "random", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "detector.b.flagged" in summary["attacks"]["pgd"]["cam"]
+
+
+def test_cli_errors_for_detectors(tmp_path, capsys):
+    assert run_cli(["attack", "--attack", "pgd", "--n", "2", "--detector", NAME, "--out", str(tmp_path / "a")]) == 2
+    assert "--fit-data" in capsys.readouterr().err
+    assert run_cli(["detector", "fit", NAME, "--fit-data", "embedded-train", "--out", str(tmp_path / "d.pt")]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+    assert run_cli(["attack", "--attack", "pgd", "--n", "2", "--detector", str(tmp_path / "none.safetensors"),
+                    "--out", str(tmp_path / "b")]) == 2
+    assert "no such file" in capsys.readouterr().err
