@@ -25,6 +25,27 @@ class BrightnessDetector(Detector):
         self.offset = tensors["offset"]
 
 
+SUPERVISED = "test-supervised"
+
+
+class SupervisedBrightnessDetector(BrightnessDetector):
+    """The same score, but fitted with adversarial images too: it records how many it saw."""
+
+    name = SUPERVISED
+    needs_adversarial = True
+
+    def _fit(self, classifier, benign, adversarial, *, progress):
+        super()._fit(classifier, benign, adversarial, progress=progress)
+        self.seen = adversarial.shape[0]
+
+
+def register_supervised() -> str:
+    """Register the supervised test detector (idempotent) and return its name."""
+    if SUPERVISED not in DETECTORS:
+        DETECTORS.register(SUPERVISED, SupervisedBrightnessDetector)
+    return SUPERVISED
+
+
 def register_brightness() -> str:
     """Register the test detector (idempotent) and return its name."""
     if BRIGHTNESS not in DETECTORS:

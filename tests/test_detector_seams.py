@@ -12,9 +12,10 @@ from idls.evaluate import summarize
 from idls.experiments import run_experiment
 from idls.experiments.config import Experiment, experiment_from_mapping
 from tests.conftest import run_cli
-from tests.detector_helpers import register_brightness
+from tests.detector_helpers import register_brightness, register_supervised
 
 NAME = register_brightness()
+SUPERVISED = register_supervised()
 
 BASE = {
     "name": "guarded",
@@ -104,3 +105,27 @@ def test_cli_errors_for_detectors(tmp_path, capsys):
     assert run_cli(["attack", "--attack", "pgd", "--n", "2", "--detector", str(tmp_path / "none.safetensors"),
                     "--out", str(tmp_path / "b")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_supervised_detectors_share_their_adversarial_fit_images(tmp_path, monkeypatch):
+    """Two supervised detectors with the same fit attack: the attack runs once; its images are saved and reused."""
+    import idls.experiments.detector_fit as detector_fit
+
+    calls = []
+    real = detector_fit.adversarial_fit_images
+    monkeypatch.setattr(detector_fit, "adversarial_fit_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # a random-weight model is almost constant: a large budget makes sure some fit images flip
+    fit_attack = {"name": "pgd", "options": {"steps": 20, "mode": "untargeted", "epsilon": 0.5}}
+    config = {**BASE, "detectors": [{"name": SUPERVISED, "label": "s1", "fit_attack": fit_attack},
+                                    {"name": SUPERVISED, "label": "s2", "fit_attack": fit_attack,
+                                     "options": {"fpr": 0.2}}]}
+    run_experiment(experiment_from_mapping(config), tmp_path, progress=False)
+    assert len(calls) == 1
+    assert len(list((tmp_path / "fitted").glob("fit-adversarial-*.safetensors"))) == 1
+    records = _attack_records(tmp_path)
+    assert records[0]["detector.s1.name"] == SUPERVISED
+
+
+def test_supervised_detector_without_fit_attack_is_refused():
+    with pytest.raises(UserError, match="supervised"):
+        experiment_from_mapping({**BASE, "detectors": [SUPERVISED]})

@@ -127,6 +127,9 @@ def detector_summary(records: Sequence[Mapping]) -> dict:
         rows = [r for r in records if prefix + "flagged" in r]
         for name in DETECTOR_RATE_FIELDS:
             out[prefix + name] = sum(float(r[prefix + name]) for r in rows) / len(rows)
+        for name in ("name", "describe"):
+            if prefix + name in rows[0]:
+                out[prefix + name] = rows[0][prefix + name]
         out[prefix + "auc"] = roc_auc(torch.tensor([float(r[prefix + "benign_score"]) for r in rows]),
                                       torch.tensor([float(r[prefix + "score"]) for r in rows]))
     return out

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+
 import torch
 from torch import Tensor
 
 from idls.attacks import create_attack
 from idls.attacks.base import Attack
+from idls.core.artifacts import load_artifact, save_artifact
+from idls.core.digests import dataset_digest, json_digest
 from idls.defenses.detectors import Detector, create_detector
 from idls.errors import UserError
 from idls.experiments.detection import FITTED_DETECTOR, DetectorSpec
 from idls.experiments.execute import FITTED_DIR, Workspace
 from idls.system import Classifier
 
+#: ``kind`` of the saved adversarial fit images of supervised detectors
+FIT_ADVERSARIAL_KIND = "detector-fit-adversarial"
+
 
 def fit_detectors(workspace: Workspace, out: Path) -> list[DetectorSpec] | None:
-    """Fit (or reuse the saved fit of) every detector on every model; the specs with their ``fitted`` files."""
+    """Fit (or reuse the saved fit of) every detector on every model; the specs with their ``fitted`` files.
+
+    Supervised detectors with the same fit attack share its adversarial images, made once and saved as
+    ``OUT/fitted/fit-adversarial-DIGEST-mMODEL.safetensors`` (reused on resume).
+    """
     specs = workspace.experiment.detectors
     if not specs:
         return specs
@@ -30,17 +40,19 @@ def fit_detectors(workspace: Workspace, out: Path) -> list[DetectorSpec] | None:
         for index in range(len(workspace.experiment.models)):
             path = Path(out) / FITTED_DIR / FITTED_DETECTOR.format(label=spec.label, model=index)
             if not path.is_file():
-                fit_detector(workspace, index, spec).save(path)
+                fit_detector(workspace, index, spec, cache_dir=Path(out) / FITTED_DIR).save(path)
             fitted[index] = str(path.resolve())
         resolved.append(replace(spec, fitted=fitted))
     return resolved
 
 
-def fit_detector(workspace: Workspace, model_index: int, spec: DetectorSpec) -> Detector:
+def fit_detector(workspace: Workspace, model_index: int, spec: DetectorSpec, *,
+                 cache_dir: Path | None = None) -> Detector:
     """Fit ``spec``'s detector for one model on the experiment's fit images.
 
     Unsupervised detectors see every fit image; supervised ones the correctly classified fit
-    images and the successful adversarial images ``spec.fit_attack`` makes from them.
+    images and the successful adversarial images ``spec.fit_attack`` makes from them (kept in
+    ``cache_dir`` when given, keyed by the attack and the fit images, so detectors share them).
     """
     from idls.data.datasets import select_correct
 
@@ -55,8 +67,18 @@ def fit_detector(workspace: Workspace, model_index: int, spec: DetectorSpec) -> 
         if attack_spec.get("interpreter"):
             extra["interpreter"] = workspace.interpreter(model_index, attack_spec["interpreter"])
         attack = create_attack(attack_spec["name"], **extra, **attack_spec.get("options", {}))
-        adversarial = adversarial_fit_images(classifier, attack, correct.images, correct.labels,
-                                             batch_size=workspace.experiment.data.batch_size, label=spec.label)
+        cache = None
+        if cache_dir is not None:
+            key = json_digest({"attack": attack_spec, "images": dataset_digest(correct.images, correct.labels)})
+            cache = cache_dir / f"fit-adversarial-{key[:16]}-m{model_index}.safetensors"
+        if cache is not None and cache.is_file():
+            adversarial = load_artifact(cache, kind=FIT_ADVERSARIAL_KIND).tensors["images"]
+        else:
+            adversarial = adversarial_fit_images(classifier, attack, correct.images, correct.labels,
+                                                 batch_size=workspace.experiment.data.batch_size, label=spec.label)
+            if cache is not None:
+                save_artifact(cache, {"images": adversarial}, {"kind": FIT_ADVERSARIAL_KIND, "attack": attack_spec,
+                                                               "model_index": model_index})
         benign = correct.images
     device = classifier.device
     return detector.fit(classifier, benign.to(device), None if adversarial is None else adversarial.to(device),

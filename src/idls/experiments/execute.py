@@ -232,7 +232,8 @@ def detector_fields(workspace: Workspace, model_index: int, key: tuple[int, int]
     """Per image of a unit, the ``detector.LABEL.*`` fields of every detector of the experiment.
 
     ``score`` / ``flagged``: the adversarial image; ``benign_score`` / ``benign_flagged``: the benign
-    one (cached per ``key`` = the unit's image range); ``evaded``: the attack succeeded and was not flagged.
+    one (cached per ``key`` = the unit's image range); ``evaded``: the attack succeeded and was not flagged;
+    ``name`` / ``describe``: the detector's registry name and label with options (for tables and claims).
     """
     from idls.experiments.detection import FIELD_PREFIX
 
@@ -248,7 +249,8 @@ def detector_fields(workspace: Workspace, model_index: int, key: tuple[int, int]
             row.update({prefix + "score": float(adversarial[i]), prefix + "flagged": flagged,
                         prefix + "benign_score": float(benign[i]),
                         prefix + "benign_flagged": bool(benign[i] > threshold),
-                        prefix + "evaded": bool(success[i]) and not flagged})
+                        prefix + "evaded": bool(success[i]) and not flagged,
+                        prefix + "name": detector.name, prefix + "describe": detector.describe()})
     return rows
 
 
