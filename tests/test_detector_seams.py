@@ -129,3 +129,24 @@ def test_supervised_detectors_share_their_adversarial_fit_images(tmp_path, monke
 def test_supervised_detector_without_fit_attack_is_refused():
     with pytest.raises(UserError, match="supervised"):
         experiment_from_mapping({**BASE, "detectors": [SUPERVISED]})
+
+
+def test_detection_tables_count_each_image_once_and_the_report_shows_them(tmp_path):
+    from idls.report.detection_tables import detection_tables
+    from idls.report.experiment_report import write_experiment_report
+
+    config = {**BASE, "interpreters": ["cam", "gradcam"], "evaluate_all_interpreters": True,
+              "detectors": [{"name": NAME, "options": {"fpr": 0.3}}]}
+    run_experiment(experiment_from_mapping(config), tmp_path, progress=False)
+    records = _attack_records(tmp_path)
+    tables = {t.name: t for t in detection_tables(records)}
+    assert set(tables) == {"detection", "detection_accuracy", "detection_auc", "evasion"}
+    row = tables["detection"].rows[0]
+    per_image = {r["image_id"]: r[f"detector.{NAME}.flagged"] for r in records}
+    assert len(records) == 2 * len(per_image)  # two evaluated interpreters per image
+    assert row["pgd"] == pytest.approx(sum(per_image.values()) / len(per_image))
+    accuracy = tables["detection_accuracy"].rows[0]["pgd"]
+    assert accuracy == pytest.approx((row["pgd"] + 1 - row["benign FPR"]) / 2)
+    write_experiment_report(tmp_path)
+    assert "Detection" in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "tables" / "detection.csv").is_file()

@@ -32,6 +32,7 @@ from idls.analysis.groups import (
 from idls.analysis.store_reader import Store, TensorReader, load_store
 from idls.errors import UserError
 from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
+from idls.report.detection_tables import detection_tables
 from idls.report.html import Section, render_report, table_html
 from idls.report.tables import Table, paper_tables, write_tables
 from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
@@ -67,7 +68,7 @@ def write_experiment_report(run_dir: Path, out_dir: Path | None = None, *, max_g
     records = store.records
     if not records:
         raise UserError(f"{run_dir} holds no completed unit yet; let `idls run` finish at least one batch, then rerun `idls report`")
-    tables = {t.name: t for t in paper_tables(records, store.model_transfer)}
+    tables = {t.name: t for t in [*paper_tables(records, store.model_transfer), *detection_tables(records)]}
     write_tables(list(tables.values()), out_dir / TABLES_DIR)
     scorecard = read_scorecard(run_dir / SCORECARD_FILE)
     sections = [overview_section(store)]
@@ -87,6 +88,12 @@ def write_experiment_report(run_dir: Path, out_dir: Path | None = None, *, max_g
                         "iterations to first success in the summary table."),
     ]
     sections += transfer_sections(tables)
+    if "detection" in tables:
+        sections.append(_tables_section(
+            "Detection", tables, ("detection", "detection_accuracy", "detection_auc", "evasion"),
+            "Each detector was fitted on the fit images and its threshold set at its false-positive rate on benign "
+            "images; 'benign FPR' is the rate it reached on the evaluated benign images (paper 001 Table 4, "
+            "paper 000 Tables V-VI).", figures=[_detection_heatmap(tables["detection"])]))
     gap = tables.get("gap")
     if gap is not None:
         sections.append(Section("Random target maps (prediction-interpretation gap)", text=gap.caption,
@@ -130,6 +137,12 @@ def table_heatmap(table: Table, title: str) -> bytes:
     corner, *columns = table.columns
     values = [[row[c] for c in columns] for row in table.rows]
     return heatmap_png(values, [str(r[corner]) for r in table.rows], columns, title=title, vmin=0, vmax=1)
+
+
+def _detection_heatmap(table: Table) -> bytes:
+    """Detection rates as a heat map: detectors x (benign FPR, attacks)."""
+    matrix = Table(table.name, table.caption, [c for c in table.columns if c != "setting"], table.rows)
+    return table_heatmap(matrix, "detection rate (first column: benign false-positive rate)")
 
 
 def transfer_sections(tables: Mapping[str, Table]) -> list[Section]:
