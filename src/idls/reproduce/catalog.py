@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from idls.reproduce.claims import JOINT_CLAIMS, Claim
+from idls.reproduce.claims_detection import DETECTION_CLAIMS
 from idls.reproduce.claims_universal import UNIVERSAL_CLAIMS
 
-CLAIMS: tuple[Claim, ...] = JOINT_CLAIMS + UNIVERSAL_CLAIMS
+CLAIMS: tuple[Claim, ...] = JOINT_CLAIMS + UNIVERSAL_CLAIMS + DETECTION_CLAIMS
 
 __all__ = ["CLAIMS"]
