@@ -24,10 +24,11 @@ regression on the standardised features says how likely the image is adversarial
   the probability of "adversarial"; the detector's own threshold is 0.5.
 * **The point itself.** A point's own copy in the reference batch must not count as its
   neighbour (distance 0). Generalising this, the reference image nearest to a query in
-  *pixel* space is left out when its root-mean-square pixel distance is at most
-  ``same_image_rms``: the query itself (a benign image in its own minibatch), its
-  source (a noisy copy, or an adversarial image crafted from a reference image), or a
-  copy of it. *Deviation from Ma et al.*, whose code drops each query's nearest
+  *pixel* space is left out when its L_inf pixel distance is at most ``same_image_linf``
+  (default 0.25, i.e. 64/255: above the usual perturbation budgets and Gaussian noise,
+  below the L_inf distance between distinct CIFAR-10 photos): the query itself (a
+  benign image in its own minibatch), its source (a noisy copy, or an adversarial image
+  crafted from a reference image), or a copy of it. *Deviation from Ma et al.*, whose code drops each query's nearest
   neighbour in every layer, for adversarial images too: here an adversarial image made
   from a reference image does not see its source at distance ~epsilon (which would
   lower its LID), as at scoring time, where test images' sources are not in the
@@ -88,20 +89,18 @@ def lid_mle(distances: Tensor, k: int, max_lid: float = MAX_LID) -> Tensor:
     return 1.0 / spread.clamp_min(1.0 / max_lid)
 
 
-def same_image_mask(queries: Tensor, reference: Tensor, max_rms: float) -> Tensor:
-    """``B x m`` booleans: the reference image nearest to each query in pixel space, when within ``max_rms``.
+def same_image_mask(queries: Tensor, reference: Tensor, max_linf: float) -> Tensor:
+    """``B x m`` booleans: the reference image nearest to each query in pixel space, when within ``max_linf``.
 
     Args:
         queries: ``B x C x H x W`` pixels; reference: ``m x C x H x W`` pixels.
-        max_rms: the largest root-mean-square pixel distance at which a reference image is
-            taken for the query itself (or its source).
+        max_linf: the largest L_inf pixel distance at which a reference image is taken
+            for the query itself (or its source).
     """
-    pixels = queries[0].numel()
-    d = torch.cdist(queries.flatten(1).double(), reference.flatten(1).double(),
-                    compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(pixels)
+    d = torch.cdist(queries.flatten(1).float(), reference.flatten(1).float(), p=math.inf)
     nearest = d.min(dim=1)
     mask = torch.zeros(d.shape, dtype=torch.bool, device=d.device)
-    mask[torch.arange(d.shape[0], device=d.device), nearest.indices] = nearest.values <= max_rms
+    mask[torch.arange(d.shape[0], device=d.device), nearest.indices] = nearest.values <= max_linf
     return mask
 
 
@@ -131,8 +130,8 @@ class LIDOptions(DetectorOptions):
     minibatch: int = option(100, "images per reference minibatch, at fit and at scoring (Ma et al.: 100)")
     noise_std: float = option(0.03, "standard deviation of the Gaussian noise of the noisy negatives (pixels in [0, 1]; "
                                     "about the size of an 8/255 perturbation)")
-    same_image_rms: float = option(0.08, "largest RMS pixel distance at which the nearest reference image is taken "
-                                         "for the query itself or its source and left out of its neighbours")
+    same_image_linf: float = option(0.25, "largest L_inf pixel distance at which the nearest reference image is "
+                                          "taken for the query itself or its source and left out of its neighbours")
 
     def check(self) -> None:
         super().check()
@@ -141,9 +140,9 @@ class LIDOptions(DetectorOptions):
         if self.k >= self.minibatch:
             raise UserError(f"k must be smaller than minibatch (a point has minibatch - 1 neighbours in its own "
                             f"minibatch), got k={self.k}, minibatch={self.minibatch}")
-        if not 0.0 <= self.noise_std < self.same_image_rms:
-            raise UserError(f"noise_std must be in [0, same_image_rms={self.same_image_rms}) so a noisy copy is still "
-                            f"recognised as its source, got {self.noise_std}")
+        if not 0.0 <= self.noise_std < self.same_image_linf / 5:
+            raise UserError(f"noise_std must be in [0, same_image_linf / 5 = {self.same_image_linf / 5:g}) so a noisy "
+                            f"copy is still recognised as its source, got {self.noise_std}")
 
 
 def _minibatches(order: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
@@ -184,7 +183,7 @@ class LIDDetector(Detector):
 
     def _features(self, classifier: Classifier, x: Tensor, reference: Tensor, reference_acts: list[Tensor]) -> Tensor:
         """LID features ``B x L`` of images ``x`` against the reference images and their activations."""
-        leave_out = same_image_mask(x, reference, self.options.same_image_rms)
+        leave_out = same_image_mask(x, reference, self.options.same_image_linf)
         return lid_features(self._activations(classifier, x), reference_acts, self.options.k, leave_out)
 
     # -- fit -----------------------------------------------------------------------------------
@@ -271,8 +270,8 @@ def _fit_logistic_regression(features: np.ndarray, labels: np.ndarray) -> dict[s
         raise UserError(f"lid needs at least 2 adversarial and 2 benign training images, got "
                         f"{int((labels == 1).sum())} adversarial; give more adversarial fit images")
     scaler = StandardScaler().fit(features)
-    search = GridSearchCV(LogisticRegression(class_weight="balanced", max_iter=1000),
-                          {"C": np.logspace(-3, 3, 7)}, scoring="neg_log_loss",
+    search = GridSearchCV(LogisticRegression(class_weight="balanced", solver="newton-cholesky", max_iter=1000),
+                          {"C": np.logspace(-2, 2, 5)}, scoring="neg_log_loss",
                           cv=StratifiedKFold(folds, shuffle=True, random_state=0))
     model = search.fit(scaler.transform(features), labels).best_estimator_
 
