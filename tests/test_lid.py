@@ -9,12 +9,27 @@ import torch
 from torch import nn
 
 from idls.defenses import defend
-from idls.defenses.detectors import DETECTORS, LIDDetector, create_detector, lid_mle, load_detector
-from idls.defenses.detectors.activations import activation_layers, layer_activations, recording
-from idls.defenses.detectors.lid import MAX_LID, lid_features, same_image_mask
+from idls.defenses.detectors import (
+    DETECTORS,
+    LIDDetector,
+    create_detector,
+    lid_mle,
+    load_detector,
+)
+from idls.defenses.detectors.activations import (
+    activation_layers,
+    layer_activations,
+    recording,
+)
+from idls.defenses.detectors.lid import (
+    MAX_LID,
+    _minibatches,
+    lid_features,
+    same_image_mask,
+)
 from idls.errors import UserError
 from idls.system import Classifier, ModelInfo
-from tests.universal_helpers import synthetic, tiny_classifier
+from tests.universal_helpers import synthetic
 
 
 # -- the estimator ----------------------------------------------------------------------------
@@ -78,6 +93,15 @@ def test_same_image_mask_finds_the_source_only_when_close():
     assert not mask[2:].any()
 
 
+@pytest.mark.parametrize(("n", "size"), [(100, 100), (250, 100), (37, 10), (5, 5)])
+def test_minibatches_have_one_size_and_query_every_image_once(n, size):
+    order = torch.randperm(n)
+    batches = _minibatches(order, size)
+    assert all(reference.numel() == size for reference, _ in batches)
+    assert all(set(queries.tolist()) <= set(reference.tolist()) for reference, queries in batches)
+    assert sorted(torch.cat([queries for _, queries in batches]).tolist()) == list(range(n))
+
+
 # -- layer hooks ------------------------------------------------------------------------------
 class _Shared(nn.Module):
     """A network that calls one activation twice and holds an Identity and a nested Sequential."""
@@ -125,9 +149,8 @@ def test_one_activation_per_layer_and_hooks_are_removed(tiny):
     assert all(o.shape[0] == 4 and o.dim() == 2 for o in outputs)
     assert torch.allclose(outputs[-1], tiny(x))
     assert all(not m._forward_hooks for m in tiny.net.modules())
-    with pytest.raises(RuntimeError, match="inside"):
-        with recording(tiny.net):
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), recording(tiny.net):
+        raise RuntimeError("inside")
     assert all(not m._forward_hooks for m in tiny.net.modules())
 
 

@@ -34,6 +34,19 @@ def list_detectors() -> list[str]:
     return DETECTORS.names()
 
 
-__all__ = ["DETECTORS", "DETECTOR_KIND", "DetectionSummary", "Detector", "DetectorOptions", "LIDDetector", "LIDOptions",
-           "create_detector", "list_detectors", "lid_mle", "load_detector", "roc_auc", "summarize_scores",
-           "threshold_at_fpr"]
+__all__ = [
+    "DETECTORS",
+    "DETECTOR_KIND",
+    "DetectionSummary",
+    "Detector",
+    "DetectorOptions",
+    "LIDDetector",
+    "LIDOptions",
+    "create_detector",
+    "lid_mle",
+    "list_detectors",
+    "load_detector",
+    "roc_auc",
+    "summarize_scores",
+    "threshold_at_fpr",
+]

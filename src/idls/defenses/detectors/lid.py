@@ -11,28 +11,30 @@ regression on the standardised features says how likely the image is adversarial
   from ``x`` to its ``k`` nearest reference points (Euclidean, in the layer's flattened
   activation space).
 * **Fit** (supervised, following Ma et al.): the benign training images are cut into
-  seeded minibatches of ``minibatch`` images; for each, the LID features of the benign
-  images (against their own minibatch), of noisy copies (Gaussian noise of standard
-  deviation ``noise_std``, clipped to [0, 1]) and of a share of the adversarial images
-  (against the same benign minibatch). Negatives = benign + noisy, positives =
-  adversarial. The features are standardised (scikit-learn ``StandardScaler``) and a
-  class-balanced ``LogisticRegression`` is fitted, its ``C`` chosen by stratified
-  cross-validation on the log-loss (``GridSearchCV``). Scaler and coefficients are kept
-  as tensors; nothing is pickled.
+  seeded minibatches of ``minibatch`` images (all of them when fewer; a last partial
+  minibatch is filled up with images of the one before, which are not queried twice);
+  for each, the LID features of its benign images (against their own minibatch), of
+  noisy copies of them (Gaussian noise of standard deviation ``noise_std``, clipped to
+  [0, 1]) and of a seeded share of the adversarial images (against the same benign
+  minibatch). Negatives = benign + noisy, positives = adversarial. The features are
+  standardised (scikit-learn ``StandardScaler``) and a class-balanced
+  ``LogisticRegression`` is fitted, its ``C`` chosen by stratified cross-validation on
+  the log-loss (``GridSearchCV``). Scaler and coefficients are kept as tensors; nothing
+  is pickled.
 * **Score**: LID features against a stored reference minibatch (the first seeded
   minibatch of the benign training images, kept in the artifact), standardised, then
   the probability of "adversarial"; the detector's own threshold is 0.5.
 * **The point itself.** A point's own copy in the reference batch must not count as its
   neighbour (distance 0). Generalising this, the reference image nearest to a query in
   *pixel* space is left out when its L_inf pixel distance is at most ``same_image_linf``
-  (default 0.25, i.e. 64/255: above the usual perturbation budgets and Gaussian noise,
-  below the L_inf distance between distinct CIFAR-10 photos): the query itself (a
-  benign image in its own minibatch), its source (a noisy copy, or an adversarial image
-  crafted from a reference image), or a copy of it. *Deviation from Ma et al.*, whose code drops each query's nearest
-  neighbour in every layer, for adversarial images too: here an adversarial image made
-  from a reference image does not see its source at distance ~epsilon (which would
-  lower its LID), as at scoring time, where test images' sources are not in the
-  reference batch.
+  (default 0.25, about 64/255: above the usual perturbation budgets and the noise of
+  the noisy copies, below the largest pixel difference of two distinct photos): the
+  query itself (a benign image in its own minibatch), its source (a noisy copy, or an
+  adversarial image crafted from a reference image), or a copy of it.
+  *Deviation from Ma et al.*, whose code drops each query's nearest neighbour in every
+  layer, adversarial images included: here an adversarial image made from a reference
+  image does not see its source at a distance of about epsilon (which lowers its LID),
+  just as at scoring time, where test images' sources are not in the reference batch.
 
 ``noise_std`` defaults to 0.03, about 8/255: Gaussian noise of that deviation has the L2
 norm of a full L_inf 8/255 sign perturbation, the usual CIFAR budget (Ma et al. choose
@@ -288,4 +290,4 @@ def _progress(batches: list, enabled: bool):
     return tqdm(batches, desc="lid: minibatch features", unit="batch", disable=None if enabled else True, leave=False)
 
 
-__all__ = ["LIDDetector", "LIDOptions", "MAX_LID", "lid_features", "lid_mle", "same_image_mask"]
+__all__ = ["MAX_LID", "LIDDetector", "LIDOptions", "lid_features", "lid_mle", "same_image_mask"]
