@@ -26,6 +26,7 @@ from idls.defenses.detectors.base import (
     summarize_scores,
     threshold_at_fpr,
 )
+from idls.defenses.detectors.lid import LIDDetector, LIDOptions, lid_mle
 
 
 def list_detectors() -> list[str]:
@@ -33,5 +34,19 @@ def list_detectors() -> list[str]:
     return DETECTORS.names()
 
 
-__all__ = ["DETECTORS", "DETECTOR_KIND", "DetectionSummary", "Detector", "DetectorOptions", "create_detector",
-           "list_detectors", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
+__all__ = [
+    "DETECTORS",
+    "DETECTOR_KIND",
+    "DetectionSummary",
+    "Detector",
+    "DetectorOptions",
+    "LIDDetector",
+    "LIDOptions",
+    "create_detector",
+    "lid_mle",
+    "list_detectors",
+    "load_detector",
+    "roc_auc",
+    "summarize_scores",
+    "threshold_at_fpr",
+]
