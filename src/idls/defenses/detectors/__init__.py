@@ -27,11 +27,19 @@ from idls.defenses.detectors.base import (
     threshold_at_fpr,
 )
 
+from idls.defenses.detectors.extractors import EXTRACTORS, Extractor, extractor_from_spec, list_extractors
+from idls.defenses.detectors.maps import (
+    InterpreterEnsembleDetector,
+    MultiInterpreterDetector,
+    map_disagreement,
+)
+
 
 def list_detectors() -> list[str]:
     """Names of the registered detectors."""
     return DETECTORS.names()
 
 
-__all__ = ["DETECTORS", "DETECTOR_KIND", "DetectionSummary", "Detector", "DetectorOptions", "create_detector",
-           "list_detectors", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
+__all__ = ["DETECTORS", "DETECTOR_KIND", "EXTRACTORS", "DetectionSummary", "Detector", "DetectorOptions", "Extractor",
+           "InterpreterEnsembleDetector", "MultiInterpreterDetector", "create_detector", "extractor_from_spec",
+           "list_detectors", "list_extractors", "map_disagreement", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
