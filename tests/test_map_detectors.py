@@ -159,6 +159,14 @@ def _not_a_trusted_function(x):
     return x
 
 
+def test_fitting_on_precomputed_stacks_equals_fitting_on_images(fitted, pgd_sets, colour_model):
+    (benign, adversarial), (test_benign, _) = pgd_sets
+    again = create_detector("multi-interpreter", interpreters=["grad", "cam"], max_iter=60, fpr=0.1)
+    again.fit_from_stacks(colour_model, fitted.map_stack(benign), fitted.map_stack(adversarial))
+    assert again.threshold == fitted.threshold and again.fit_info == fitted.fit_info
+    assert torch.equal(again.score(test_benign), fitted.score(test_benign))
+
+
 def test_skops_loading_refuses_untrusted_types():
     import skops.io
     from sklearn.preprocessing import FunctionTransformer

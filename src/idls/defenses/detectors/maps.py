@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.core.options import option
-from idls.defenses.detectors.base import DETECTORS, Detector, DetectorOptions
+from idls.defenses.detectors.base import DETECTORS, Detector, DetectorOptions, threshold_at_fpr
 from idls.defenses.detectors.extractors import Extractor, check_extractor_spec, extractor_from_spec
 from idls.errors import UserError
 from idls.interpreters import Interpreter, interpreter_class, interpreter_for, minmax_normalize
@@ -179,7 +179,7 @@ class MultiInterpreterDetector(Detector):
 
         ``classifier`` defaults to the fitted one.
         """
-        classifier = classifier or self._require_classifier()
+        classifier = classifier if classifier is not None else self._require_classifier()
         interpreters = self.interpreters_for(classifier)
         side = self.side(classifier)
         parts = []
@@ -188,7 +188,8 @@ class MultiInterpreterDetector(Detector):
             if self.options.product_channel:
                 maps.append(maps[0] * maps[1])
             parts.append(torch.stack(maps, 1).detach())
-        return torch.cat(parts) if parts else x.new_zeros(0, len(interpreters), side, side)
+        channels = len(interpreters) + int(self.options.product_channel)
+        return torch.cat(parts) if parts else x.new_zeros(0, channels, side, side)
 
     def features(self, stack: Tensor) -> np.ndarray:
         """Extractor features ``B x F`` (numpy float32) of stacked maps."""
@@ -220,6 +221,21 @@ class MultiInterpreterDetector(Detector):
         from threadpoolctl import threadpool_limits
 
         return threadpool_limits(self.options.threads or torch.get_num_threads(), user_api="openmp")
+
+    def fit_from_stacks(self, classifier: Classifier, benign_stack: Tensor,
+                        adversarial_stack: Tensor) -> MultiInterpreterDetector:
+        """:meth:`fit` on stacks already computed by :meth:`map_stack` (experiments compute them once
+        and fit several detectors); the same calibration split and threshold as :meth:`fit`."""
+        if benign_stack.shape[0] == 0 or adversarial_stack.shape[0] == 0:
+            raise UserError(f"detector {self.name!r} needs benign and adversarial map stacks to fit on")
+        self.classifier = classifier
+        train, calibration = self._calibration_split(benign_stack)
+        self.fit_stacks(train, adversarial_stack)
+        self.threshold = (float(self.natural_threshold) if self.options.fpr is None  # type: ignore[arg-type]
+                          else threshold_at_fpr(self.score_stack(calibration), self.options.fpr))
+        self.fit_info = {"n_benign": int(benign_stack.shape[0]), "n_calibration": int(calibration.shape[0]),
+                         "n_adversarial": int(adversarial_stack.shape[0])}
+        return self
 
     def _fit(self, classifier: Classifier, benign: Tensor, adversarial: Tensor | None, *, progress: bool) -> None:
         assert adversarial is not None
