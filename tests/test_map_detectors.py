@@ -10,7 +10,12 @@ import torch
 
 from idls.attacks import create_attack
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
-from idls.defenses.detectors import create_detector, extractor_from_spec, load_detector, map_disagreement, roc_auc
+from idls.defenses.detectors import (
+    create_detector,
+    extractor_from_spec,
+    load_detector,
+    map_disagreement,
+)
 from idls.defenses.detectors.maps import TRUSTED_SKOPS_TYPES, load_skops_model
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
@@ -214,23 +219,23 @@ def test_unavailable_interpreters_and_bad_options_are_one_line_user_errors(colou
     no_gap = Classifier(colour_model.net, body=lambda n, z: n.features(z), head=lambda n, a: n.head(a),
                         info=ModelInfo(name="no_gap", num_classes=3, input_size=32, gap_linear_head=False)).eval()
     bad = [
-        (dict(interpreters=["grad"]), "2 or 3"),
-        (dict(interpreters=["grad", "cam", "gradcam", "ig"]), "2 or 3"),
-        (dict(interpreters=["grad", "nope"]), "unknown interpreter"),
-        (dict(interpreters=["grad", "cam", "gradcam"], product_channel=True), "product_channel"),
-        (dict(extractor="nope"), "unknown feature extractor"),
-        (dict(extractor="pooled:scales=[0]"), "scales"),
-        (dict(extractor="pooled:bogus=1"), "unexpected bogus"),
-        (dict(extractor="vgg16"), "weights"),
-        (dict(map_size=0), "map_size"),
-        (dict(learning_rate=0), "learning_rate"),
+        ({"interpreters": ["grad"]}, "2 or 3"),
+        ({"interpreters": ["grad", "cam", "gradcam", "ig"]}, "2 or 3"),
+        ({"interpreters": ["grad", "nope"]}, "unknown interpreter"),
+        ({"interpreters": ["grad", "cam", "gradcam"], "product_channel": True}, "product_channel"),
+        ({"extractor": "nope"}, "unknown feature extractor"),
+        ({"extractor": "pooled:scales=[0]"}, "scales"),
+        ({"extractor": "pooled:bogus=1"}, "unexpected bogus"),
+        ({"extractor": "vgg16"}, "weights"),
+        ({"map_size": 0}, "map_size"),
+        ({"learning_rate": 0}, "learning_rate"),
     ]
     for options, message in bad:
         with pytest.raises(UserError, match=message) as error:
             create_detector("multi-interpreter", **options)
         assert "\n" not in str(error.value)
-    for options, message in [(dict(interpreters=["grad"]), "at least 2"), (dict(measure="cosine"), "measure"),
-                             (dict(side=-1), "side")]:
+    for options, message in [({"interpreters": ["grad"]}, "at least 2"), ({"measure": "cosine"}, "measure"),
+                             ({"side": -1}, "side")]:
         with pytest.raises(UserError, match=message):
             create_detector("interpreter-ensemble", **options)
     x = torch.rand(2, 3, 32, 32)

@@ -26,8 +26,12 @@ from idls.defenses.detectors.base import (
     summarize_scores,
     threshold_at_fpr,
 )
-
-from idls.defenses.detectors.extractors import EXTRACTORS, Extractor, extractor_from_spec, list_extractors
+from idls.defenses.detectors.extractors import (
+    EXTRACTORS,
+    Extractor,
+    extractor_from_spec,
+    list_extractors,
+)
 from idls.defenses.detectors.maps import (
     InterpreterEnsembleDetector,
     MultiInterpreterDetector,
@@ -40,6 +44,23 @@ def list_detectors() -> list[str]:
     return DETECTORS.names()
 
 
-__all__ = ["DETECTORS", "DETECTOR_KIND", "EXTRACTORS", "DetectionSummary", "Detector", "DetectorOptions", "Extractor",
-           "InterpreterEnsembleDetector", "MultiInterpreterDetector", "create_detector", "extractor_from_spec",
-           "list_detectors", "list_extractors", "map_disagreement", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
+__all__ = [
+    "DETECTORS",
+    "DETECTOR_KIND",
+    "EXTRACTORS",
+    "DetectionSummary",
+    "Detector",
+    "DetectorOptions",
+    "Extractor",
+    "InterpreterEnsembleDetector",
+    "MultiInterpreterDetector",
+    "create_detector",
+    "extractor_from_spec",
+    "list_detectors",
+    "list_extractors",
+    "load_detector",
+    "map_disagreement",
+    "roc_auc",
+    "summarize_scores",
+    "threshold_at_fpr",
+]

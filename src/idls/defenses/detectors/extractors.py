@@ -152,7 +152,7 @@ class PooledExtractor(Extractor):
     Options = PooledOptions
 
     def _features(self, maps: Tensor) -> Tensor:
-        b, m, s, _ = maps.shape
+        _b, m, s, _ = maps.shape
         parts = [F.adaptive_avg_pool2d(maps, side).flatten(1) for side in self.options.scales]
         flat = maps.flatten(2)  # B x M x N
         parts += [flat.mean(2), flat.std(2, unbiased=False)]

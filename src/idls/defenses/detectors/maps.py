@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +31,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.core.options import option
-from idls.defenses.detectors.base import DETECTORS, Detector, DetectorOptions, threshold_at_fpr
-from idls.defenses.detectors.extractors import Extractor, check_extractor_spec, extractor_from_spec
+from idls.defenses.detectors.base import (
+    DETECTORS,
+    Detector,
+    DetectorOptions,
+    threshold_at_fpr,
+)
+from idls.defenses.detectors.extractors import (
+    Extractor,
+    check_extractor_spec,
+    extractor_from_spec,
+)
 from idls.errors import UserError
-from idls.interpreters import Interpreter, interpreter_class, interpreter_for, minmax_normalize
+from idls.interpreters import (
+    Interpreter,
+    interpreter_class,
+    interpreter_for,
+    minmax_normalize,
+)
 from idls.system import Classifier
 
 #: the disagreement measures of the interpreter ensemble
@@ -387,5 +401,14 @@ class InterpreterEnsembleDetector(Detector):
         return f"interpreter-ensemble({'+'.join(self.options.interpreters)}, {self.options.measure})"
 
 
-__all__ = ["InterpreterEnsembleDetector", "MEASURES", "MultiInterpreterDetector", "TRUSTED_SKOPS_TYPES",
-           "build_interpreters", "in_graph_maps", "load_skops_model", "map_disagreement", "resize_maps"]
+__all__ = [
+    "MEASURES",
+    "TRUSTED_SKOPS_TYPES",
+    "InterpreterEnsembleDetector",
+    "MultiInterpreterDetector",
+    "build_interpreters",
+    "in_graph_maps",
+    "load_skops_model",
+    "map_disagreement",
+    "resize_maps",
+]
