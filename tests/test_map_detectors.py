@@ -80,6 +80,25 @@ def test_ensemble_l1_matches_a_direct_computation(colour_model):
     np.testing.assert_allclose(detector.score(x).numpy(), expected, atol=1e-5)
 
 
+def test_ensemble_directions_and_two_sided_round_trip(colour_model, tmp_path):
+    benign, x = colour_task(40, 15, "b").images, colour_task(8, 16, "x").images
+    higher = create_detector("interpreter-ensemble", interpreters=["grad", "cam"]).fit(colour_model, benign)
+    lower = create_detector("interpreter-ensemble", interpreters=["grad", "cam"], direction="lower").fit(
+        colour_model, benign)
+    two = create_detector("interpreter-ensemble", interpreters=["grad", "cam"], direction="two-sided").fit(
+        colour_model, benign)
+    d = higher.score(x)
+    torch.testing.assert_close(lower.score(x), -d)
+    reference = higher.score(benign).double().numpy()
+    median = np.median(reference)  # 40 values: numpy averages the middle two, torch takes the lower
+    lower_median = np.sort(reference)[19]
+    mad = np.sort(np.abs(reference - lower_median))[19]
+    assert lower_median <= median
+    np.testing.assert_allclose(two.score(x).numpy(), np.abs(d.double().numpy() - lower_median) / mad, rtol=1e-5)
+    again = load_detector(two.save(tmp_path / "two.safetensors"), colour_model)
+    assert torch.equal(again.score(x), two.score(x)) and again.threshold == two.threshold
+
+
 def _smooth_classifier() -> Classifier:
     """A small smooth (tanh) GAP + linear CNN in float64: its maps have non-vanishing input gradients."""
     torch.manual_seed(3)
@@ -117,11 +136,17 @@ def test_ensemble_score_is_differentiable_and_matches_finite_differences():
     assert finite == pytest.approx(float(gradient.norm()), rel=1e-4)
 
 
-def test_ensemble_in_graph_grad_map_uses_the_surrogate_and_has_a_gradient(colour_model):
+def test_ensemble_in_graph_grad_map_is_the_surrogate_map_and_carries_a_gradient(colour_model):
     detector = _bound(create_detector("interpreter-ensemble", interpreters=["grad", "cam"]), colour_model)
     x = colour_task(2, 14, "g").images.requires_grad_(True)
-    score = detector.score(x, create_graph=True)
-    (gradient,) = torch.autograd.grad(score.sum(), x)
+    grad_map, cam_map = detector.maps(x, in_graph=True)
+    surrogate = create_interpreter("grad", colour_model, surrogate=True).attribute(x, create_graph=True)
+    torch.testing.assert_close(grad_map, surrogate)
+    torch.testing.assert_close(cam_map, create_interpreter("cam", colour_model).attribute(x.detach()))
+    weights = torch.rand(grad_map.shape, generator=torch.Generator().manual_seed(0))
+    (through_grad,) = torch.autograd.grad((grad_map * weights).sum(), x)
+    assert float(through_grad.abs().sum()) > 0  # the ReLU network's own map would have none
+    (gradient,) = torch.autograd.grad(detector.score(x, create_graph=True).sum(), x)
     assert torch.isfinite(gradient).all() and float(gradient.abs().sum()) > 0
 
 

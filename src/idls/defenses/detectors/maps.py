@@ -53,6 +53,8 @@ from idls.system import Classifier
 
 #: the disagreement measures of the interpreter ensemble
 MEASURES = ("l1", "pearson", "spearman")
+#: which side of the benign disagreement the interpreter ensemble flags
+DIRECTIONS = ("higher", "lower", "two-sided")
 
 #: what a saved gradient-boosting model may contain (checked before skops builds anything)
 TRUSTED_SKOPS_TYPES = (
@@ -341,9 +343,14 @@ class InterpreterEnsembleOptions(DetectorOptions):
     measure: str = option("l1", "disagreement of two maps: l1 (mean |a - b| of min-max maps), pearson "
                                 "(1 - correlation) or spearman (1 - rank correlation; no differentiable score)")
     side: int | None = option(None, "common side the maps are compared at (null: the smallest native side)")
+    direction: str = option("higher", "what is flagged: higher disagreement than on benign images, lower "
+                                      "(attacks that make the maps agree more), or two-sided (distance from the "
+                                      "benign median in benign median absolute deviations)")
 
     def check(self) -> None:
         super().check()
+        if self.direction not in DIRECTIONS:
+            raise UserError(f"unknown direction {self.direction!r}; choose one of: {', '.join(DIRECTIONS)}")
         _check_interpreter_names(self.interpreters, 2, None)
         if self.measure not in MEASURES:
             raise UserError(f"unknown measure {self.measure!r}; choose one of: {', '.join(MEASURES)}")
@@ -354,7 +361,10 @@ class InterpreterEnsembleOptions(DetectorOptions):
 class InterpreterEnsembleDetector(Detector):
     """Disagreement among interpreters (:func:`map_disagreement` of their maps of the prediction).
 
-    Unsupervised: ``fit`` only sets the threshold at ``fpr`` on benign images.
+    Unsupervised: ``fit`` sets the threshold at ``fpr`` on benign images. Score by
+    ``direction``: ``higher`` (default) the disagreement ``d``; ``lower`` ``-d``;
+    ``two-sided`` ``|d - median| / MAD`` with the median and median absolute deviation
+    of ``d`` on the benign fit images (learnt by ``fit``, saved with the detector).
 
     Differentiable score: with ``create_graph=True`` each interpreter's map comes from
     its joint-attack path (``for_joint_attack().joint_forward``), the same in-graph map
@@ -373,6 +383,8 @@ class InterpreterEnsembleDetector(Detector):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._built: tuple[Classifier, list[Interpreter], list[Interpreter]] | None = None
+        self.benign_median = torch.tensor(0.0)
+        self.benign_mad = torch.tensor(1.0)
 
     def interpreters_for(self, classifier: Classifier) -> tuple[list[Interpreter], list[Interpreter]]:
         """``(interpreters, their joint-attack twins)``, built once per classifier."""
@@ -391,17 +403,44 @@ class InterpreterEnsembleDetector(Detector):
             return in_graph_maps(twins, x)
         return [interpreter.attribute(x) for interpreter in plain]
 
-    def _score(self, x: Tensor) -> Tensor:
+    def disagreement(self, x: Tensor) -> Tensor:
+        """:func:`map_disagreement` ``B`` of images ``B x C x H x W`` (in the graph when grad is enabled)."""
         in_graph = torch.is_grad_enabled()  # Detector.score runs plain scoring under no_grad
         if in_graph and self.options.measure == "spearman":
             raise UserError("the spearman measure has no differentiable score; use measure=l1 or measure=pearson")
         return map_disagreement(self.maps(x, in_graph=in_graph), self.options.measure, self.options.side)
 
+    def _fit(self, classifier: Classifier, benign: Tensor, adversarial: Tensor | None, *, progress: bool) -> None:
+        if self.options.direction != "two-sided":
+            return
+        with torch.no_grad():
+            values = torch.cat([self.disagreement(xs) for xs in benign.split(self.options.batch_size)]).double().cpu()
+        self.benign_median = values.median()
+        self.benign_mad = (values - self.benign_median).abs().median().clamp_min(1e-12)
+
+    def _score(self, x: Tensor) -> Tensor:
+        d = self.disagreement(x)
+        if self.options.direction == "lower":
+            return -d
+        if self.options.direction == "two-sided":
+            median, mad = self.benign_median.to(d), self.benign_mad.to(d)
+            return (d - median).abs() / mad
+        return d
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"benign_median": self.benign_median.reshape(1), "benign_mad": self.benign_mad.reshape(1)}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.benign_median = tensors["benign_median"].cpu().double()[0]
+        self.benign_mad = tensors["benign_mad"].cpu().double()[0]
+
     def describe(self) -> str:
-        return f"interpreter-ensemble({'+'.join(self.options.interpreters)}, {self.options.measure})"
+        direction = "" if self.options.direction == "higher" else f", {self.options.direction}"
+        return f"interpreter-ensemble({'+'.join(self.options.interpreters)}, {self.options.measure}{direction})"
 
 
 __all__ = [
+    "DIRECTIONS",
     "MEASURES",
     "TRUSTED_SKOPS_TYPES",
     "InterpreterEnsembleDetector",
