@@ -26,6 +26,17 @@ from idls.defenses.detectors.base import (
     summarize_scores,
     threshold_at_fpr,
 )
+from idls.defenses.detectors.extractors import (
+    EXTRACTORS,
+    Extractor,
+    extractor_from_spec,
+    list_extractors,
+)
+from idls.defenses.detectors.maps import (
+    InterpreterEnsembleDetector,
+    MultiInterpreterDetector,
+    map_disagreement,
+)
 from idls.defenses.detectors.lid import LIDDetector, LIDOptions, lid_mle
 
 
@@ -37,15 +48,22 @@ def list_detectors() -> list[str]:
 __all__ = [
     "DETECTORS",
     "DETECTOR_KIND",
+    "EXTRACTORS",
     "DetectionSummary",
     "Detector",
     "DetectorOptions",
+    "Extractor",
+    "InterpreterEnsembleDetector",
     "LIDDetector",
     "LIDOptions",
+    "MultiInterpreterDetector",
     "create_detector",
+    "extractor_from_spec",
     "lid_mle",
     "list_detectors",
+    "list_extractors",
     "load_detector",
+    "map_disagreement",
     "roc_auc",
     "summarize_scores",
     "threshold_at_fpr",
