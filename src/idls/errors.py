@@ -19,7 +19,7 @@ def check_images(x: "object", *, name: str = "images") -> None:
         raise UserError(f"{name} must have shape B x C x H x W, got {tuple(x.shape)}; add a batch dimension with x[None]")
     if not x.is_floating_point():
         raise UserError(f"{name} must be floating point in [0, 1], got {x.dtype}; divide uint8 images by 255")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise UserError(
             f"{name} have values in [{lo:.3g}, {hi:.3g}] but must lie in [0, 1]; "
