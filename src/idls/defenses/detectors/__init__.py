@@ -2,7 +2,8 @@
 
 The contract is in :mod:`idls.defenses.detectors.base`: options declared once,
 ``fit(classifier, benign, adversarial=None)``, ``score(x)`` per image, a threshold set
-at a false-positive rate on benign images, ``flag(x)``, artifacts. Example::
+at a false-positive rate on benign images, ``flag(x)``, artifacts. Registered: ``feature-squeezing``
+(:mod:`idls.defenses.detectors.squeezing`). Example::
 
     from idls.defenses.detectors import create_detector, load_detector
 
@@ -26,6 +27,7 @@ from idls.defenses.detectors.base import (
     summarize_scores,
     threshold_at_fpr,
 )
+from idls.defenses.detectors.squeezing import FeatureSqueezing, SqueezingOptions
 
 
 def list_detectors() -> list[str]:
@@ -33,5 +35,5 @@ def list_detectors() -> list[str]:
     return DETECTORS.names()
 
 
-__all__ = ["DETECTORS", "DETECTOR_KIND", "DetectionSummary", "Detector", "DetectorOptions", "create_detector",
-           "list_detectors", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
+__all__ = ["DETECTORS", "DETECTOR_KIND", "DetectionSummary", "Detector", "DetectorOptions", "FeatureSqueezing",
+           "SqueezingOptions", "create_detector", "list_detectors", "load_detector", "roc_auc", "summarize_scores", "threshold_at_fpr"]
