@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from idls.attacks import create_attack
 from idls.data.synthetic import TEST_SEED, TRAIN_SEED
@@ -57,6 +59,15 @@ def test_median_equals_scipy(k, shape):
     quantised = (torch.round(_rand(shape, seed=10 + k, dtype=torch.float64) * 3) / 3)
     expected = scipy.ndimage.median_filter(quantised.numpy(), size=(1, 1, k, k), mode="reflect")
     np.testing.assert_array_equal(MedianFilter(k)(quantised).numpy(), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(2, 7), height=st.integers(1, 7), width=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_median_equals_scipy_for_any_window_and_image_size(k, height, width, seed):
+    """Also windows wider than the image, where the half-sample reflection repeats."""
+    x = _rand((1, 2, height, width), seed=seed)
+    expected = scipy.ndimage.median_filter(x.numpy(), size=(1, 1, k, k), mode="reflect")
+    np.testing.assert_array_equal(MedianFilter(k)(x).numpy(), expected)
 
 
 def test_even_median_is_not_torch_lower_median():
