@@ -102,6 +102,8 @@ class FeatureSqueezing(Detector):
     needs_adversarial = False
     differentiable_score = True
 
+    options: SqueezingOptions
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.specs: tuple[str, ...] | None = None
