@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from idls.defenses.transforms import DEFENSES, BitDepth, InputTransform, bpda
+from idls.defenses.transforms import DEFENSES, BitDepth, InputTransform, MedianFilter, NonLocalMeans, bpda
 from idls.defenses.wrapped import defend
 from idls.errors import UserError
 
@@ -57,5 +57,5 @@ def list_defenses() -> list[str]:
     return DEFENSES.names()
 
 
-__all__ = ["DEFENSES", "BitDepth", "InputTransform", "bpda", "create_defense", "defend", "defense_from_spec",
-           "list_defenses"]
+__all__ = ["DEFENSES", "BitDepth", "InputTransform", "MedianFilter", "NonLocalMeans", "bpda", "create_defense",
+           "defend", "defense_from_spec", "list_defenses"]

@@ -2,7 +2,8 @@
 
 The contract is in :mod:`idls.defenses.detectors.base`: options declared once,
 ``fit(classifier, benign, adversarial=None)``, ``score(x)`` per image, a threshold set
-at a false-positive rate on benign images, ``flag(x)``, artifacts. Example::
+at a false-positive rate on benign images, ``flag(x)``, artifacts. Registered: ``feature-squeezing``
+(:mod:`idls.defenses.detectors.squeezing`). Example::
 
     from idls.defenses.detectors import create_detector, load_detector
 
@@ -38,6 +39,7 @@ from idls.defenses.detectors.maps import (
     map_disagreement,
 )
 from idls.defenses.detectors.lid import LIDDetector, LIDOptions, lid_mle
+from idls.defenses.detectors.squeezing import FeatureSqueezing, SqueezingOptions
 
 
 def list_detectors() -> list[str]:
@@ -53,10 +55,12 @@ __all__ = [
     "Detector",
     "DetectorOptions",
     "Extractor",
+    "FeatureSqueezing",
     "InterpreterEnsembleDetector",
     "LIDDetector",
     "LIDOptions",
     "MultiInterpreterDetector",
+    "SqueezingOptions",
     "create_detector",
     "extractor_from_spec",
     "lid_mle",
