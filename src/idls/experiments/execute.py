@@ -191,7 +191,12 @@ class Workspace:
         from idls.attacks import create_attack
 
         extra = {"interpreter": self.interpreter(cell.model_index, cell.attacked_interpreter)} if cell.joint else {}
-        return create_attack(cell.attack, **extra, **cell.options)
+        options = dict(cell.options)
+        # an attack option naming a detector of the experiment (adaptive attacks) gets the fitted detector
+        spec = next((d for d in self.experiment.detectors or [] if d.label == options.get("detector")), None)
+        if spec is not None:
+            options["detector"] = self.detector(cell.model_index, spec)
+        return create_attack(cell.attack, **extra, **options)
 
 
 def run_unit(workspace: Workspace, unit: Unit) -> UnitOutput:
