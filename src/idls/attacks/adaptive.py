@@ -12,7 +12,9 @@ the squeezer declares, not on its name:
   own ball), ``squeeze_steps`` steps of one grid level
   (:func:`~idls.attacks.adaptive_terms.squeezed_space_pgd`), giving ``x+``; (ii)
   ADV² in ``B_eps(x0)`` with ``squeeze_weight * ||softmax f(x) - softmax f(x+)||_1``
-  added (the paper's reference code threw stage (i)'s result away; here ``x+`` is used).
+  added (the paper's reference code threw stage (i)'s result away; here ``x+`` is used),
+  starting (``squeeze_start``, step frameworks) from the point of the ball nearest ``x+``,
+  whose squeezed image is ``x+``. StAdv has no pixel ball: its stage (i) searches the whole grid.
 - any other squeezer (median smoothing, non-local means, ...) gets
   ``squeeze_weight * CE(softmax f(x), f(psi(x)))`` (the paper's ``l_sqz``), through
   the transform's ``forward`` (its own gradient, or BPDA for non-differentiable ones).
@@ -148,15 +150,13 @@ class AdaptiveADV2(ADV2):
         squeezer = self.squeezer.to(x.device)
         if not quantises(squeezer):
             return SqueezedAgreement(classifier, squeezer, self.squeeze_weight)
-        if self.epsilon is None:  # pragma: no cover - StAdv has no ball to squeeze
-            raise UserError(f"{self.name} with a quantising squeezer needs an epsilon ball; choose framework "
-                            "pgd, mifgsm or cw")
-        stage = squeezed_space_pgd(classifier, squeezer, x, targets, epsilon=self.epsilon,
-                                   steps=self.squeeze_steps)
+        # StAdv bounds a flow, not the pixels: its stage (i) searches the whole grid (squeeze_steps levels at most)
+        radius = 1.0 if self.epsilon is None else self.epsilon
+        stage = squeezed_space_pgd(classifier, squeezer, x, targets, epsilon=radius, steps=self.squeeze_steps)
         self._stage_one = stage
         with torch.no_grad():
             reference = classifier(stage.x_adv).softmax(1)
-        start = ball_point_of(stage.x_adv, x, self.epsilon) if self.squeeze_start else None
+        start = ball_point_of(stage.x_adv, x, radius) if self.squeeze_start else None
         return ProbabilityMatch(reference, self.squeeze_weight, start)
 
     def extra_results(self, extra: ExtraTerm, outcome: Perturbation, classifier: Classifier) -> None:
