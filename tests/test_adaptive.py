@@ -131,7 +131,7 @@ def test_dispatch_is_by_capability():
 # -- ensembles -----------------------------------------------------------------------------------------------
 def test_ensemble_reports_every_distance_and_keeps_the_other_map_closer(colour_model, batch):
     x, labels, targets = batch
-    cam, gradcam = create_interpreter("cam", colour_model), create_interpreter("grad", colour_model)
+    cam, grad = create_interpreter("cam", colour_model), create_interpreter("grad", colour_model)
     plain = create_attack("adv2", interpreter=cam, **SHORT).run(colour_model, x, labels, targets)
     both = create_attack("ensemble-adv2", interpreter=cam, interpreters=["grad"], **SHORT).run(
         colour_model, x, labels, targets)
@@ -139,10 +139,10 @@ def test_ensemble_reports_every_distance_and_keeps_the_other_map_closer(colour_m
     extras = both.extras
     assert torch.allclose(extras["map_distance/cam"], extras["map_distance"])
     assert torch.allclose(extras["ensemble_map_distance"], extras["map_distance/cam"] + extras["map_distance/grad"])
-    benign = gradcam.attribute(x, labels)
-    plain_other = (gradcam.attribute(plain.x_adv, plain.pred) - benign).abs().flatten(1).mean(1)
+    benign = grad.attribute(x, labels)
+    plain_other = (grad.attribute(plain.x_adv, plain.pred) - benign).abs().flatten(1).mean(1)
     assert torch.allclose(extras["map_distance/grad"],
-                          (gradcam.attribute(both.x_adv, both.pred) - benign).abs().flatten(1).mean(1), atol=1e-5)
+                          (grad.attribute(both.x_adv, both.pred) - benign).abs().flatten(1).mean(1), atol=1e-5)
     assert float(extras["map_distance/grad"].mean()) < float(plain_other.mean())
 
 

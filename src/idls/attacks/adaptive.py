@@ -97,24 +97,31 @@ class AdaptiveADV2Options(ADV2Options):
                                              "('bit-depth:bits=3', 'median:size=3', ...) or an InputTransform")
     squeeze_weight: float = option(1.0, "weight lambda of the squeezing term (0: plain ADV²)")
     squeeze_steps: int = option(DEFAULT_SQUEEZE_STEPS, "quantising squeezers: PGD steps of stage (i) on the grid")
-    squeeze_start: bool = option(True, "quantising squeezers: stage (ii) starts at the point of the ball that "
+    squeeze_start: bool = option(True, "quantising squeezers, step frameworks: stage (ii) starts at the point of the ball that "
                                        "squeezes to x+ (false: at x0, as the paper)")
 
     def check(self) -> None:
         super().check()
         _refuse_optimised("adaptive-adv2", self.interpreter)
-        if isinstance(self.squeezer, str):
-            self._set("squeezer", defense_from_spec(self.squeezer))
-        elif not isinstance(self.squeezer, InputTransform):
-            raise UserError(f"squeezer must be a defence spec such as 'bit-depth:bits=3' or an InputTransform, "
-                            f"got {type(self.squeezer).__name__}")
-        if quantises(self.squeezer) and not isinstance(getattr(self.squeezer, "levels", None), int):
-            raise UserError(f"squeezer {self.squeezer.describe()!r} declares quantises but no integer levels; "
-                            "give it a levels attribute (grid values k / levels)")
+        self.transform()  # a bad squeezer fails here
+
         if not self.squeeze_weight >= 0:
             raise UserError(f"squeeze_weight must be >= 0, got {self.squeeze_weight}")
         if self.squeeze_steps < 0:
             raise UserError(f"squeeze_steps must be >= 0, got {self.squeeze_steps}")
+
+    def transform(self) -> InputTransform:
+        """The squeezer ``psi`` as a transform (parsed from its spec, or the one given)."""
+        squeezer = self.squeezer
+        if isinstance(squeezer, str):
+            squeezer = defense_from_spec(squeezer)
+        elif not isinstance(squeezer, InputTransform):
+            raise UserError(f"squeezer must be a defence spec such as 'bit-depth:bits=3' or an InputTransform, "
+                            f"got {type(squeezer).__name__}")
+        if quantises(squeezer) and not isinstance(getattr(squeezer, "levels", None), int):
+            raise UserError(f"squeezer {squeezer.describe()!r} declares quantises but no integer levels; "
+                            "give it a levels attribute (grid values k / levels)")
+        return squeezer
 
 
 @ATTACKS.register("adaptive-adv2")
@@ -130,24 +137,30 @@ class AdaptiveADV2(ADV2):
 
     name = "adaptive-adv2"
     Options = AdaptiveADV2Options
-    squeezer: InputTransform
+    squeezer: str | InputTransform
     squeeze_weight: float
     squeeze_steps: int
     squeeze_start: bool
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        #: the squeezer psi as a transform
+        self.psi: InputTransform = self.options.transform()
+        self._stage_one: Perturbation | None = None
 
     @classmethod
     def interpreter_unavailable_reason(cls, interpreter: type) -> str | None:
         return optimised_map_reason(cls.name, interpreter)
 
     def variant(self) -> str:
-        return self.squeezer.describe()
+        return self.psi.describe()
 
     def extra_term(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
                    targets: Tensor, settings: JointDefaults) -> ExtraTerm | None:
-        self._stage_one: Perturbation | None = None
+        self._stage_one = None
         if self.squeeze_weight == 0:
             return None
-        squeezer = self.squeezer.to(x.device)
+        squeezer = self.psi.to(x.device)
         if not quantises(squeezer):
             return SqueezedAgreement(classifier, squeezer, self.squeeze_weight)
         # StAdv bounds a flow, not the pixels: its stage (i) searches the whole grid (squeeze_steps levels at most)
@@ -160,13 +173,13 @@ class AdaptiveADV2(ADV2):
         return ProbabilityMatch(reference, self.squeeze_weight, start)
 
     def extra_results(self, extra: ExtraTerm, outcome: Perturbation, classifier: Classifier) -> None:
-        stage = getattr(self, "_stage_one", None)
-        if stage is not None:
-            outcome.extras.update(squeezed_start=stage.x_adv, squeezed_start_success=stage.success)
+        if self._stage_one is not None:
+            outcome.extras.update(squeezed_start=self._stage_one.x_adv,
+                                  squeezed_start_success=self._stage_one.success)
 
     def _perturb(self, classifier: Classifier, x: Tensor, labels: Tensor, targets: Tensor | None) -> Perturbation:
         outcome = super()._perturb(classifier, x, labels, targets)
-        outcome.extras["squeeze_l1"] = squeeze_l1(classifier, self.squeezer.to(x.device), outcome.x_adv)
+        outcome.extras["squeeze_l1"] = squeeze_l1(classifier, self.psi.to(x.device), outcome.x_adv)
         return outcome
 
 
@@ -224,6 +237,11 @@ class EnsembleADV2(ADV2):
     detector: Any
     detector_weight: float
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._primary = ""
+        self._members: list[Member] = []
+
     @classmethod
     def interpreter_unavailable_reason(cls, interpreter: type) -> str | None:
         return optimised_map_reason(cls.name, interpreter)
@@ -231,7 +249,7 @@ class EnsembleADV2(ADV2):
     def extra_term(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
                    targets: Tensor, settings: JointDefaults) -> ExtraTerm | None:
         self._primary = interpreter.name
-        self._members: list[Member] = []
+        self._members = []
         size = min(x.shape[-2:])
         for spec in self.interpreters:
             real = interpreter_for(spec, classifier)
