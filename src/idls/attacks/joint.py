@@ -53,6 +53,7 @@ from idls.attacks.joint_mask import joint_mask_attack
 from idls.attacks.joint_objective import (
     DEFAULT_CHECK_EVERY,
     EVALUATION_CHUNK,
+    ExtraTerm,
     JointObjective,
     LambdaSchedule,
     combine_first_success,
@@ -231,21 +232,36 @@ class ADV2(Attack):
             return interpreter.attribute_in_chunks(images, classes, EVALUATION_CHUNK)
 
         target_maps = self.target_maps_for(classifier, interpreter, x, labels, targets, real_maps)
+        extra = self.extra_term(classifier, interpreter, x, labels, targets, settings)
         warm_weights, joint_weights = self.stage_weights(x)
         if interpreter.map_is_optimised:
+            if extra is not None:  # pragma: no cover - the adaptive attacks refuse MASK before this
+                raise UserError(f"{self.name} cannot add its extra term to MASK's bilevel loop; choose another "
+                                "interpreter")
             outcome = joint_mask_attack(self, classifier, interpreter, x, targets, target_maps, settings,
                                         warm_weights, joint_weights)
         elif self.framework_class.joint_kind == "steps":
             outcome = self._steps(classifier, interpreter.for_joint_attack(), x, targets, target_maps, settings,
-                                  warm_weights, joint_weights)
+                                  warm_weights, joint_weights, extra=extra)
         else:
             view = interpreter.for_joint_attack()
             outcome = self.run_adam_framework(
                 classifier, x, targets, settings, warm_weights, joint_weights,
                 lambda total, start: self.objective(view, targets, target_maps, settings, total=total,
-                                                    include_prediction=False),
+                                                    include_prediction=False, extra=extra),
             )
-        return self.with_map_extras(outcome, classifier, real_maps, target_maps)
+        outcome = self.with_map_extras(outcome, classifier, real_maps, target_maps)
+        if extra is not None:
+            self.extra_results(extra, outcome, classifier)
+        return outcome
+
+    def extra_term(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
+                   targets: Tensor, settings: JointDefaults) -> ExtraTerm | None:
+        """An extra term of the joint objective for this batch (adaptive attacks); ADV²: ``None``."""
+        return None
+
+    def extra_results(self, extra: ExtraTerm, outcome: Perturbation, classifier: Classifier) -> None:
+        """Add what the extra term measures on the final images to ``outcome.extras`` (adaptive attacks)."""
 
     def target_maps_for(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
                         targets: Tensor, real_maps: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -261,14 +277,14 @@ class ADV2(Attack):
 
     def _steps(self, classifier: Classifier, view: Interpreter, x: Tensor, targets: Tensor,
                target_maps: Tensor, settings: JointDefaults, warm_weights: Tensor | None,
-               joint_weights: Tensor | None) -> Perturbation:
+               joint_weights: Tensor | None, *, extra: ExtraTerm | None = None) -> Perturbation:
         """Warm start + joint phase on the projected-gradient engine with the framework's step rule."""
         step_rule = self.framework_attack().step_rule()
         warm = warm_start_pgd(classifier, x, targets, epsilon=self.epsilon, step_size=self.step_size,
                               steps=settings.warm_start, step_weights=warm_weights, step_rule=step_rule,
-                              progress=self.progress)
+                              progress=self.progress, x_init=None if extra is None else extra.start)
         objective = self.objective(view, targets, target_maps, settings, total=settings.steps,
-                                   include_prediction=True)
+                                   include_prediction=True, extra=extra)
         objective.last_iteration = settings.steps
         joint_step = self.step_size if settings.joint_step_size is None else settings.joint_step_size
         joint = joint_pgd(
@@ -282,12 +298,12 @@ class ADV2(Attack):
         return joint
 
     def objective(self, view: Interpreter, targets: Tensor, target_maps: Tensor, settings: JointDefaults,
-                  *, total: int, include_prediction: bool) -> JointObjective:
-        """The joint objective of a batch with these settings over ``total`` iterations."""
+                  *, total: int, include_prediction: bool, extra: ExtraTerm | None = None) -> JointObjective:
+        """The joint objective of a batch with these settings over ``total`` iterations (plus ``extra``)."""
         return JointObjective(
             view, targets, target_maps, LambdaSchedule(settings.schedule, settings.lam, total),
             include_prediction=include_prediction, label_smoothing=settings.label_smoothing,
-            encoder_weight=settings.encoder_weight, select_every=settings.select_every,
+            encoder_weight=settings.encoder_weight, select_every=settings.select_every, extra=extra,
         )
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,28 @@ class LambdaSchedule:
         return self.c
 
 
+class ExtraTerm(Protocol):
+    """An extra per-sample term of a joint objective (the adaptive attacks, :mod:`idls.attacks.adaptive`).
+
+    ``loss`` is added to the joint loss at every evaluation (it may record
+    ``B_active`` tensors in ``extras`` for its ``score``); ``score`` turns the
+    objective's selection score ``B_active`` (real-map L1, ``inf`` where not
+    evaluated) into the one the best iterate is chosen by; ``start`` (``B x C x H x W``
+    or ``None``) is where the step frameworks' warm start begins instead of the
+    benign images (it is projected onto the threat set first).
+    """
+
+    start: Tensor | None
+
+    def loss(self, it: Iterate, logits: Tensor, extras: dict[str, Tensor]) -> Tensor:
+        """``B_active`` loss at the iterate (``logits`` ``B_active x N`` of the same pass)."""
+        ...
+
+    def score(self, it: Iterate, evaluation: Evaluation, base: Tensor) -> Tensor:
+        """``B_active`` selection score from the objective's own ``base`` score."""
+        ...
+
+
 class JointObjective:
     """Loss, success and selection score of a joint attack on one batch.
 
@@ -99,6 +122,8 @@ class JointObjective:
         select_every: real-map evaluation period (only matters where the in-graph map is not the real one).
         last_iteration: iteration number of the final iterate (always evaluated);
             ``None``: none is forced (Adam frameworks, which may stop early).
+        extra: an :class:`ExtraTerm` added to the loss and the selection score (adaptive attacks);
+            ``None``: ADV²'s objective alone.
     """
 
     def __init__(
@@ -113,6 +138,7 @@ class JointObjective:
         encoder_weight: float = 0.0,
         select_every: int = 1,
         last_iteration: int | None = None,
+        extra: ExtraTerm | None = None,
     ) -> None:
         self.interpreter = interpreter
         self.targets = targets
@@ -123,6 +149,7 @@ class JointObjective:
         self.encoder_weight = float(encoder_weight)
         self.select_every = max(1, int(select_every))
         self.last_iteration = last_iteration
+        self.extra = extra
 
     def target_probability(self, iteration: int) -> float:
         start, end = self.label_smoothing or (1.0, 1.0)
@@ -141,7 +168,10 @@ class JointObjective:
                 loss = loss + smoothed_cross_entropy(out.logits, classes, self.target_probability(it.iteration))
         if self.encoder_weight and out.encoder_logits is not None:
             loss = loss + self.encoder_weight * F.cross_entropy(out.encoder_logits, classes, reduction="none")
-        return Evaluation(loss=loss, logits=out.logits, extras={"map": out.maps, "map_mse": distance.detach()})
+        extras = {"map": out.maps, "map_mse": distance.detach()}
+        if self.extra is not None:
+            loss = loss + self.extra.loss(it, out.logits, extras)
+        return Evaluation(loss=loss, logits=out.logits, extras=extras)
 
     def success(self, it: Iterate, evaluation: Evaluation) -> Tensor:
         return metrics.success(evaluation.logits.detach(), target=it.select(self.targets))
@@ -153,6 +183,14 @@ class JointObjective:
         return self.last_iteration is not None and iteration >= self.last_iteration
 
     def score(self, it: Iterate, evaluation: Evaluation) -> Tensor:
+        """Selection score ``B_active``, lower is better; ``inf`` where not evaluated.
+
+        ADV²: the L1 distance of the real map to m_t; an :attr:`extra` term may change it.
+        """
+        score = self.map_score(it, evaluation)
+        return score if self.extra is None else self.extra.score(it, evaluation, score)
+
+    def map_score(self, it: Iterate, evaluation: Evaluation) -> Tensor:
         """L1 distance ``B_active`` of the real map to m_t; ``inf`` where not evaluated."""
         score = torch.full((it.x.shape[0],), math.inf, device=it.x.device)
         if not self.selects_at(it.iteration):
@@ -267,8 +305,10 @@ def warm_start_pgd(
     step_weights: Tensor | None = None,
     step_rule: StepRule | None = None,
     progress: bool = False,
+    x_init: Tensor | None = None,
 ) -> Perturbation:
-    """Plain targeted PGD (cross-entropy) for ``steps`` steps: the start of the joint phase."""
+    """Plain targeted PGD (cross-entropy) for ``steps`` steps from ``x_init`` (default ``x``): the start of
+    the joint phase."""
 
     def loss_fn(it: Iterate) -> Evaluation:
         logits = classifier(it.x)
@@ -277,7 +317,7 @@ def warm_start_pgd(
     return projected_gradient_descent(
         x, loss_fn, success_fn=lambda it, ev: metrics.success(ev.logits, target=it.select(targets)),
         epsilon=epsilon, step_size=step_size, steps=steps, step_weights=step_weights, step_rule=step_rule,
-        progress=progress, description="warm start",
+        x_init=x_init, progress=progress, description="warm start",
     )
 
 
@@ -290,6 +330,7 @@ def combine_first_success(warm: Tensor, joint: Tensor, warm_steps: int) -> Tenso
 __all__ = [
     "DEFAULT_CHECK_EVERY",
     "EVALUATION_CHUNK",
+    "ExtraTerm",
     "JointObjective",
     "LambdaSchedule",
     "combine_first_success",

@@ -94,6 +94,8 @@ class BitDepth(InputTransform):
 
     name = "bit-depth"
     differentiable = False
+    #: its outputs lie on a grid of ``levels + 1`` values per channel (adaptive attacks search that grid)
+    quantises: ClassVar[bool] = True
 
     def __init__(self, bits: int) -> None:
         super().__init__()
