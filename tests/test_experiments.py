@@ -178,7 +178,8 @@ def test_resolved_configuration_round_trips():
     assert again == experiment
 
 
-@pytest.mark.parametrize("name", ["adv2_cifar", "advedge_cifar", "targets_cifar", "transfer_cifar"])
+@pytest.mark.parametrize("name", ["adv2_cifar", "advedge_cifar", "targets_cifar", "transfer_cifar", "squeezing_cifar",
+                                  "detector_cifar", "ensemble_cifar"])
 def test_bundled_cifar_experiments_load(name, resnet20_path):
     shared = {"variables.IDLS_SHARED_DATA": str(resnet20_path.parents[2])}
     for quick in (False, True):

@@ -194,7 +194,8 @@ class EnsembleADV2Options(ADV2Options):
 
     interpreters: Any = option(("gradcam",), "further interpreters attacked at once (registry names or "
                                              "Interpreters), each towards its own benign map")
-    detector: Any = option(None, "a fitted detector with a differentiable score, added to the loss (or none)")
+    detector: Any = option(None, "a fitted detector with a differentiable score, added to the loss (or none); in "
+                                 "experiment files the label of one of its detectors:, or a saved detector file")
     detector_weight: float = option(1.0, "weight of the detector's score in the loss")
 
     def check(self) -> None:
@@ -208,6 +209,8 @@ class EnsembleADV2Options(ADV2Options):
         for spec in (self.interpreter, *interpreters):
             _refuse_optimised("ensemble-adv2", spec)
         self._set("interpreters", tuple(interpreters))
+        if isinstance(self.detector, str):
+            return  # a saved detector file or a detector label of an experiment: the experiment loads it
         if self.detector is not None and not (getattr(self.detector, "differentiable_score", False)
                                               and callable(getattr(self.detector, "score", None))):
             raise UserError("detector must be a fitted idls Detector with a differentiable score "
@@ -262,6 +265,9 @@ class EnsembleADV2(ADV2):
                 schedule=LambdaSchedule(own.schedule, own.lam, settings.steps),
                 encoder_weight=own.encoder_weight, select_every=own.select_every,
             ))
+        if isinstance(self.detector, str):
+            raise UserError(f"detector {self.detector!r}: give ensemble-adv2 a fitted Detector object (in experiments "
+                            "and on the command line, a detector label of detectors: or a .safetensors file)")
         detector = self.detector if self.detector is not None and self.detector_weight > 0 else None
         if not self._members and detector is None:
             return None

@@ -474,6 +474,13 @@ def _build(config: dict[str, Any], base_dir: Path, default_name: str, source_fil
         source_file=source_file,
         detectors=parse_detectors(config.get("detectors"), base_dir),
     )
+    labels = [d.label for d in experiment.detectors or []]
+    for where, options in [*((f"attacks[{i}].options", a.options) for i, a in enumerate(attacks)),
+                           *((f"attack_options.{k}", v) for k, v in attack_options.items())]:
+        named = options.get("detector")
+        if isinstance(named, str) and named not in labels and not named.endswith(".safetensors"):
+            raise UserError(f"{where}.detector: {named!r} is not a label of detectors: "
+                            f"({', '.join(labels) or 'none listed'}) nor a saved detector file")
     if experiment.detectors and experiment.data.fit_source is None and \
             any(d.path is None for d in experiment.detectors):
         raise UserError("detectors: are fitted on training images; set data.fit_source (or give path: to a "

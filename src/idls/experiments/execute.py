@@ -192,10 +192,15 @@ class Workspace:
 
         extra = {"interpreter": self.interpreter(cell.model_index, cell.attacked_interpreter)} if cell.joint else {}
         options = dict(cell.options)
-        # an attack option naming a detector of the experiment (adaptive attacks) gets the fitted detector
-        spec = next((d for d in self.experiment.detectors or [] if d.label == options.get("detector")), None)
+        # an attack option naming a detector of the experiment or a saved one (adaptive attacks) gets the fitted detector
+        named = options.get("detector")
+        spec = next((d for d in self.experiment.detectors or [] if d.label == named), None)
         if spec is not None:
             options["detector"] = self.detector(cell.model_index, spec)
+        elif isinstance(named, str) and named.endswith(".safetensors"):
+            from idls.defenses.detectors import load_detector
+
+            options["detector"] = load_detector(named, self.model_classifier(cell.model_index))
         return create_attack(cell.attack, **extra, **options)
 
 
