@@ -201,7 +201,7 @@ class Detector:
         if self.options.fpr is None:
             self.threshold = float(self.natural_threshold)  # type: ignore[arg-type]
         else:
-            self.threshold = threshold_at_fpr(self.score(calibration), self.options.fpr)
+            self.threshold = threshold_at_fpr(self.score(calibration, progress=progress), self.options.fpr)
         self.fit_info = {"n_benign": int(benign.shape[0]), "n_calibration": int(calibration.shape[0]),
                          "n_adversarial": 0 if adversarial is None else int(adversarial.shape[0])}
         return self
@@ -222,11 +222,12 @@ class Detector:
             raise UserError(f"detector {self.name!r} is not fitted; call fit(...) or load a saved detector")
         return self.classifier
 
-    def score(self, x: Tensor, *, create_graph: bool = False) -> Tensor:
+    def score(self, x: Tensor, *, create_graph: bool = False, progress: bool = False) -> Tensor:
         """Scores ``B`` (higher = more likely adversarial) of images ``B x C x H x W`` in [0, 1].
 
         With ``create_graph=True`` (detectors with ``differentiable_score`` only) the
         scores stay in the autograd graph of ``x`` and the batch is scored in one piece.
+        ``progress`` shows a bar over the scoring batches.
         """
         if self.classifier is None:
             raise UserError(f"detector {self.name!r} is not fitted; call fit(...) or load a saved detector")
@@ -236,9 +237,13 @@ class Detector:
                 raise UserError(f"detector {self.name!r} has no differentiable score; attack it through BPDA "
                                 "or leave it out of the loss")
             return self._score(x)
+        from tqdm.auto import tqdm
+
         outputs = []
+        starts = range(0, x.shape[0], self.options.batch_size)
         with torch.no_grad():
-            for start in range(0, x.shape[0], self.options.batch_size):
+            for start in tqdm(starts, desc=f"scoring with {self.name}", unit="batch", disable=not progress,
+                              leave=False):
                 outputs.append(self._score(x[start:start + self.options.batch_size]).detach().float())
         return torch.cat(outputs) if outputs else x.new_zeros(0)
 
