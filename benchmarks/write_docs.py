@@ -452,6 +452,67 @@ def universal_section(results_dir: Path) -> list[str]:
     return lines
 
 
+def detection_section(results_dir: Path) -> list[str]:
+    lines = ["## Detection (CIFAR-10 ResNet-20)", ""]
+    path = results_dir / "detection_study.json"
+    if not path.exists():
+        return lines + ["No `detection_study.json` in benchmarks/results/."]
+    run = load(path)
+    study = run.get("study", {})
+    lines += [provenance("benchmarks/detection_study.py", rel(path, results_dir), study.get("written")),
+              machine_line(run.get("machine")), "",
+              "Detectors fitted on CIFAR-10 training photos (`data.fit_source`), thresholds at their false-positive "
+              "rate on benign fit photos (feature squeezing: 5%; the multi-interpreter detector: its own decision at "
+              "probability 0.5); evaluated on the test photos of each experiment. Detection = share of the adversarial "
+              "images flagged; 'benign FPR' = share of the evaluated benign images flagged."]
+    for name, store in sorted(study.get("stores", {}).items()):
+        data = store.get("data", {})
+        lines += ["", f"### {name}", "",
+                  f"Store `{store.get('store')}`: {data.get('n', '?')} test images per cell, "
+                  f"{data.get('fit_n', '?')} fit photos.", ""]
+        detection = store.get("tables", {}).get("detection")
+        auc = store.get("tables", {}).get("detection_auc")
+        if detection:
+            columns = [c for c in detection["columns"] if c not in ("detector", "setting")]
+            lines += ["Detection rate:", ""]
+            lines += table(["detector", *columns], [[r["detector"], *(fmt(r.get(c)) for c in columns)]
+                                                     for r in detection["rows"]])
+        if auc:
+            columns = [c for c in auc["columns"] if c not in ("detector", "setting", "benign FPR")]
+            lines += ["", "ROC-AUC:", ""]
+            lines += table(["detector", *columns], [[r["detector"], *(fmt(r.get(c)) for c in columns)]
+                                                     for r in auc["rows"]])
+        attacks = store.get("attacks", {})
+        if attacks:
+            lines += ["", "Attacks (own interpreter's maps):", ""]
+            lines += table(["attack", "n", "success", "map L1", "IoU@20", "s / image", "s / ADV²'s"],
+                           [[label, fmt(a.get("n")), fmt(a.get("success")), fmt(a.get("map_l1")),
+                             fmt(a.get("map_iou")), fmt(a.get("seconds"), 2), fmt(a.get("seconds_over_adv2"), 2)]
+                            for label, a in attacks.items()])
+        claims = store.get("claims", [])
+        ran = [c for c in claims if c.get("pass") is not None]
+        if ran:
+            lines += ["", "Claims:", ""]
+            lines += table(["claim", "measured", "pass"],
+                           [[c["id"], str(c.get("measured", "")).replace("|", "/"), str(c.get("pass"))] for c in ran])
+    cost = study.get("cost")
+    if cost:
+        mi, lid, fs = cost.get("multi_interpreter", {}), cost.get("lid", {}), cost.get("feature_squeezing", {})
+        lines += ["", "### Costs", "",
+                  f"{cost.get('benign', '?')} benign training photos and {cost.get('adversarial', '?')} PGD images "
+                  "(8/255, 10 steps).", ""]
+        lines += table(["what", "value"], [
+            ["multi-interpreter (Grad + CAM): maps", fmt(mi.get("maps"))],
+            ["  maps, seconds", fmt_seconds(mi.get("maps_seconds"))],
+            ["  gradient boosting fit, seconds", fmt_seconds(mi.get("fit_seconds"))],
+            ["  total, seconds", fmt_seconds(mi.get("total_seconds"))],
+            ["LID fit, seconds", fmt_seconds(lid.get("fit_seconds"))],
+            ["feature squeezing: squeezers", fmt(fs.get("squeezers"))],
+            ["  classifier forwards per scored image", fmt(fs.get("forwards_per_image"), 2)],
+        ])
+    return lines
+
+
 # ---------------------------------------------------------------------------------
 # The page
 # ---------------------------------------------------------------------------------
@@ -483,6 +544,7 @@ def render(results_dir: Path = RESULTS) -> str:
         interpreters_section(results_dir),
         rts_section(results_dir),
         universal_section(results_dir),
+        detection_section(results_dir),
         [NOTES],
     ]
     text = "\n\n".join("\n".join(section) for section in sections if section)
