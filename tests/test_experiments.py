@@ -189,7 +189,7 @@ def test_bundled_cifar_experiments_load(name, resnet20_path):
         assert experiment.quick == quick and (experiment.data.n <= 16) == quick
 
 
-@pytest.mark.parametrize("name", ["embedded", "embedded_targets"])
+@pytest.mark.parametrize("name", ["embedded", "embedded_targets", "detection_embedded"])
 def test_bundled_embedded_experiments_load(name):
     for quick in (False, True):
         assert expand_cells(load_experiment(ROOT / "experiments" / f"{name}.yaml", quick=quick))
