@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from _timing import RESULTS, SHARED_DATA, write
 
 PRETRAINED = SHARED_DATA / "cifar10" / "models" / "resnet20-12fca82f.th"

@@ -18,7 +18,6 @@ from idls.defenses import (
     BitDepth,
     MedianFilter,
     NonLocalMeans,
-    create_defense,
     defense_from_spec,
     list_defenses,
 )

@@ -21,7 +21,15 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from idls.defenses.transforms import DEFENSES, BitDepth, InputTransform, MedianFilter, NonLocalMeans, bpda
+from idls.core.specs import parse_spec
+from idls.defenses.transforms import (
+    DEFENSES,
+    BitDepth,
+    InputTransform,
+    MedianFilter,
+    NonLocalMeans,
+    bpda,
+)
 from idls.defenses.wrapped import defend
 from idls.errors import UserError
 
@@ -38,19 +46,8 @@ def create_defense(name: str, **options: Any) -> InputTransform:
 
 def defense_from_spec(spec: str) -> InputTransform:
     """``'NAME'`` or ``'NAME:KEY=VALUE,...'`` (values read as YAML) -> the defence (e.g. ``'bit-depth:bits=4'``)."""
-    import yaml
-
-    name, _, rest = spec.partition(":")
-    options: dict[str, Any] = {}
-    for item in (part.strip() for part in rest.split(",") if part.strip()):
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"defence option {item!r} is not KEY=VALUE; write e.g. bit-depth:bits=4")
-        try:
-            options[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserError(f"defence option {item!r}: cannot read the value {text!r}") from None
-    return create_defense(name.strip(), **options)
+    name, options = parse_spec(spec, "defence")
+    return create_defense(name, **options)
 
 
 def list_defenses() -> list[str]:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.core.options import Options, option
+from idls.core.specs import parse_spec
 from idls.errors import UserError
 from idls.registry import Registry
 
@@ -75,23 +76,6 @@ class Extractor:
 
 
 EXTRACTORS: Registry[type[Extractor]] = Registry("feature extractor")
-
-
-def parse_spec(spec: str, what: str) -> tuple[str, dict[str, Any]]:
-    """``'NAME'`` or ``'NAME:KEY=VALUE,...'`` (values read as YAML) -> ``(name, options)``."""
-    import yaml
-
-    name, _, rest = spec.partition(":")
-    options: dict[str, Any] = {}
-    for item in (part.strip() for part in rest.split(",") if part.strip()):
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{what} option {item!r} is not KEY=VALUE; write e.g. {name.strip() or 'NAME'}:key=value")
-        try:
-            options[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserError(f"{what} option {item!r}: cannot read the value {text!r}") from None
-    return name.strip(), options
 
 
 def extractor_from_spec(spec: str) -> Extractor:
@@ -304,4 +288,4 @@ class VGG16Extractor(Extractor):
 
 
 __all__ = ["EXTRACTORS", "Extractor", "ExtractorOptions", "PooledExtractor", "RandomConvExtractor", "VGG16Extractor",
-           "check_extractor_spec", "extractor_from_spec", "list_extractors", "load_vgg16_features", "parse_spec"]
+           "check_extractor_spec", "extractor_from_spec", "list_extractors", "load_vgg16_features"]
