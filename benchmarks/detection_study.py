@@ -32,6 +32,7 @@ from _timing import RESULTS, SHARED_DATA, write
 
 PRETRAINED = SHARED_DATA / "cifar10" / "models" / "resnet20-12fca82f.th"
 FIT_IMAGES = SHARED_DATA / "cifar10" / "train"
+TEST_IMAGES = SHARED_DATA / "cifar10" / "images"
 
 
 def _clean(value: Any) -> Any:
@@ -108,6 +109,16 @@ def cost(fit_n: int) -> dict[str, Any]:
     start = time.perf_counter()
     lid.fit(classifier, correct.images, adversarial)
     out["lid"] = {"fit_seconds": time.perf_counter() - start}
+
+    # held out: PGD images of the test photos, against every detector fitted here
+    test = select_correct(classifier, load_images(str(TEST_IMAGES), input_size=32, seed=0, num_classes=10), 250)
+    test_adversarial = create_attack("pgd", epsilon=8 / 255, steps=10, mode="untargeted").run(
+        classifier, test.images, test.labels).x_adv
+    squeezing_joint = create_detector("feature-squeezing").fit(classifier, correct.images)
+    ensemble = create_detector("interpreter-ensemble").fit(classifier, correct.images)
+    out["held_out_pgd"] = {name: detector.evaluate(test.images, test_adversarial).as_dict() for name, detector in
+                           (("multi-interpreter (grad+cam)", detector), ("lid", lid),
+                            ("feature-squeezing (joint)", squeezing_joint), ("interpreter-ensemble", ensemble))}
 
     squeezing = create_detector("feature-squeezing").fit(classifier, correct.images[:200])
     forwards = 0

@@ -510,6 +510,12 @@ def detection_section(results_dir: Path) -> list[str]:
             ["feature squeezing: squeezers", fmt(fs.get("squeezers"))],
             ["  classifier forwards per scored image", fmt(fs.get("forwards_per_image"), 2)],
         ])
+        held = cost.get("held_out_pgd", {})
+        if held:
+            lines += ["", "The same detectors on held-out test photos and their PGD images (8/255, 10 steps):", ""]
+            lines += table(["detector", "detection", "FPR", "ROC-AUC", "accuracy"],
+                           [[name, fmt(r.get("detection_rate")), fmt(r.get("false_positive_rate")), fmt(r.get("auc")),
+                             fmt(r.get("accuracy"))] for name, r in held.items()])
     return lines
 
 
