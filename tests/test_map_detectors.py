@@ -16,7 +16,7 @@ from idls.defenses.detectors import (
     load_detector,
     map_disagreement,
 )
-from idls.defenses.detectors.maps import TRUSTED_SKOPS_TYPES, load_skops_model
+from idls.defenses.detectors.multi_interpreter import TRUSTED_SKOPS_TYPES, load_skops_model
 from idls.errors import UserError
 from idls.interpreters import create_interpreter
 from idls.system import Classifier, ModelInfo

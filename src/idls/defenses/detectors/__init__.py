@@ -27,18 +27,18 @@ from idls.defenses.detectors.base import (
     summarize_scores,
     threshold_at_fpr,
 )
+from idls.defenses.detectors.ensemble import (
+    InterpreterEnsembleDetector,
+    map_disagreement,
+)
 from idls.defenses.detectors.extractors import (
     EXTRACTORS,
     Extractor,
     extractor_from_spec,
     list_extractors,
 )
-from idls.defenses.detectors.maps import (
-    InterpreterEnsembleDetector,
-    MultiInterpreterDetector,
-    map_disagreement,
-)
 from idls.defenses.detectors.lid import LIDDetector, LIDOptions, lid_mle
+from idls.defenses.detectors.multi_interpreter import MultiInterpreterDetector
 from idls.defenses.detectors.squeezing import FeatureSqueezing, SqueezingOptions
 
 
