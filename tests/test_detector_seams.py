@@ -150,3 +150,26 @@ def test_detection_tables_count_each_image_once_and_the_report_shows_them(tmp_pa
     write_experiment_report(tmp_path)
     assert "Detection" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "tables" / "detection.csv").is_file()
+
+
+def test_cli_refuses_a_supervised_detector_without_its_fit_attack(tmp_path, capsys):
+    assert run_cli(["detector", "fit", SUPERVISED, "--fit-data", "embedded-train", "--weights", "random",
+                    "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert "--fit-attack" in capsys.readouterr().err
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_cli_fits_a_supervised_detector_with_its_fit_attack(tmp_path):
+    path = tmp_path / "s.safetensors"
+    assert run_cli(["detector", "fit", SUPERVISED, "--fit-data", "embedded-train", "--fit-n", "48", "--weights",
+                    "random", "--fit-attack", "pgd", "--fit-attack-option", "epsilon=0.5", "--fit-attack-option",
+                    "steps=20", "--fit-attack-option", "mode=untargeted", "--out", str(path)]) == 0
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert meta["fit"]["n_adversarial"] > 0 and meta["fit"]["n_calibration"] > 0
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    from idls import __version__
+
+    assert run_cli(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"idls {__version__}"

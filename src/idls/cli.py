@@ -22,6 +22,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _show_version(value: bool) -> None:
+    if value:
+        from idls import __version__
+
+        typer.echo(f"idls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Attack and defend interpretable deep learning systems (classifier + interpreter)."""
+
+
 # -- shared options ---------------------------------------------------------------------
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="registered model name (see `idls list`)")]
 WeightsOpt = Annotated[
