@@ -46,6 +46,23 @@ def register_supervised() -> str:
     return SUPERVISED
 
 
+DIFFERENTIABLE = "test-differentiable"
+
+
+class DifferentiableBrightnessDetector(BrightnessDetector):
+    """The same score, declared differentiable (it is: a mean of the pixels), for adaptive attacks."""
+
+    name = DIFFERENTIABLE
+    differentiable_score = True
+
+
+def register_differentiable() -> str:
+    """Register the differentiable test detector (idempotent) and return its name."""
+    if DIFFERENTIABLE not in DETECTORS:
+        DETECTORS.register(DIFFERENTIABLE, DifferentiableBrightnessDetector)
+    return DIFFERENTIABLE
+
+
 def register_brightness() -> str:
     """Register the test detector (idempotent) and return its name."""
     if BRIGHTNESS not in DETECTORS:

@@ -12,10 +12,11 @@ from idls.evaluate import summarize
 from idls.experiments import run_experiment
 from idls.experiments.config import Experiment, experiment_from_mapping
 from tests.conftest import run_cli
-from tests.detector_helpers import register_brightness, register_supervised
+from tests.detector_helpers import register_brightness, register_differentiable, register_supervised
 
 NAME = register_brightness()
 SUPERVISED = register_supervised()
+DIFFERENTIABLE = register_differentiable()
 
 BASE = {
     "name": "guarded",
@@ -173,3 +174,27 @@ def test_version_flag_prints_the_package_version(capsys):
 
     assert run_cli(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"idls {__version__}"
+
+
+def test_an_attack_naming_an_unknown_detector_is_refused():
+    config = {**BASE, "detectors": [NAME],
+              "attacks": [{"name": "ensemble-adv2", "options": {"detector": "no-such-label"}}]}
+    with pytest.raises(UserError, match="not a label of detectors"):
+        experiment_from_mapping(config)
+
+
+def test_an_attack_naming_a_detector_of_the_experiment_gets_it_fitted(tmp_path):
+    """The workspace hands the fitted detector object to the attack option that names its label."""
+    from idls.experiments.cells import expand_cells
+    from idls.experiments.detector_fit import fit_detectors
+    from idls.experiments.execute import Workspace
+
+    config = {**BASE, "interpreters": ["cam"], "detectors": [{"name": DIFFERENTIABLE, "label": "bright"}],
+              "attacks": [{"name": "ensemble-adv2", "options": {"detector": "bright", "steps": 2}}], "mode": "targeted"}
+    experiment = experiment_from_mapping(config)
+    workspace = Workspace(experiment)
+    workspace.experiment = type(experiment)(**{**experiment.__dict__, "detectors": fit_detectors(workspace, tmp_path)})
+    [cell] = expand_cells(workspace.experiment)
+    attack = workspace.attack(cell)
+    assert attack.detector is workspace.detector(0, workspace.experiment.detectors[0])
+    assert attack.detector.fitted
