@@ -79,3 +79,9 @@ def test_ensemble_claim_compares_adaptive_and_basic_adv2():
 def test_interpreter_names_are_read_in_order_and_whole():
     assert interpreters_named("multi-interpreter(gradcam+grad)") == ["gradcam", "grad"]
     assert interpreters_named("multi-interpreter(cam+mask)") == ["cam", "mask"]
+
+
+def test_claims_skip_experiments_whose_cells_the_detector_did_not_score():
+    guarded = cell("pgd", detectors=fs(0.9)) + cell("adv2", "cam", detectors=fs(0.85))
+    unguarded = [{**r, "experiment": "other"} for r in cell("pgd", detectors={}) + cell("adv2", "cam", detectors={})]
+    assert verdicts("001-obs3", guarded + unguarded) == [True]

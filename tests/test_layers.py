@@ -16,6 +16,8 @@ FORBIDDEN = {
     "errors": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli", "defenses"},
     "registry": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli"},
     "core": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli", "defenses"},
+    "transforms": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli",
+                   "defenses"},
     "optim": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli", "defenses"},
     "system": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli"},
     "models": {"attacks", "interpreters", "experiments", "report", "reproduce", "analysis", "cli", "defenses"},

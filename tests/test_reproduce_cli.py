@@ -108,6 +108,10 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
                      data={**TINY["data"], "fit_source": "embedded-train", "fit_n": 16},
                      attacks=[{"name": "sgd-uap", "options": {"epochs": 1}},
                               {"name": "juap", "options": {"epochs": 1, "width": 4}}])
+    write_experiment(experiments / "detection_embedded.yaml", "detection_embedded",
+                     data={**TINY["data"], "fit_source": "embedded-train", "fit_n": 16}, targets=["benign"],
+                     detectors=[{"name": "feature-squeezing", "label": "fs-bits2",
+                                 "options": {"squeezers": ["bit-depth:bits=2"]}}])
     out = tmp_path / "reproduce"
     code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--out", str(out)])
     assert code == 0
@@ -119,6 +123,8 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
     assert by_id["001-obs7"]["pass"] is None  # no transfer records: "not run", never PASS
     assert by_id["004-fr"]["pass"] is not None and by_id["004-maps"]["pass"] is not None  # JUAP vs SGD-UAP
     assert by_id["004-jap"]["pass"] is None
+    assert by_id["001-obs3"]["pass"] is not None  # PGD and ADV² under feature squeezing
+    assert by_id["000-detector"]["pass"] is None
     html = (out / "report.html").read_text()
     assert "scorecard" in html.lower()
     run = json.loads((out / "reproduce.json").read_text())

@@ -244,7 +244,7 @@ def test_smooth_surrogate_logits_equal_the_models():
 def test_straight_through_is_the_identity_in_every_derivative():
     """BPDA: forward fn(x), backward the identity. With fn the identity, gradcheck / gradgradcheck compare
     that backward with finite differences of the identity (first derivative 1, second 0)."""
-    from idls.defenses.transforms import _StraightThrough
+    from idls.transforms.input_transforms import _StraightThrough
 
     x = torch.rand(2, 3, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
     identity = lambda t: t.clone()  # noqa: E731

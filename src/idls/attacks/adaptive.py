@@ -3,7 +3,7 @@
 ``adaptive-adv2`` is ADV² (:class:`~idls.attacks.joint.ADV2`) whose joint objective
 gains a feature-squeezing term for one squeezer ``psi`` (``squeezer``, a defence
 spec such as ``'bit-depth:bits=3'`` or ``'median:size=3'``, or an
-:class:`~idls.defenses.InputTransform`). What the term is depends on a capability
+:class:`~idls.transforms.InputTransform`). What the term is depends on a capability
 the squeezer declares, not on its name:
 
 - a *quantising* squeezer (``quantises = True``, grid values ``k / levels``; bit
@@ -58,7 +58,7 @@ from idls.attacks.joint import ADV2, ADV2Options
 from idls.attacks.joint_objective import EVALUATION_CHUNK, ExtraTerm, LambdaSchedule
 from idls.attacks.juap_objective import optimised_map_reason
 from idls.attacks.options import option
-from idls.defenses import InputTransform, defense_from_spec
+from idls.transforms import InputTransform, defense_from_spec
 from idls.errors import UserError
 from idls.interpreters import Interpreter, interpreter_for
 from idls.interpreters.registry import interpreter_class

@@ -18,41 +18,18 @@ attacks adapt to them.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
-from idls.core.specs import parse_spec
-from idls.defenses.transforms import (
+from idls.defenses.wrapped import defend
+from idls.transforms import (
     DEFENSES,
     BitDepth,
     InputTransform,
     MedianFilter,
     NonLocalMeans,
     bpda,
+    create_defense,
+    defense_from_spec,
+    list_defenses,
 )
-from idls.defenses.wrapped import defend
-from idls.errors import UserError
-
-
-def create_defense(name: str, **options: Any) -> InputTransform:
-    """Build defence ``name`` (options are its keyword arguments, e.g. ``bits=4``)."""
-    factory = DEFENSES.get(name)
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as exc:
-        raise UserError(f"bad option for defence {name!r}: {exc}") from None
-    return factory(**options)
-
-
-def defense_from_spec(spec: str) -> InputTransform:
-    """``'NAME'`` or ``'NAME:KEY=VALUE,...'`` (values read as YAML) -> the defence (e.g. ``'bit-depth:bits=4'``)."""
-    name, options = parse_spec(spec, "defence")
-    return create_defense(name, **options)
-
-
-def list_defenses() -> list[str]:
-    return DEFENSES.names()
-
 
 __all__ = ["DEFENSES", "BitDepth", "InputTransform", "MedianFilter", "NonLocalMeans", "bpda", "create_defense",
            "defend", "defense_from_spec", "list_defenses"]

@@ -21,7 +21,7 @@ import dataclasses
 
 from torch import nn
 
-from idls.defenses.transforms import InputTransform
+from idls.transforms import InputTransform
 from idls.errors import UserError
 from idls.system import Classifier
 

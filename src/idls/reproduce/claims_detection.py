@@ -58,6 +58,11 @@ def _cells(records: Sequence[Mapping]) -> dict[tuple, dict[tuple, list[Mapping]]
     return out
 
 
+def _guards(rows: Sequence[Mapping], label: str) -> bool:
+    """Whether detector ``label`` scored these images (experiments without it have no such fields)."""
+    return bool(rows) and f"detector.{label}.flagged" in rows[0]
+
+
 def _rate(rows: Sequence[Mapping], label: str, field: str = "flagged") -> float:
     return float(detector_summary(rows)[f"detector.{label}.{field}"])
 
@@ -73,6 +78,8 @@ def measure_obs3(records) -> list[Check]:
             if attack != "adv2":
                 continue
             for label, describe in squeezers.items():
+                if not (_guards(pgd[0], label) and _guards(rows, label)):
+                    continue
                 base, adv2 = _rate(pgd[0], label), _rate(rows, label)
                 passed = abs(adv2 - base) <= OBS3_TOLERANCE
                 checks.append(Check(parts([context[0], context[2], attacked, describe]),
@@ -100,7 +107,7 @@ def measure_obs4(records) -> list[Check]:
                 continue
             label = _squeezer_detector(str(variant), squeezers)
             basic = next((r for (a, i, _), r in cells.items() if a == "adv2" and i == attacked), None)
-            if label is None or basic is None:
+            if label is None or basic is None or not (_guards(rows, label) and _guards(basic, label)):
                 continue
             d_adaptive, d_basic = _rate(rows, label), _rate(basic, label)
             m_adaptive = maps[(*context, attack, attacked, variant)]
@@ -137,7 +144,7 @@ def measure_detector(records) -> list[Check]:
         for label, describe in detectors.items():
             names = interpreters_named(describe)
             cell = next((rows for (a, i, _), rows in cells.items() if a == "adv2" and names and i == names[0]), None)
-            if cell is None:
+            if cell is None or not _guards(cell, label):
                 continue
             s = detector_summary(cell)
             prefix = f"detector.{label}."
@@ -170,6 +177,8 @@ def measure_ensemble(records) -> list[Check]:
             if basic is None:
                 continue
             for label, describe in detectors.items():
+                if not (_guards(rows, label) and _guards(basic, label)):
+                    continue
                 d_adaptive, d_basic = _rate(rows, label), _rate(basic, label)
                 e_adaptive, e_basic = _rate(rows, label, "evaded"), _rate(basic, label, "evaded")
                 seconds_adaptive = summary(rows)["seconds"]

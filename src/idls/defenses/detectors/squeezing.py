@@ -1,7 +1,7 @@
 """Feature squeezing (Xu, Evans & Qi, NDSS 2018): flag inputs whose prediction moves when the input is squeezed.
 
 A *squeezer* is an input transform that removes detail an honest image does not need
-(bit-depth reduction, median smoothing, non-local means; :mod:`idls.defenses.transforms`).
+(bit-depth reduction, median smoothing, non-local means; :mod:`idls.transforms`).
 For an image ``x`` and squeezers ``s_1 .. s_S`` the detector computes the softmax vectors
 ``p(x)`` and ``p(s_j(x))`` and scores
 
@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 
 from idls.core.options import option
-from idls.defenses import defense_from_spec
+from idls.transforms import defense_from_spec
 from idls.defenses.detectors.base import DETECTORS, Detector, DetectorOptions
-from idls.defenses.transforms import InputTransform
+from idls.transforms import InputTransform
 from idls.errors import UserError, check_images
 from idls.system import Classifier
 
