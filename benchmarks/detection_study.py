@@ -73,7 +73,7 @@ def store_summary(path: Path) -> dict[str, Any]:
               for c in evaluate_claims(records, DETECTION_CLAIMS)]
     experiment = store.parts[0].name if store.parts else path.name
     config = (store.parts[0].config or {}) if store.parts else {}
-    return {"experiment": experiment, "store": str(path), "n_records": len(records), "tables": tables,
+    return {"experiment": experiment, "store": Path(path).name, "n_records": len(records), "tables": tables,
             "attacks": attacks, "claims": claims, "data": config.get("data", {})}
 
 

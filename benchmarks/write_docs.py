@@ -468,7 +468,7 @@ def detection_section(results_dir: Path) -> list[str]:
     for name, store in sorted(study.get("stores", {}).items()):
         data = store.get("data", {})
         lines += ["", f"### {name}", "",
-                  f"Store `{store.get('store')}`: {data.get('n', '?')} test images per cell, "
+                  f"Store `{Path(str(store.get('store'))).name}`: {data.get('n', '?')} test images per cell, "
                   f"{data.get('fit_n', '?')} fit photos.", ""]
         detection = store.get("tables", {}).get("detection")
         auc = store.get("tables", {}).get("detection_auc")
