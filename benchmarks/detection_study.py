@@ -23,26 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from _timing import RESULTS, SHARED_DATA, write
 
+from idls.reproduce.scorecard import json_safe
+
 PRETRAINED = SHARED_DATA / "cifar10" / "models" / "resnet20-12fca82f.th"
 FIT_IMAGES = SHARED_DATA / "cifar10" / "train"
 TEST_IMAGES = SHARED_DATA / "cifar10" / "images"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def store_summary(path: Path) -> dict[str, Any]:
@@ -156,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["cost"] = cost(args.fit_n)
         print(json.dumps(payload["cost"], indent=2))
     payload["written"] = time.strftime("%Y-%m-%d")
-    write("detection_study", {"study": _clean(payload)})
+    write("detection_study", {"study": json_safe(payload)})
     return 0
 
 

@@ -12,12 +12,11 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from idls.analysis.store_reader import load_store
 from idls.analysis.groups import label
+from idls.analysis.store_reader import load_store
 from idls.report.scorecard_file import NOT_RUN, SCORECARD_FILE, read_scorecard, verdict  # noqa: F401 (re-exported)
 from idls.reproduce.catalog import CLAIMS
 from idls.reproduce.claims import Check, Claim
-
 
 
 def measured_text(checks: Sequence[Check]) -> str:
@@ -56,13 +55,14 @@ def evaluate_claims(records: Sequence[Mapping], claims: Sequence[Claim] = CLAIMS
     return [evaluate_claim(claim, records) for claim in claims]
 
 
-def _json_safe(value):
+def json_safe(value):
+    """``value`` with non-finite floats as ``None`` (JSON has no NaN), at any depth."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -71,7 +71,7 @@ def write_scorecard(rows: Sequence[Mapping], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(list(rows)), indent=2, ensure_ascii=False))
+    tmp.write_text(json.dumps(json_safe(list(rows)), indent=2, ensure_ascii=False))
     tmp.replace(path)
     return path
 
