@@ -114,15 +114,23 @@ def summarize(records: Sequence[Mapping]) -> dict:
 DETECTOR_RATE_FIELDS = ("flagged", "benign_flagged", "evaded", "score", "benign_score")
 
 
+def detector_labels(records: Sequence[Mapping]) -> list[str]:
+    """Labels of the detectors whose fields the records carry, in first-seen order."""
+    labels: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            if key.startswith("detector.") and key.endswith(".flagged") and not key.endswith(".benign_flagged"):
+                labels[key[len("detector."):-len(".flagged")]] = None
+    return list(labels)
+
+
 def detector_summary(records: Sequence[Mapping]) -> dict:
     """Per detector label: detection rate (mean ``flagged``), false-positive rate (``benign_flagged``), evasion
     rate (``evaded``), mean scores and the ROC-AUC of adversarial against benign scores."""
     from idls.defenses.detectors.base import roc_auc
 
-    labels = sorted({k[len("detector."):-len(".flagged")] for r in records for k in r
-                     if k.startswith("detector.") and k.endswith(".flagged") and not k.endswith(".benign_flagged")})
     out: dict = {}
-    for label in labels:
+    for label in sorted(detector_labels(records)):
         prefix = f"detector.{label}."
         rows = [r for r in records if prefix + "flagged" in r]
         for name in DETECTOR_RATE_FIELDS:

@@ -147,14 +147,4 @@ def _fit_attack(value: Any, where: str, detector: str) -> dict[str, Any]:
     return {"name": str(value["name"]), "options": dict(options), "interpreter": interpreter}
 
 
-def detector_labels(records: list[dict]) -> list[str]:
-    """Detector labels present in records, in first-seen order."""
-    labels: dict[str, None] = {}
-    for record in records:
-        for key in record:
-            if key.startswith(FIELD_PREFIX) and key.endswith(".flagged") and not key.endswith(".benign_flagged"):
-                labels[key[len(FIELD_PREFIX):-len(".flagged")]] = None
-    return list(labels)
-
-
-__all__ = ["DETECTOR_KEYS", "FIELD_PREFIX", "FITTED_DETECTOR", "DetectorSpec", "detector_labels", "parse_detectors"]
+__all__ = ["DETECTOR_KEYS", "FIELD_PREFIX", "FITTED_DETECTOR", "DetectorSpec", "parse_detectors"]

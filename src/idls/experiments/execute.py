@@ -19,7 +19,12 @@ import torch
 from torch import Tensor
 
 from idls import devices
-from idls.data.datasets import LabeledImages, interleave_classes, load_images, select_correct
+from idls.data.datasets import (
+    LabeledImages,
+    interleave_classes,
+    load_images,
+    select_correct,
+)
 from idls.errors import UserError
 from idls.experiments.cells import Cell, Unit
 from idls.experiments.config import Experiment, ModelSpec
@@ -78,7 +83,7 @@ class Workspace:
         self._images: dict[int, LabeledImages] = {}
         self._interpreters: dict[tuple[int, str], Interpreter] = {}
         self._benign: OrderedDict[tuple, Tensor] = OrderedDict()
-        self._detectors: dict[tuple[int, str], Any] = {}
+        self._detectors: dict[tuple[int, str], Detector] = {}  # by (model, label or saved file)
 
     # -- models and data --------------------------------------------------------------
     def classifier(self, spec: ModelSpec) -> Classifier:
@@ -185,6 +190,15 @@ class Workspace:
             self._detectors[key] = load_detector(path, self.model_classifier(model_index))
         return self._detectors[key]
 
+    def saved_detector(self, model_index: int, path: str) -> Detector:
+        """A detector saved by ``idls detector fit`` (loaded once per model)."""
+        from idls.defenses.detectors import load_detector
+
+        key = (model_index, path)
+        if key not in self._detectors:
+            self._detectors[key] = load_detector(path, self.model_classifier(model_index))
+        return self._detectors[key]
+
     # -- attacks ----------------------------------------------------------------------
     def attack(self, cell: Cell):
         """The attack object of a cell (joint attacks get their interpreter object)."""
@@ -198,9 +212,7 @@ class Workspace:
         if spec is not None:
             options["detector"] = self.detector(cell.model_index, spec)
         elif isinstance(named, str) and named.endswith(".safetensors"):
-            from idls.defenses.detectors import load_detector
-
-            options["detector"] = load_detector(named, self.model_classifier(cell.model_index))
+            options["detector"] = self.saved_detector(cell.model_index, named)
         return create_attack(cell.attack, **extra, **options)
 
 

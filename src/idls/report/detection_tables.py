@@ -20,8 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from idls.analysis.groups import NONE, group_records, label, varying_keys
-from idls.evaluate import detector_summary
-from idls.experiments.detection import detector_labels
+from idls.evaluate import detector_labels, detector_summary
 from idls.report.tables import Table
 
 #: (table name, summary field per label, caption)
