@@ -28,7 +28,7 @@ from idls.attacks.targets import TargetMode, least_likely_targets, random_target
 
 # Attacks written in other modules register themselves on import; one not written yet must not break the others.
 for _module in ("mifgsm", "cw", "stadv", "joint", "edge", "universal", "sgd_uap", "uap", "universal_baselines",
-                "generative_uap", "jap", "adaptive"):
+                "generative_uap", "jap", "adaptive", "interpretation_pgd"):
     try:
         importlib.import_module(f"idls.attacks.{_module}")
     except ModuleNotFoundError as exc:

@@ -10,6 +10,8 @@ Maps are ``B x h x w`` at the interpreter's native resolution with values in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -142,6 +144,14 @@ class Interpreter(nn.Module):
             return self._attribute(x, cls, create_graph=True)
         with torch.enable_grad():
             return self._attribute(x.detach(), cls, create_graph=False).detach()
+
+    def attribute_classes(self, x: Tensor, classes: Sequence[Tensor], *, create_graph: bool = False) -> list[Tensor]:
+        """Maps ``B x h x w`` of the same images for several class choices (each ``B`` long), in order.
+
+        The default calls :meth:`attribute` once per choice; interpreters whose maps of every class
+        come from one pass (CAM) override it.
+        """
+        return [self.attribute(x, cls, create_graph=create_graph) for cls in classes]
 
     def forward(self, x: Tensor, target: Tensor | int | None = None) -> Tensor:
         """Differentiable maps (``attribute(..., create_graph=True)``)."""

@@ -11,6 +11,8 @@ Requires a GAP + linear head; other models raise :class:`UserError` (use Grad-CA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -68,6 +70,13 @@ class CAMInterpreter(Interpreter):
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             return class_activation_map(self.classifier, x, target)
+
+    def attribute_classes(self, x: Tensor, classes: Sequence[Tensor], *, create_graph: bool = False) -> list[Tensor]:
+        """One feature pass for every class choice (each ``B`` long) -> maps ``B x h x w`` each."""
+        with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+            features = self.classifier.features(x if create_graph else x.detach())
+            maps = [cam_from_features(self.classifier, features, self.explained_class(x, cls)) for cls in classes]
+        return maps if create_graph else [m.detach() for m in maps]
 
     def joint_forward(self, x: Tensor, classes: Tensor | None) -> JointOutput:
         """One forward gives the feature map (-> the map) and the logits."""
