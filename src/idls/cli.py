@@ -220,6 +220,7 @@ def list_command() -> None:
     from idls.attacks import list_attacks
     from idls.defenses import list_defenses
     from idls.defenses.detectors import list_detectors
+    from idls.defenses.training import list_objectives
     from idls.interpreters import list_interpreters
     from idls.models import MODELS
 
@@ -236,30 +237,40 @@ def list_command() -> None:
     console.print("defences (--defense): " + ", ".join(list_defenses()))
     console.print("detectors (--detector, `idls detector fit`): " + ", ".join(list_detectors())
                   + "  (options: `idls options DETECTOR`)")
+    console.print("training objectives (`idls train`): " + ", ".join(list_objectives())
+                  + "  (options: `idls options OBJECTIVE`)")
 
 
 @app.command("options")
 def options_command(
-    attack: Annotated[Optional[str], typer.Argument(help="attack or detector name (default: every attack)")] = None,
+    attack: Annotated[Optional[str], typer.Argument(help="attack, detector or training objective name "
+                                                          "(default: every attack)")] = None,
 ) -> None:
-    """List an attack's or a detector's options with their defaults (the names -o KEY=VALUE and experiment files take)."""
+    """List an attack's, a detector's or a training objective's options with their defaults (the names
+    -o KEY=VALUE and experiment files take)."""
     from rich.console import Console
     from rich.table import Table
 
     from idls.attacks import ATTACKS, list_attacks
     from idls.attacks.reference import option_rows
     from idls.defenses.detectors import DETECTORS
+    from idls.defenses.training import OBJECTIVES, TrainingOptions
 
     names = [attack] if attack else list_attacks()
     for name in names:
-        if name not in DETECTORS:
+        if name not in DETECTORS and name not in OBJECTIVES:
             ATTACKS.get(name)  # unknown names: one line with the list of attacks
     console = Console()
     for name in names:
         table = Table(title=name)
         for col in ("option", "default", "meaning"):
             table.add_column(col)
-        rows = DETECTORS.get(name).Options.describe() if name in DETECTORS else option_rows(name)
+        if name in DETECTORS:
+            rows = DETECTORS.get(name).Options.describe()
+        elif name in OBJECTIVES:  # the objective's own options, then the training loop's
+            rows = OBJECTIVES.get(name).Options.describe() + TrainingOptions.describe()
+        else:
+            rows = option_rows(name)
         for row in rows:
             table.add_row(*row)
         console.print(table)
@@ -572,6 +583,45 @@ def detector_fit_command(
                + ("" if adversarial is None else f" + {adversarial.shape[0]} adversarial")
                + f" images; threshold {detector.threshold:.4g} (flags {flagged:.3f} of the benign fit images); "
                f"wrote {out}")
+
+
+@app.command("train")
+def train_command(
+    objective: Annotated[str, typer.Argument(help="training objective: standard, adversarial (Madry PGD) or "
+                                                  "interpretation-robust (paper 000 Eq. 21); `idls options NAME`")],
+    data: Annotated[str, typer.Option(help="training images: a folder with labels.csv or class sub-folders, or "
+                                           "embedded-train (never the images you evaluate on)")],
+    model: ModelOpt = "embedded_cnn",
+    weights: WeightsOpt = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="how many --data images (a seeded subset; default: all)")]
+        = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="objective or loop option KEY=VALUE "
+                                                                               "(e.g. -o gamma=0.01 -o epochs=3)")]
+        = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="the trained weights (.safetensors; use as --weights FILE); a killed "
+                                           "run resumes from OUT's .checkpoint.safetensors")]
+        = Path("runs/trained.safetensors"),
+) -> None:
+    """Train (fine-tune) a classifier with a training defence, then attack it with --weights OUT."""
+    from idls.data.datasets import load_images
+    from idls.defenses.training import save_trained, train_classifier
+    from idls.defenses.training.spec import training_from_options
+
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: trained weights are saved as a .safetensors file, e.g. --out runs/robust.safetensors")
+    training, loop = training_from_options(objective, _key_values(option or []), seed=seed)
+    classifier = _classifier(model, weights, _device(device))
+    images = load_images(data, input_size=classifier.input_size, n=n, seed=seed, num_classes=classifier.num_classes)
+    checkpoint = out.with_name(out.stem + ".checkpoint.safetensors")
+    run = train_classifier(classifier, images.images, images.labels, training, loop, checkpoint=checkpoint)
+    save_trained(classifier, out, run, {"base_weights": weights, "data": str(data), "n": n})
+    last = run.history[-1] if run.history else {}
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("loss", "accuracy", "adv_accuracy", "discrepancy"))
+    resumed = f" (resumed after epoch {run.resumed_from})" if run.resumed_from else ""
+    typer.echo(f"trained {model} with {training.describe()} on {len(images)} images for {loop.epochs} epochs{resumed}; "
+               f"last epoch: {shown}; wrote {out} (attack it with --model {model} --weights {out})")
 
 
 @app.command()

@@ -55,18 +55,20 @@ class FitCheckpoint:
         path: the ``.safetensors`` checkpoint file.
         key: identifies the fit (digest of attack, options, model and data); a checkpoint with
             another key is ignored with a warning and overwritten.
+        kind: the artifact kind written and expected (training runs use their own).
     """
 
-    def __init__(self, path: str | Path | None, key: str) -> None:
+    def __init__(self, path: str | Path | None, key: str, kind: str = CHECKPOINT_KIND) -> None:
         self.path = None if path is None else Path(path).expanduser()
         self.key = key
+        self.kind = kind
 
     def load(self) -> FitState | None:
         """The saved state of this fit, or ``None`` (no file, or a checkpoint of another fit)."""
         if self.path is None or not self.path.is_file():
             return None
         try:
-            artifact = load_artifact(self.path, kind=CHECKPOINT_KIND)
+            artifact = load_artifact(self.path, kind=self.kind)
         except UserError as exc:
             warnings.warn(f"ignoring an unreadable fit checkpoint ({exc}); fitting from the start",
                           UserWarning, stacklevel=2)
@@ -84,7 +86,7 @@ class FitCheckpoint:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        save_artifact(self.path, cpu, {"kind": CHECKPOINT_KIND, "key": self.key, "epochs_done": int(epochs_done),
+        save_artifact(self.path, cpu, {"kind": self.kind, "key": self.key, "epochs_done": int(epochs_done),
                                        "counters": dict(counters or {})})
 
     def remove(self) -> None:

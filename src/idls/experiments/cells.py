@@ -56,6 +56,8 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
     #: the attack's :meth:`~idls.attacks.base.Attack.variant` label ('' for most attacks)
     variant: str = ""
+    #: the model's training defence (``ModelSpec.training``), or ``None``
+    training: str | None = None
 
     @property
     def joint(self) -> bool:
@@ -69,6 +71,7 @@ class Cell:
             "data": self.data, "attack": self.attack, "framework": self.framework, "target": self.target,
             "mode": self.mode, "epsilon": self.epsilon, "seed": self.seed,
             "attacked_interpreter": self.attacked_interpreter, "variant": self.variant,
+            **({} if self.training is None else {"training": self.training}),
         }
 
     def n_batches(self, batch_size: int) -> int:
@@ -183,7 +186,7 @@ def _cell(experiment: Experiment, index: int, spec: AttackSpec, framework: str, 
         experiment=experiment.name, model_index=index, model=model.name, weights=model.weights,
         data=experiment.data.source, attack=spec.name, framework=framework, target=target, mode=experiment.mode,
         epsilon=attack_epsilon(attack), seed=seed, attacked_interpreter=attacked, evaluated=evaluated,
-        n_images=n_images, options=options, variant=attack.variant(),
+        n_images=n_images, options=options, variant=attack.variant(), training=model.training,
     )
 
 

@@ -41,7 +41,7 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "attack_options", "frameworks", "targets", "mode", "epsilon", "seeds", "evaluate_all_interpreters",
     "transfer_models", "device", "quick", "detectors",
 )
-MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options", "defense")
+MODEL_KEYS: tuple[str, ...] = ("name", "weights", "init_seed", "interpreter_options", "defense", "training")
 DATA_KEYS: tuple[str, ...] = ("source", "n", "pool", "seed", "shuffle", "batch_size", "n_by_interpreter", "fit_source",
                               "fit_n", "order")
 #: ``data.order``: how the correctly classified images are ordered before the first ``n`` are taken
@@ -66,7 +66,7 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # ---------------------------------------------------------------------------------
 #: fields added after stores existed: left out of stored configurations and cell identities while unset,
 #: so that existing stores resume with the same cell ids
-OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "fit_source", "fit_n", "interpreters", "order", "detectors",
+OPTIONAL_FIELDS: frozenset[str] = frozenset({"defense", "training", "trained", "fit_source", "fit_n", "interpreters", "order", "detectors",
                                              "fitted", "path", "fit_attack"})
 
 
@@ -94,6 +94,10 @@ class ModelSpec:
             merged over the experiment's ``interpreter_options``.
         defense: an input defence in front of the model, ``NAME[:KEY=VALUE,...]`` (e.g.
             ``bit-depth:bits=4``; :func:`idls.defenses.defense_from_spec`), or ``None``.
+        training: a training defence applied to ``weights`` before anything is attacked,
+            ``OBJECTIVE[:KEY=VALUE,...]`` (e.g. ``interpretation-robust:gamma=0.01,epochs=2``;
+            :func:`idls.defenses.training.spec.training_from_spec`), trained on ``data.fit_source``, or ``None``.
+        trained: the weights file that training wrote (filled in by the run, not by the user).
     """
 
     name: str
@@ -101,11 +105,18 @@ class ModelSpec:
     init_seed: int = 0
     interpreter_options: dict[str, dict] = field(default_factory=dict)
     defense: str | None = None
+    training: str | None = None
+    trained: str | None = None
 
     @property
     def key(self) -> str:
-        """Identity of the built model (name, weights, init seed, defence)."""
-        return f"{self.name}|{self.weights}|{self.init_seed}|{self.defense or ''}"
+        """Identity of the built model (name, weights, init seed, defence, training)."""
+        return f"{self.name}|{self.weights}|{self.init_seed}|{self.defense or ''}|{self.training or ''}"
+
+    @property
+    def label(self) -> str:
+        """How tables name the model: its name, and its training defence when it has one."""
+        return self.name if self.training is None else f"{self.name} [{self.training}]"
 
 
 @dataclass
@@ -354,36 +365,64 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 def apply_overrides(config: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Set dotted keys in ``config``.
 
-    A segment addresses a mapping key, a list position (``models.0.weights``) or the list item
-    whose ``name`` it is (``models.cifar_resnet20.weights``). Missing mapping levels are created.
+    A segment addresses a mapping key, a list position (``models.0.weights``) or the list items
+    whose ``name`` it is (``models.cifar_resnet20.weights``: every entry of that model, e.g. its
+    normal and its robust-trained copy). Missing mapping levels are created.
     """
     for dotted, value in overrides.items():
-        parts = [p for p in str(dotted).split(".") if p]
-        if not parts:
-            raise UserError(f"override key {dotted!r} is empty; write e.g. data.n=8")
-        node: Any = config
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                index = _list_index(node, part, where)
-                if last:
-                    node[index] = value
-                else:
-                    if isinstance(node[index], str):
-                        node[index] = {"name": node[index]}
-                    node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    if node.get(part) is None:
-                        node[part] = {}
-                    node = node[part]
-            else:
-                raise UserError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a single value, not a "
-                                "mapping or list; set it directly")
+        for parts in _expand_named(config, [p for p in str(dotted).split(".") if p]):
+            _apply_override(config, str(dotted), parts, value)
     return config
+
+
+def _expand_named(config: Any, parts: list[str]) -> list[list[str]]:
+    """``parts`` with each list segment that names several entries replaced by each of their positions."""
+    node: Any = config
+    for depth, part in enumerate(parts):
+        if isinstance(node, list) and not part.lstrip("-").isdigit():
+            names = [item.get("name") if isinstance(item, Mapping) else item for item in node]
+            matches = [i for i, name in enumerate(names) if name == part]
+            if len(matches) > 1:
+                return [expanded for i in matches
+                        for expanded in _expand_named(config, parts[:depth] + [str(i)] + parts[depth + 1:])]
+        if isinstance(node, list):
+            try:
+                node = node[_list_index(node, part, ".".join(parts[: depth + 1]))]
+            except UserError:
+                return [parts]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return [parts]
+    return [parts]
+
+
+def _apply_override(config: dict[str, Any], dotted: str, parts: list[str], value: Any) -> None:
+    """Set one expanded override (see :func:`apply_overrides`)."""
+    if not parts:
+        raise UserError(f"override key {dotted!r} is empty; write e.g. data.n=8")
+    node: Any = config
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part, where)
+            if last:
+                node[index] = value
+            else:
+                if isinstance(node[index], str):
+                    node[index] = {"name": node[index]}
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise UserError(f"override {dotted!r}: {'.'.join(parts[:depth])} is a single value, not a "
+                            "mapping or list; set it directly")
 
 
 def _list_index(items: list, part: str, where: str) -> int:
@@ -618,6 +657,17 @@ def _model(value: Any, where: str, base_dir: Path) -> ModelSpec:
             defense_from_spec(defense)
         except UserError as exc:
             raise UserError(f"{where}.defense: {exc}") from None
+    training = entry.get("training")
+    if training is not None:
+        from idls.defenses.training.spec import training_from_spec
+
+        if not isinstance(training, str):
+            raise UserError(f"{where}.training: must be a string like interpretation-robust:epochs=2, "
+                            f"got {_describe(training)}")
+        try:
+            training_from_spec(training)
+        except UserError as exc:
+            raise UserError(f"{where}.training: {exc}") from None
     return ModelSpec(
         name=name,
         weights=weights,
@@ -625,14 +675,16 @@ def _model(value: Any, where: str, base_dir: Path) -> ModelSpec:
         interpreter_options=_interpreter_options(entry.get("interpreter_options"), f"{where}.interpreter_options",
                                                  base_dir),
         defense=defense,
+        training=training,
     )
 
 
 def _check_unique_models(models: list[ModelSpec], where: str) -> None:
-    names = [m.name for m in models]
-    for name in names:
-        if names.count(name) > 1:
-            raise UserError(f"{where}: model {name!r} is listed twice; list each model once")
+    keys = [m.key for m in models]
+    for model in models:
+        if keys.count(model.key) > 1:
+            raise UserError(f"{where}: model {model.name!r} is listed twice with the same weights, defence and "
+                            "training; list each model once")
 
 
 def _data(value: Any, base_dir: Path) -> DataSpec:

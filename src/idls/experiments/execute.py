@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from idls.experiments.detection import DetectorSpec
 
 
+TRAINED_DIR = "trained"  #: where a store keeps the weights of its training defences (one file per model entry)
 BENIGN_CACHE_SIZE = 64  #: benign map tensors a workspace keeps (a few batches x interpreters)
 FITTED_DIR = "fitted"  #: where a store keeps the artifacts of its fitted attacks (one file per cell)
 
@@ -49,10 +50,12 @@ def resolve_device(name: str) -> torch.device:
 
 def build_classifier(spec: ModelSpec, device: torch.device) -> Classifier:
     """The model of ``spec`` in eval mode (behind its defence, if any); ``'random'`` weights come from
-    ``init_seed`` (the same in every process)."""
+    ``init_seed`` (the same in every process); a trained model loads the weights its training wrote."""
     from idls.models import create_model
 
-    if spec.weights == "random":
+    if spec.trained is not None:
+        classifier = create_model(spec.name, weights=spec.trained, device=device)
+    elif spec.weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
             classifier = create_model(spec.name, weights=None, device="cpu").to(device)
@@ -81,18 +84,57 @@ class Workspace:
         self.device = resolve_device(str(device or experiment.device))
         self._classifiers: dict[str, Classifier] = {}
         self._images: dict[int, LabeledImages] = {}
+        self._accuracy: dict[int, float] = {}
         self._interpreters: dict[tuple[int, str], Interpreter] = {}
         self._benign: OrderedDict[tuple, Tensor] = OrderedDict()
         self._detectors: dict[tuple[int, str], Detector] = {}  # by (model, label or saved file)
+        #: the store folder: training defences write their weights under it (set by the run)
+        self.artifact_dir: Path | None = None
 
     # -- models and data --------------------------------------------------------------
     def classifier(self, spec: ModelSpec) -> Classifier:
         if spec.key not in self._classifiers:
+            if spec.training is not None and spec.trained is None:
+                spec = replace(spec, trained=str(self.trained_weights(spec)))
             self._classifiers[spec.key] = build_classifier(spec, self.device)
         return self._classifiers[spec.key]
 
     def model_classifier(self, model_index: int) -> Classifier:
         return self.classifier(self.experiment.models[model_index])
+
+    def trained_weights(self, spec: ModelSpec) -> Path:
+        """The weights of a model entry with a training defence: trained once on ``data.fit_source`` into
+        ``STORE/trained/`` (a killed training resumes from its per-epoch checkpoint), then reused."""
+        from idls.core.digests import json_digest
+        from idls.defenses.training import save_trained, train_classifier
+        from idls.defenses.training.spec import training_from_spec
+
+        if self.artifact_dir is None:
+            raise UserError(f"model {spec.label} is trained before it is attacked; run the experiment with an "
+                            "output folder (idls run FILE --out DIR)")
+        data = self.experiment.data
+        name = f"{spec.name}-{json_digest([spec.key, data.fit_source, data.fit_n, data.seed])[:12]}"
+        path = Path(self.artifact_dir) / TRAINED_DIR / f"{name}.safetensors"
+        if path.is_file():
+            return path
+        if data.fit_source is None:
+            raise UserError(f"model {spec.label} has a training defence: set data.fit_source (training images, "
+                            "never the evaluation ones)")
+        objective, loop = training_from_spec(str(spec.training), seed=data.seed)
+        classifier = build_classifier(replace(spec, training=None), self.device)
+        images = load_images(data.fit_source, input_size=classifier.input_size, n=data.fit_n, seed=data.seed,
+                             num_classes=classifier.num_classes)
+        run = train_classifier(classifier, images.images, images.labels, objective, loop,
+                               checkpoint=path.with_name(f"{name}.checkpoint.safetensors"))
+        save_trained(classifier, path, run, {"base_weights": spec.weights, "training": spec.training,
+                                             "fit_source": data.fit_source, "fit_n": data.fit_n})
+        return path
+
+    def resolved_models(self) -> list[ModelSpec]:
+        """The experiment's model entries with the weights files of their training defences filled in
+        (so other processes load them instead of training again)."""
+        return [m if m.training is None or m.trained is not None else replace(m, trained=str(self.trained_weights(m)))
+                for m in self.experiment.models]
 
     def images(self, model_index: int) -> LabeledImages:
         """The first ``data.n`` images (of a seeded shuffle of the pool) that the model classifies correctly."""
@@ -103,12 +145,17 @@ class Workspace:
                                num_classes=classifier.num_classes)
             if data.shuffle:
                 pool = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(data.seed)))
+            correct = select_correct(classifier, pool, len(pool))
+            self._accuracy[model_index] = len(correct) / len(pool)
             if data.order == "classes-interleaved":
-                correct = interleave_classes(select_correct(classifier, pool, len(pool)))
-                self._images[model_index] = correct.subset(list(range(min(data.n, len(correct)))))
-            else:
-                self._images[model_index] = select_correct(classifier, pool, data.n)
+                correct = interleave_classes(correct)
+            self._images[model_index] = correct.subset(list(range(min(data.n, len(correct)))))
         return self._images[model_index]
+
+    def accuracy(self, model_index: int) -> float:
+        """The model's accuracy on the whole image pool (the share it classifies correctly)."""
+        self.images(model_index)
+        return self._accuracy[model_index]
 
     def fit_images(self, model_index: int) -> LabeledImages:
         """The images fitted attacks are fitted on (``data.fit_source``; a seeded subset of ``fit_n``)."""
@@ -239,7 +286,8 @@ def run_unit(workspace: Workspace, unit: Unit) -> UnitOutput:
             benign_maps=lambda name: workspace.benign_maps(cell.model_index, name, unit.start, unit.stop, x),
         )
     keys = {**cell.record_keys(), "batch": unit.batch}
-    records = [{"kind": "attack", **keys, **record} for record in batch.records]
+    records = [{"kind": "attack", **keys, **record, "model_accuracy": workspace.accuracy(cell.model_index)}
+               for record in batch.records]
     if workspace.experiment.detectors:
         fields = detector_fields(workspace, cell.model_index, (unit.start, unit.stop), x, result.x_adv, result.success)
         by_id = {str(image_id): row for image_id, row in zip(ids, fields)}

@@ -124,11 +124,15 @@ def run_experiment(
 
         import_ray()  # fail before any work when ray is missing
     workspace = Workspace(experiment)
+    workspace.artifact_dir = Path(out)
     plan = plan_experiment(experiment, workspace)
     _report_notes(plan.warnings, progress)
     store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
     try:
         plan = fit_attacks(plan, workspace, experiment, Path(out))
+        if any(m.training is not None for m in experiment.models):  # trained during planning: workers load the files
+            experiment = replace(experiment, models=workspace.resolved_models())
+            workspace.experiment = experiment
         if experiment.detectors:
             from idls.experiments.detector_fit import fit_detectors
 
