@@ -248,14 +248,38 @@ def test_a_done_line_with_the_wrong_record_count_reopens_the_unit(tmp_path):
 
 def test_store_refuses_another_configuration_and_a_second_writer(tmp_path):
     with ExperimentStore.open(tmp_path, {"name": "s", "data": {"n": 4}}):
-        with pytest.raises(UserError, match="another idls run is writing"):
-            ExperimentStore.open(tmp_path, {"name": "s", "data": {"n": 4}})
+        with pytest.raises(UserError, match=rf"another idls run is writing .* \(pid {os.getpid()}\); wait for it"):
+            ExperimentStore.open(tmp_path, {"name": "s", "data": {"n": 4}})  # a second open file description
     with pytest.raises(UserError, match=r"different configuration \(data\.n changed\)"):
         ExperimentStore.open(tmp_path, {"name": "s", "data": {"n": 5}})
     ExperimentStore.open(tmp_path, {"name": "s", "data": {"n": 4}, "device": "cuda"}).close()  # device may change
     environment = json.loads((tmp_path / "environment.json").read_text())
     expected = {"idls", "torch", "torchvision", "python", "git_revision", "platform", "started", "command"}
     assert expected <= set(environment)
+
+
+def test_a_second_process_is_refused_and_a_killed_writer_does_not_block(tmp_path):
+    """The lock is held by a live process (the refusal names its pid) and released by the OS when it dies."""
+    code = ("import sys, time\n"
+            "from idls.experiments.store import ExperimentStore\n"
+            f"store = ExperimentStore.open({str(tmp_path)!r}, {{'name': 's'}})\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked", process.stderr.read()[-2000:]
+        with pytest.raises(UserError) as refused:
+            ExperimentStore.open(tmp_path, {"name": "s"})
+        assert str(refused.value) == (f"another idls run is writing {tmp_path} (pid {process.pid}); "
+                                      "wait for it or choose another --out")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    with ExperimentStore.open(tmp_path, {"name": "s"}):  # the stale lock file (dead pid inside) does not block
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
 
 
 # ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Attack and defend interpretable deep learning systems (classifier + interpreter).",
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",  # help texts escape rich markup ('idls\\[ray]'); typer's default mode changed across releases
 )
 
 def _show_version(value: bool) -> None:
@@ -79,8 +80,9 @@ def _classifier(model: str, weights: str | None, device):
     return create_model(model, weights=None if weights == "random" else weights, device=device)
 
 
-def _data(classifier, data: str | None, n: int, seed: int, *, correct_only: bool = True):
-    from idls.data.datasets import load_images, select_correct
+def _data(classifier, data: str | None, seed: int):
+    """All images of ``--data`` (attacks select the correctly classified ones in the experiment engine)."""
+    from idls.data.datasets import load_images
 
     if data is None:
         if not classifier.info.embedded:
@@ -92,13 +94,7 @@ def _data(classifier, data: str | None, n: int, seed: int, *, correct_only: bool
             f"labels in {data!r} go up to {int(images.labels.max())} but {classifier.info.name} has "
             f"{classifier.num_classes} classes; use a model trained on these classes"
         )
-    if not correct_only:
-        return images
-    selected = select_correct(classifier, images, n)
-    if len(selected) < n:
-        typer.echo(f"note: {classifier.info.name} classifies {len(selected)} of the {len(images)} images correctly; "
-                   f"attacking those {len(selected)} (--n {n})", err=True)
-    return selected
+    return images
 
 
 def _default_interpreters(classifier, rts: Path | None) -> list[str]:
@@ -297,7 +293,7 @@ def explain(
     from idls.runner import build_interpreters
 
     classifier = _classifier(model, weights, _device(device))
-    images = _data(classifier, data, n, seed, correct_only=False)
+    images = _data(classifier, data, seed)
     images_x = images.images[:n].to(classifier.device)
     names = interpreter or _default_interpreters(classifier, rts)
     interpreters = build_interpreters(classifier, names, _interpreter_options(names, rts, None))
@@ -330,7 +326,7 @@ def train_rts_command(
     from idls.interpreters.rts_training import save_rts, train_rts
 
     classifier = _classifier(model, weights, _device(device))
-    images = _data(classifier, data, n, seed, correct_only=False)
+    images = _data(classifier, data, seed)
     x, y = (images.images, images.labels) if n <= 0 else (images.images[:n], images.labels[:n])
     masker = train_rts(classifier, x.to(classifier.device), y.to(classifier.device), epochs=epochs, batch_size=batch_size, seed=seed)
     save_rts(masker, out)

@@ -145,10 +145,11 @@ def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: to
     validity = interpreter_validity(interpreters, data.images[:nv].to(device), data.masks[:nv].to(device), seed=seed)
     _print_validity(console, validity)
 
-    console.print(f"[3/4] attacks on {settings['attack_images']} correctly classified images")
+    chosen = select_correct(classifier, data, settings["attack_images"])  # the images the experiment attacks
+    fewer = f" (--n {n}: only {len(chosen)} are correct)" if len(chosen) < settings["attack_images"] else ""
+    console.print(f"[3/4] attacks on {len(chosen)} correctly classified images{fewer}")
     attacks_started = time.perf_counter()
     records = run_attacks(out, settings, seed=seed, device=str(device))
-    chosen = select_correct(classifier, data, settings["attack_images"])
     showcases = showcases_from_store(out / STORE_DIR, records, chosen.images, chosen.labels)
     console.print(f"      {', '.join(DEMO_ATTACKS)}: {time.perf_counter() - attacks_started:.1f} s")
     per_attack = group_summaries(records)

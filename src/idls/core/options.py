@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 from idls.errors import UserError
 
 _MISSING = dataclasses.MISSING
+#: the concrete options class :meth:`Options.from_user` returns (``typing.Self`` needs Python 3.11)
+_O = TypeVar("_O", bound="Options")
 
 
 
@@ -79,7 +81,7 @@ class Options:
         return field.default_factory() if field.default_factory is not _MISSING else field.default
 
     @classmethod
-    def from_user(cls, owner: str, values: dict[str, Any]) -> Self:
+    def from_user(cls: type[_O], owner: str, values: dict[str, Any]) -> _O:
         """Options from keyword values (Python, ``-o``, YAML): unknown or missing names are one-line errors."""
         known = cls.names()
         unknown = sorted(set(values) - set(known))

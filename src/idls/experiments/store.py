@@ -14,7 +14,7 @@ append), the done line (one append). A unit is complete iff its done line exists
 run killed at any moment loses at most the units in flight. Opening a store recovers:
 torn last lines (a kill mid-write) are cut off, records of units without a done line
 (or whose record count does not match it) are dropped, and those units run again.
-One process writes a store at a time (an exclusive lock on ``.lock``).
+One process writes a store at a time (an exclusive ``flock`` on ``.lock``, which holds the writer's pid).
 """
 
 from __future__ import annotations
@@ -234,12 +234,25 @@ class ExperimentStore:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no lock
             return
-        handle = open(self.root / LOCK_FILE, "a")
+        # flock, not a pid file alone: the OS releases the lock when its process dies, so a killed run
+        # never blocks the next one; the pid inside only names the holder in the refusal
+        handle = open(self.root / LOCK_FILE, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
             handle.close()
-            raise UserError(f"another idls run is writing {self.root}; wait for it to finish or use another --out")
+            raise UserError(f"another idls run is writing {self.root} (pid {holder}); "
+                            "wait for it or choose another --out") from None
+        except OSError as exc:  # e.g. a network file system without locks
+            handle.close()
+            raise UserError(f"cannot lock {self.root / LOCK_FILE} ({exc.strerror}); choose an --out on a local disk"
+                            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         self._lock_handle = handle
 
     def close(self) -> None:
