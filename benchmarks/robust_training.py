@@ -43,13 +43,14 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["interpretation-robust", "adversarial"])
     parser.add_argument("--option", action="append", default=[], help="objective option KEY=VALUE (all objectives)")
     parser.add_argument("--steps", type=int, default=20, help="PGD / interpretation-attack steps in the evaluation")
+    parser.add_argument("--n-eval", type=int, default=0, help="evaluation photos (0 = all; a seeded subset)")
     parser.add_argument("--out", default="benchmarks/results/robust")
     parser.add_argument("--result", default="benchmarks/results/robust_training.json")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train = load_images(args.train, input_size=32, num_classes=10, n=args.n_train or None, seed=0)
-    evaluation = load_images(args.eval, input_size=32, num_classes=10)
+    evaluation = load_images(args.eval, input_size=32, num_classes=10, n=args.n_eval or None, seed=0)
     epsilons = tuple(e / 255 for e in TABLE_VII_EPSILONS)
     result = {"machine": machine(), "train": args.train, "n_train": len(train), "eval": args.eval,
               "n_eval": len(evaluation), "epochs": args.epochs, "lr": args.lr, "paper": PAPER_TABLE_VII, "models": {}}
@@ -60,6 +61,7 @@ def main() -> None:
                                                               interpretation_steps=args.steps),
                                     "evaluation_seconds": round(time.perf_counter() - started, 1)}
     _print("standard", result["models"]["standard"]["table"])
+    Path(args.result).write_text(json.dumps(result, indent=2))
     extra = dict(_parse(kv) for kv in args.option)
     for name in args.objectives:
         classifier = create_model("cifar_resnet20", weights=args.weights)

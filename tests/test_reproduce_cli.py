@@ -112,6 +112,13 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
                      data={**TINY["data"], "fit_source": "embedded-train", "fit_n": 16}, targets=["benign"],
                      detectors=[{"name": "feature-squeezing", "label": "fs-bits2",
                                  "options": {"squeezers": ["bit-depth:bits=2"]}}])
+    write_experiment(experiments / "robust_embedded.yaml", "robust_embedded", mode="untargeted", interpreters=["cam"],
+                     data={**TINY["data"], "fit_source": "embedded-train", "fit_n": 16},
+                     models=[{"name": "embedded_cnn", "weights": "pretrained"},
+                             {"name": "embedded_cnn", "weights": "pretrained",
+                              "training": "interpretation-robust:epochs=1,steps=1,batch_size=16"}],
+                     attacks=[{"name": "pgd", "options": {"steps": 2, "epsilon": 0.03}},
+                              {"name": "interpretation-pgd", "options": {"steps": 2, "epsilon": 0.03}}])
     out = tmp_path / "reproduce"
     code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--out", str(out)])
     assert code == 0
@@ -125,6 +132,8 @@ def test_reproduce_writes_scorecard_and_report(tmp_path):
     assert by_id["004-jap"]["pass"] is None
     assert by_id["001-obs3"]["pass"] is not None  # PGD and ADV² under feature squeezing
     assert by_id["000-detector"]["pass"] is None
+    assert by_id["000-robust"]["pass"] is not None  # normal and interpretation-robust model under both attacks
+    assert (out / "robust_embedded" / "trained").is_dir()
     html = (out / "report.html").read_text()
     assert "scorecard" in html.lower()
     run = json.loads((out / "reproduce.json").read_text())
@@ -147,8 +156,8 @@ def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
     assert system == "cifar_resnet32"
     for path in files:
         experiment = load_experiment(path, overrides)
-        assert [m.name for m in experiment.models] == ["cifar_resnet32"], path.stem
-        assert experiment.models[0].weights == str(checkpoint.resolve())
+        assert {m.name for m in experiment.models} == {"cifar_resnet32"}, path.stem  # every entry (robust_cifar: 3)
+        assert {m.weights for m in experiment.models} == {str(checkpoint.resolve())}
     with pytest.raises(UserError, match="--model cifar_resnet32 needs its checkpoint: pass --weights FILE"):
         plan_reproduction(directory, model="cifar_resnet32")
     with pytest.raises(UserError, match="runs on CIFAR-10 models: cifar_resnet110, cifar_resnet20"):

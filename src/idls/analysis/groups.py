@@ -16,7 +16,7 @@ from idls.interpreters import INTERPRETERS, interpreters_in_order
 
 NONE = "none"
 GROUP_KEYS: tuple[str, ...] = ("model", "attack", "framework", "target", "attacked_interpreter", "interpreter")
-CONTEXT_KEYS: tuple[str, ...] = ("experiment", "data", "epsilon", "mode", "variant")
+CONTEXT_KEYS: tuple[str, ...] = ("experiment", "data", "epsilon", "mode", "variant", "training")
 
 #: registered interpreters in their declared display order (a new interpreter joins by registering)
 INTERPRETER_ORDER: tuple[str, ...] = tuple(interpreters_in_order())

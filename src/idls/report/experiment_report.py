@@ -33,6 +33,7 @@ from idls.analysis.store_reader import Store, TensorReader, load_store
 from idls.errors import UserError
 from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
 from idls.report.detection_tables import detection_tables
+from idls.report.robustness_tables import robustness_tables
 from idls.report.html import Section, render_report, table_html
 from idls.report.tables import Table, paper_tables, write_tables
 from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
@@ -68,7 +69,8 @@ def write_experiment_report(run_dir: Path, out_dir: Path | None = None, *, max_g
     records = store.records
     if not records:
         raise UserError(f"{run_dir} holds no completed unit yet; let `idls run` finish at least one batch, then rerun `idls report`")
-    tables = {t.name: t for t in [*paper_tables(records, store.model_transfer), *detection_tables(records)]}
+    tables = {t.name: t for t in [*paper_tables(records, store.model_transfer), *detection_tables(records),
+                                  *robustness_tables(records)]}
     write_tables(list(tables.values()), out_dir / TABLES_DIR)
     scorecard = read_scorecard(run_dir / SCORECARD_FILE)
     sections = [overview_section(store)]
@@ -94,6 +96,11 @@ def write_experiment_report(run_dir: Path, out_dir: Path | None = None, *, max_g
             "Each detector was fitted on the fit images and its threshold set at its false-positive rate on benign "
             "images; 'benign FPR' is the rate it reached on the evaluated benign images (paper 001 Table 4, "
             "paper 000 Tables V-VI).", figures=[_detection_heatmap(tables["detection"])]))
+    if "robust_accuracy" in tables or "interpretation_tau" in tables:
+        sections.append(_tables_section(
+            "Training defences", tables, ("robust_accuracy", "interpretation_tau"),
+            "Each row is a model entry: the normal model and its fine-tunes (the training in the row label); "
+            "paper 000 Table VII.", figures=robustness_figures(tables)))
     gap = tables.get("gap")
     if gap is not None:
         sections.append(Section("Random target maps (prediction-interpretation gap)", text=gap.caption,
@@ -137,6 +144,21 @@ def table_heatmap(table: Table, title: str) -> bytes:
     corner, *columns = table.columns
     values = [[row[c] for c in columns] for row in table.rows]
     return heatmap_png(values, [str(r[corner]) for r in table.rows], columns, title=title, vmin=0, vmax=1)
+
+
+def robustness_figures(tables: Mapping[str, Table]) -> list[bytes]:
+    """Accuracy and Kendall's tau against epsilon, one line per model entry."""
+    from idls.report.figures import line_chart_png
+
+    figures = []
+    for name, ylabel, keys in (("robust_accuracy", "accuracy under PGD", 1), ("interpretation_tau", "Kendall's tau", 2)):
+        table = tables.get(name)
+        if table is None:
+            continue
+        epsilons = table.columns[keys:]
+        series = {" · ".join(str(row[c]) for c in table.columns[:keys]): [row[e] for e in epsilons] for row in table.rows}
+        figures.append(line_chart_png(epsilons, series, xlabel="epsilon", ylabel=ylabel))
+    return figures
 
 
 def _detection_heatmap(table: Table) -> bytes:

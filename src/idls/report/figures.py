@@ -142,6 +142,20 @@ def bar_chart_png(values: Mapping[str, Mapping[str, float]], ylabel: str, title:
     return _to_png(fig)
 
 
+def line_chart_png(xs: Sequence[str], series: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str,
+                   title: str = "") -> bytes:
+    """One line per series over categorical x values (e.g. epsilons), markers at each value (NaN gaps)."""
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    for name, ys in series.items():
+        ax.plot(range(len(xs)), [float(y) for y in ys], marker="o", label=name)
+    ax.set_xticks(range(len(xs)), xs, fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6)
+    return _to_png(fig)
+
+
 def heatmap_png(values: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[str], *, title: str = "",
                 cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None) -> bytes:
     """A labelled heat map of a ``len(rows) x len(columns)`` matrix with each value written in its cell (NaN blank)."""
@@ -158,4 +172,4 @@ def heatmap_png(values: Sequence[Sequence[float]], rows: Sequence[str], columns:
     return _to_png(fig)
 
 
-__all__ = ["attack_comparison_png", "bar_chart_png", "heatmap_png", "map_grid_png", "overlay_png", "torch"]
+__all__ = ["attack_comparison_png", "bar_chart_png", "heatmap_png", "line_chart_png", "map_grid_png", "overlay_png", "torch"]

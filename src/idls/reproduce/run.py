@@ -4,12 +4,12 @@ The bundled experiment files live in the repository's ``experiments/`` folder:
 
 * on the pretrained CIFAR-10 ResNet-20 (when its checkpoint is found or given): ``adv2_cifar``,
   ``advedge_cifar``, ``targets_cifar``, ``transfer_cifar``, ``juap_cifar``, ``jap_cifar`` and the detection
-  study ``squeezing_cifar``, ``detector_cifar``, ``ensemble_cifar``;
-* otherwise on the embedded default (no download): ``embedded``, ``embedded_targets``, ``juap_embedded`` and
-  ``detection_embedded``.
+  study ``squeezing_cifar``, ``detector_cifar``, ``ensemble_cifar`` and the training defences ``robust_cifar``;
+* otherwise on the embedded default (no download): ``embedded``, ``embedded_targets``, ``juap_embedded``,
+  ``detection_embedded`` and ``robust_embedded``.
 
-Experiments that fit universal perturbations or detectors (``data.fit_source``) fit on ``--fit-data`` when it
-is given.
+Experiments that fit universal perturbations or detectors or fine-tune models (``data.fit_source``) fit on
+``--fit-data`` when it is given.
 
 Each experiment writes its own store ``OUT/<name>/`` (so a second run resumes each one);
 ``OUT/scorecard.json``, ``OUT/report.html`` and ``OUT/tables/`` cover all of them.
@@ -27,8 +27,9 @@ from typing import Any
 from idls.errors import UserError
 
 CIFAR_EXPERIMENTS: tuple[str, ...] = ("adv2_cifar", "advedge_cifar", "targets_cifar", "transfer_cifar", "juap_cifar",
-                                      "jap_cifar", "squeezing_cifar", "detector_cifar", "ensemble_cifar")
-EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets", "juap_embedded", "detection_embedded")
+                                      "jap_cifar", "squeezing_cifar", "detector_cifar", "ensemble_cifar", "robust_cifar")
+EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets", "juap_embedded", "detection_embedded",
+                                         "robust_embedded")
 #: where the CIFAR files look for the checkpoint, relative to the shared-data folder
 RESNET20_CHECKPOINT = "cifar10/models/resnet20-12fca82f.th"
 RUN_FILE = "reproduce.json"
