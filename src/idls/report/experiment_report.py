@@ -34,6 +34,7 @@ from idls.errors import UserError
 from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
 from idls.report.detection_tables import detection_tables
 from idls.report.robustness_tables import robustness_tables
+from idls.report.scorecard_html import scorecard_html
 from idls.report.html import Section, render_report, table_html
 from idls.report.tables import Table, paper_tables, write_tables
 from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
@@ -126,11 +127,11 @@ def overview_section(store: Store) -> Section:
 
 
 def scorecard_section(rows: Sequence[Mapping]) -> Section:
-    table = [{"claim": r["claim"], "measured": r["measured"], "paper": r["paper_value"], "rule": r.get("rule", ""),
-              "n": r.get("n", ""), "result": verdict(r["pass"])} for r in rows]
+    """The claims at a glance (:mod:`idls.report.scorecard_html`)."""
     counts = {word: sum(1 for r in rows if verdict(r["pass"]) == word) for word in ("PASS", "FAIL", "NOT RUN")}
-    text = f"Claims of the papers checked on this store: {counts['PASS']} pass, {counts['FAIL']} fail, {counts['NOT RUN']} not run."
-    return Section("Reproduction scorecard", text=text, tables=[table_html(table)])
+    text = (f"Claims of the papers checked on this store: {counts['PASS']} pass, {counts['FAIL']} fail, "
+            f"{counts['NOT RUN']} not run. Open a claim for its compared groups and numbers.")
+    return Section("Reproduction scorecard", text=text, tables=scorecard_html(rows))
 
 
 def _tables_section(title: str, tables: Mapping[str, Table], names: Sequence[str], text: str, figures: Sequence[bytes] = ()) -> Section:

@@ -56,6 +56,18 @@ class Claim:
     rule: str
     measure: Callable[[Sequence[Mapping]], list[Check]]
 
+    @property
+    def setting(self) -> str:
+        """Where the paper measured it (shown beside a FAIL: our models and images are smaller)."""
+        return PAPER_SETTINGS.get(self.paper, "")
+
+
+#: each paper's own setting, for the scorecard's explanation of a failing claim
+PAPER_SETTINGS: dict[str, str] = {
+    "001": "paper: ImageNet photos at 224 px, ResNet-50 and DenseNet-169, full schedules",
+    "000": "paper: ImageNet photos at 224 px, ResNet-50 and DenseNet-169 (Table VII: CIFAR-10 Wide-ResNet)",
+    "004": "paper: ImageNet / CIFAR-10 / Caltech at 224 px, ResNet18 and others, generators trained for epochs",
+}
 
 def _name(attack: str) -> str:
     return NAMES.get(attack, attack)

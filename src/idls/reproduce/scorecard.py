@@ -37,6 +37,8 @@ def evaluate_claim(claim: Claim, records: Sequence[Mapping]) -> dict:
     """The scorecard line of one claim: PASS when every compared group passes, ``None`` when none was run."""
     checks = claim.measure(records)
     passed = all(c.passed for c in checks) if checks else None
+    here = sorted({f"{r.get('model')} on {Path(str(r.get('data'))).name}" for r in records
+                   if r.get("model") and r.get("data")})
     return {
         "id": claim.id,
         "claim": claim.title,
@@ -46,6 +48,7 @@ def evaluate_claim(claim: Claim, records: Sequence[Mapping]) -> dict:
         "rule": claim.rule,
         "pass": passed,
         "n": sum(c.n for c in checks),
+        "setting": claim.setting + (f"; here: {', '.join(here[:3])}" if here else ""),
         "details": [{"group": label(c.group), "text": c.text, "pass": c.passed, "n": c.n, "values": c.values} for c in checks],
     }
 
