@@ -55,3 +55,51 @@ def test_robust_claim_needs_both_models():
 
 def test_epsilon_labels_use_the_papers_notation():
     assert epsilon_label(8 / 255) == "8/255" and epsilon_label(0.0313725) == "8/255" and epsilon_label(0.1234) == "0.1234"
+
+
+# -- AID (a study record) ----------------------------------------------------------------------------------
+def _aid_record(base=0.01, hardened=0.08, benign=0.03):
+    return {"kind": "study", "study": "aid_cifar", "model": "m", "images": 20, "benign_map_l1": benign,
+            "adv2": {"rts": {"success_rate": 1.0, "map_l1_both_succeeded": base},
+                     "rts_aid": {"success_rate": 0.9, "map_l1_both_succeeded": hardened},
+                     "both_succeeded": 18, "ratio": hardened / base},
+            "noise": [{"kind": "gaussian", "target_rate": 0.03, "misclassification": 0.05, "scale": 0.02,
+                       "rts": {"map_l1": 0.02}, "rts_aid": {"map_l1": 0.03}}]}
+
+
+@pytest.mark.parametrize("hardened, benign, passes", [(0.08, 0.03, True), (0.03, 0.03, False), (0.08, 0.09, False)])
+def test_aid_claim_reads_the_study_record(hardened, benign, passes):
+    from idls.reproduce.claims_training import measure_aid
+
+    (check,) = measure_aid([_aid_record(hardened=hardened, benign=benign)])
+    assert check.passed is passes and check.values["images_both"] == 18
+
+
+def test_aid_tables_show_both_maskers_and_the_noise_levels():
+    from idls.report.study_tables import aid_tables
+
+    adv2, noise = aid_tables([_aid_record()])
+    assert [row["masker"] for row in adv2.rows] == ["RTS", "RTS_A (AID)"]
+    assert noise.rows[0]["map L1 RTS_A (AID)"] == 0.03
+
+
+def test_a_study_runs_once_and_its_claim_is_scored(tmp_path):
+    from idls.analysis.store_reader import load_store
+    from idls.reproduce.scorecard import evaluate_claims
+    from idls.reproduce.claims_training import TRAINING_CLAIMS
+    from idls.reproduce.studies import Study, StudyContext, run_study
+
+    calls = []
+
+    def measure(context):
+        calls.append(context.out)
+        return {key: value for key, value in _aid_record().items() if key not in ("kind", "study")}
+
+    study = Study("aid_test", "a stand-in", measure)
+    context = StudyContext(tmp_path / "aid_test", "m", None, "d", "f", quick=True, progress=False)
+    first = run_study(study, context)
+    again = run_study(study, context)  # resumed: not measured twice
+    assert len(calls) == 1 and again["adv2"] == first["adv2"]
+    store = load_store(tmp_path)
+    (row,) = [r for r in evaluate_claims(store.records, TRAINING_CLAIMS, store.studies) if r["id"] == "001-obs8"]
+    assert row["pass"] is True

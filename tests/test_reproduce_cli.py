@@ -97,8 +97,11 @@ def test_reproduction_plan_picks_cifar_only_with_a_checkpoint(tmp_path):
         plan_reproduction(directory, weights=checkpoint, rts=tmp_path / "missing.safetensors")
 
 
-def test_reproduce_writes_scorecard_and_report(tmp_path):
+def test_reproduce_writes_scorecard_and_report(tmp_path, monkeypatch):
     """The whole pipeline on stand-in experiment files: stores per experiment, scorecard.json, report."""
+    import idls.reproduce.run as reproduce_run
+
+    monkeypatch.setattr(reproduce_run, "EMBEDDED_STUDIES", ())  # the AID study has its own (slow) test
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     write_experiment(experiments / "embedded.yaml", "embedded")

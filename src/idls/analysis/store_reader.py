@@ -31,6 +31,8 @@ STORE_DIR_FIELD = "_store"  # added to every loaded record: the store folder its
 
 ATTACK_KIND = "attack"
 MODEL_TRANSFER_KIND = "model_transfer"
+#: the result of a study (a measurement that is not an attack on images, e.g. AID's Table 10): one record per study
+STUDY_KIND = "study"
 
 
 @dataclass
@@ -43,6 +45,7 @@ class StorePart:
     units: int
     records: list[dict]
     model_transfer: list[dict]
+    studies: list[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -68,6 +71,10 @@ class Store:
     def model_transfer(self) -> list[dict]:
         """``kind: model_transfer`` records of every part."""
         return [r for part in self.parts for r in part.model_transfer]
+
+    @property
+    def studies(self) -> list[dict]:
+        return [r for p in self.parts for r in p.studies]
 
     @property
     def units(self) -> int:
@@ -118,6 +125,7 @@ def _unit(record: Mapping) -> tuple[str, int]:
 RECORD_IDENTITY: dict[str, tuple[str, ...]] = {
     ATTACK_KIND: ("image_id", "attack", "attacked_interpreter", "interpreter"),
     MODEL_TRANSFER_KIND: ("image_id", "attack", "attacked_interpreter", "source_model", "model"),
+    STUDY_KIND: ("study",),
 }
 
 
@@ -152,7 +160,8 @@ def load_store_part(path: Path) -> tuple[StorePart, list[str]]:
         warnings.append(f"{path.name}: {len(short)} unit(s) whose record count differs from their done marker, e.g. {short[0]}")
     records = [r for r in unique.values() if r.get("kind", ATTACK_KIND) == ATTACK_KIND]
     transfer = [r for r in unique.values() if r.get("kind") == MODEL_TRANSFER_KIND]
-    other = len(unique) - len(records) - len(transfer)
+    studies = [r for r in unique.values() if r.get("kind") == STUDY_KIND]
+    other = len(unique) - len(records) - len(transfer) - len(studies)
     if other:
         warnings.append(f"{path.name}: {other} record(s) of unknown kind ignored")
     part = StorePart(
@@ -162,6 +171,7 @@ def load_store_part(path: Path) -> tuple[StorePart, list[str]]:
         units=len(expected),
         records=records,
         model_transfer=transfer,
+        studies=studies,
     )
     return part, warnings
 

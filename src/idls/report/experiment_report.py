@@ -35,6 +35,7 @@ from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
 from idls.report.detection_tables import detection_tables
 from idls.report.robustness_tables import robustness_tables
 from idls.report.scorecard_html import scorecard_html
+from idls.report.study_tables import aid_tables
 from idls.report.html import Section, render_report, table_html
 from idls.report.tables import Table, paper_tables, write_tables
 from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
@@ -71,7 +72,7 @@ def write_experiment_report(run_dir: Path, out_dir: Path | None = None, *, max_g
     if not records:
         raise UserError(f"{run_dir} holds no completed unit yet; let `idls run` finish at least one batch, then rerun `idls report`")
     tables = {t.name: t for t in [*paper_tables(records, store.model_transfer), *detection_tables(records),
-                                  *robustness_tables(records)]}
+                                  *robustness_tables(records), *aid_tables(store.studies)]}
     write_tables(list(tables.values()), out_dir / TABLES_DIR)
     scorecard = read_scorecard(run_dir / SCORECARD_FILE)
     sections = [overview_section(store)]
@@ -102,6 +103,11 @@ def write_experiment_report(run_dir: Path, out_dir: Path | None = None, *, max_g
             "Training defences", tables, ("robust_accuracy", "interpretation_tau"),
             "Each row is a model entry: the normal model and its fine-tunes (the training in the row label); "
             "paper 000 Table VII.", figures=robustness_figures(tables)))
+    if "aid_adv2" in tables:
+        sections.append(_tables_section(
+            "AID: adversarial interpretation distillation", tables, ("aid_adv2", "aid_noise"),
+            "An RTS masker and its AID fine-tune (paper 001 Appendix A2), attacked by ADV² and explained on noisy "
+            "images."))
     gap = tables.get("gap")
     if gap is not None:
         sections.append(Section("Random target maps (prediction-interpretation gap)", text=gap.caption,

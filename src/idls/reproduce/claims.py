@@ -55,6 +55,8 @@ class Claim:
     paper_value: str
     rule: str
     measure: Callable[[Sequence[Mapping]], list[Check]]
+    #: what ``measure`` reads: ``'records'`` (attack records of experiments) or ``'studies'`` (study records)
+    source: str = "records"
 
     @property
     def setting(self) -> str:

@@ -30,6 +30,9 @@ CIFAR_EXPERIMENTS: tuple[str, ...] = ("adv2_cifar", "advedge_cifar", "targets_ci
                                       "jap_cifar", "squeezing_cifar", "detector_cifar", "ensemble_cifar", "robust_cifar")
 EMBEDDED_EXPERIMENTS: tuple[str, ...] = ("embedded", "embedded_targets", "juap_embedded", "detection_embedded",
                                          "robust_embedded")
+#: the studies (:mod:`idls.reproduce.studies`) each system runs after its experiments
+CIFAR_STUDIES: tuple[str, ...] = ("aid_cifar",)
+EMBEDDED_STUDIES: tuple[str, ...] = ("aid_embedded",)
 #: where the CIFAR files look for the checkpoint, relative to the shared-data folder
 RESNET20_CHECKPOINT = "cifar10/models/resnet20-12fca82f.th"
 RUN_FILE = "reproduce.json"
@@ -127,7 +130,25 @@ def plan_reproduction(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UserError(f"bundled experiment file(s) missing: {', '.join(missing)}; pass --experiments DIR")
-    return (model if cifar else "embedded_cnn"), files, overrides
+    return (model if cifar else EMBEDDED_SYSTEM), files, overrides
+
+
+EMBEDDED_SYSTEM = "embedded_cnn"
+
+
+def study_contexts(system: str, out: Path, *, quick: bool, weights: Path | None, shared: Path | None,
+                   data: str | None, fit_data: str | None, experiments_dir: Path, progress: bool):
+    """``(name, StudyContext)`` of each study of ``system``, on the same files as its experiments."""
+    from idls.reproduce.studies import StudyContext
+
+    if system == EMBEDDED_SYSTEM:
+        return [(name, StudyContext(out / name, EMBEDDED_SYSTEM, "pretrained", "embedded",
+                                    fit_data or "embedded-train", quick, progress)) for name in EMBEDDED_STUDIES]
+    shared_dir = (shared if shared is not None else experiments_dir / "../../shared/data").resolve()
+    checkpoint = str(weights.resolve()) if weights is not None else str(shared_dir / RESNET20_CHECKPOINT)
+    return [(name, StudyContext(out / name, system, checkpoint, data or str(shared_dir / "cifar10/images"),
+                                fit_data or str(shared_dir / "cifar10/train"), quick, progress))
+            for name in CIFAR_STUDIES]
 
 
 def declares_fit_source(path: Path) -> bool:
@@ -192,10 +213,11 @@ def reproduce(
     system, files, overrides = plan_reproduction(Path(directory), weights=weights, shared=shared, rts=rts,
                                                data=data, model=model, fit_data=fit_data)
     if only:
-        unknown = sorted(set(only) - {f.stem for f in files})
+        studies = CIFAR_STUDIES if system != EMBEDDED_SYSTEM else EMBEDDED_STUDIES
+        unknown = sorted(set(only) - {f.stem for f in files} - set(studies))
         if unknown:
-            raise UserError(f"--only {', '.join(unknown)}: not among this system's experiments "
-                            f"({', '.join(f.stem for f in files)})")
+            raise UserError(f"--only {', '.join(unknown)}: not among this system's experiments and studies "
+                            f"({', '.join([*(f.stem for f in files), *studies])})")
         files = [f for f in files if f.stem in only]
     out = Path(out)
     console.rule(f"idls reproduce on {system}" + (" (quick)" if quick else ""))
@@ -208,6 +230,16 @@ def reproduce(
             file_overrides["data.fit_source"] = str(Path(fit_data).expanduser().resolve())
         run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=file_overrides, progress=progress)
         timings[path.stem] = time.perf_counter() - experiment_started
+    for name, context in study_contexts(system, out, quick=quick, weights=weights, shared=shared, data=data,
+                                        fit_data=fit_data, experiments_dir=Path(directory), progress=progress):
+        if only and name not in only:
+            continue
+        from idls.reproduce.studies import run_study, study
+
+        console.print(f"[study] {name}")
+        started_study = time.perf_counter()
+        run_study(study(name), context)
+        timings[name] = time.perf_counter() - started_study
     scorecard = scorecard_for_run(out, console=console)
     report = write_experiment_report(out)
     summary = ReproduceSummary(system=system, experiments=[f.stem for f in files], scorecard=scorecard,
@@ -226,7 +258,9 @@ def reproduce(
 
 __all__ = [
     "CIFAR_EXPERIMENTS",
+    "CIFAR_STUDIES",
     "EMBEDDED_EXPERIMENTS",
+    "EMBEDDED_STUDIES",
     "ReproduceSummary",
     "bundled_experiments_dir",
     "plan_reproduction",

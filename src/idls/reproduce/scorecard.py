@@ -33,9 +33,12 @@ def measured_text(checks: Sequence[Check]) -> str:
     return (f"{head} | " if head else "") + "; ".join(items)
 
 
-def evaluate_claim(claim: Claim, records: Sequence[Mapping]) -> dict:
-    """The scorecard line of one claim: PASS when every compared group passes, ``None`` when none was run."""
-    checks = claim.measure(records)
+def evaluate_claim(claim: Claim, records: Sequence[Mapping], studies: Sequence[Mapping] = ()) -> dict:
+    """The scorecard line of one claim: PASS when every compared group passes, ``None`` when none was run.
+
+    ``studies``: the store's study records, for claims whose ``source`` is ``'studies'``.
+    """
+    checks = claim.measure(studies if claim.source == "studies" else records)
     passed = all(c.passed for c in checks) if checks else None
     here = sorted({f"{r.get('model')} on {Path(str(r.get('data'))).name}" for r in records
                    if r.get("model") and r.get("data")})
@@ -53,9 +56,11 @@ def evaluate_claim(claim: Claim, records: Sequence[Mapping]) -> dict:
     }
 
 
-def evaluate_claims(records: Sequence[Mapping], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
-    """Evaluate every claim on store records (``kind: attack`` records of one or several experiments)."""
-    return [evaluate_claim(claim, records) for claim in claims]
+def evaluate_claims(records: Sequence[Mapping], claims: Sequence[Claim] = CLAIMS,
+                    studies: Sequence[Mapping] = ()) -> list[dict]:
+    """Evaluate every claim on store records (``kind: attack`` records of one or several experiments) and
+    study records (``kind: study``)."""
+    return [evaluate_claim(claim, records, studies) for claim in claims]
 
 
 def json_safe(value):
@@ -101,7 +106,7 @@ def scorecard_for_run(run_dir: Path, *, show: bool = True, console=None) -> list
     """Evaluate the claims on the store in ``run_dir`` (or its experiment sub-folders), write
     ``run_dir/scorecard.json`` and print the table; returns the scorecard rows."""
     store = load_store(Path(run_dir))
-    rows = evaluate_claims(store.records)
+    rows = evaluate_claims(store.records, studies=store.studies)
     write_scorecard(rows, Path(run_dir) / SCORECARD_FILE)
     if show:
         print_scorecard(rows, console)
