@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow install install-test bench clean
+.PHONY: demo test test-slow install install-test chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,21 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Headless Chromium for tests/test_browser.py: Debian's package, installed where it is missing and root can
+# install it; elsewhere those tests are skipped with the command that installs it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; } || \
+	  echo "chromium not installed (needs root and apt-get): the browser tests will be skipped"
+
 demo: install
 	$(BIN)/idls demo --out runs/demo
 
-test: install-test
+test: install-test chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-test-slow: install-test
+test-slow: install-test chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m slow
 
 bench: install

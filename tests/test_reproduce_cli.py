@@ -97,13 +97,9 @@ def test_reproduction_plan_picks_cifar_only_with_a_checkpoint(tmp_path):
         plan_reproduction(directory, weights=checkpoint, rts=tmp_path / "missing.safetensors")
 
 
-def test_reproduce_writes_scorecard_and_report(tmp_path, monkeypatch):
-    """The whole pipeline on stand-in experiment files: stores per experiment, scorecard.json, report."""
-    import idls.reproduce.run as reproduce_run
-
-    monkeypatch.setattr(reproduce_run, "EMBEDDED_STUDIES", ())  # the AID study has its own (slow) test
-    experiments = tmp_path / "experiments"
-    experiments.mkdir()
+def write_stand_in_experiments(experiments: Path) -> Path:
+    """Tiny stand-ins for the five embedded experiment files (random weights, few images and steps)."""
+    experiments.mkdir(parents=True, exist_ok=True)
     write_experiment(experiments / "embedded.yaml", "embedded")
     write_experiment(experiments / "embedded_targets.yaml", "embedded_targets", attacks=["adv2"],
                      attack_options={"adv2": {"steps": 4, "warm_start": 2}}, targets=["patch"])
@@ -122,6 +118,15 @@ def test_reproduce_writes_scorecard_and_report(tmp_path, monkeypatch):
                               "training": "interpretation-robust:epochs=1,steps=1,batch_size=16"}],
                      attacks=[{"name": "pgd", "options": {"steps": 2, "epsilon": 0.03}},
                               {"name": "interpretation-pgd", "options": {"steps": 2, "epsilon": 0.03}}])
+    return experiments
+
+
+def test_reproduce_writes_scorecard_and_report(tmp_path, monkeypatch):
+    """The whole pipeline on stand-in experiment files: stores per experiment, scorecard.json, report."""
+    import idls.reproduce.run as reproduce_run
+
+    monkeypatch.setattr(reproduce_run, "EMBEDDED_STUDIES", ())  # the AID study has its own (slow) test
+    experiments = write_stand_in_experiments(tmp_path / "experiments")
     out = tmp_path / "reproduce"
     code = run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--out", str(out)])
     assert code == 0
