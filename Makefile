@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow install install-test chromium bench clean
+.PHONY: demo test test-slow docs install install-test install-docs chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-docs: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -c constraints.txt -e '.[docs]'
+	touch $@ $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-docs: $(VENV)/.installed-docs
 
 # Headless Chromium for tests/test_browser.py: Debian's package, installed where it is missing and root can
 # install it; elsewhere those tests are skipped with the command that installs it.
@@ -37,10 +42,14 @@ test: install-test chromium
 test-slow: install-test chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m slow
 
+# The site of mkdocs.yml into site/, warnings as errors (broken links and anchors, docstring problems).
+docs: install-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d site
+
 bench: install
 	$(BIN)/python benchmarks/interpreters.py
 	$(BIN)/python benchmarks/pgd_cost.py
 	$(BIN)/python benchmarks/joint_cost.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

@@ -162,7 +162,8 @@ def topk_iou(maps: Tensor, other: Tensor, k: float | Sequence[float] = DEFAULT_T
     """IoU of the top-``k`` regions of two maps (docs/design.md §5).
 
     Args:
-        maps, other: ``B x h x w``.
+        maps: ``B x h x w``.
+        other: ``B x h x w``, compared with ``maps``.
         k: one fraction, or a sequence of fractions (report several k).
 
     Returns:

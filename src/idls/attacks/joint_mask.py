@@ -83,7 +83,8 @@ def bisect_step_sizes(
         candidate: ``step sizes B -> images B x ...`` (the point reached with each sample's step).
         max_step: upper end of the search (float or ``B`` tensor).
         steps: bisection steps (each one batched call of ``candidate`` and ``accept``).
-        batch, device: shape of the result.
+        batch: number of samples B (the result's shape).
+        device: device of the result.
 
     Returns:
         ``B`` step sizes: the lower end of each sample's final bracket (0 if even

@@ -30,10 +30,7 @@ def markdown(names: list[str] | None = None) -> str:
     for name in names or list_attacks():
         cls = ATTACKS.get(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        lines += [f"## `{name}`", "", summary, "", "| option | default | meaning |", "|---|---|---|"]
-        for option, default, text in option_rows(name):
-            lines.append(f"| `{option}` | `{default}` | {text.replace('|', '/')} |")
-        lines.append("")
+        lines += [f"## `{name}`", "", summary, "", *cls.Options.markdown_table(), ""]
     return "\n".join(lines)
 
 

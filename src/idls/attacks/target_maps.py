@@ -66,7 +66,8 @@ def patch_maps(
         seed: generator seed; the same seed gives the same maps on every device.
         indices: optional ``B`` dataset positions: the map of an image then depends
             only on (seed, its index), not on the batch it travels in.
-        device, dtype: of the result.
+        device: device of the result.
+        dtype: dtype of the result.
     """
     height, width = size
     if batch < 0 or height < 1 or width < 1:

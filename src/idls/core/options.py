@@ -136,6 +136,13 @@ class Options:
         return rows
 
     @classmethod
+    def markdown_table(cls) -> list[str]:
+        """:meth:`describe` as the lines of a Markdown table (docs/options.md, the docs site)."""
+        lines = ["| option | default | meaning |", "|---|---|---|"]
+        lines += [f"| `{name}` | `{shown}` | {text.replace('|', '/')} |" for name, shown, text in cls.describe()]
+        return lines
+
+    @classmethod
     def setting_names(cls) -> dict[str, str]:
         """``{option name: settings field}`` of the options that override a settings table."""
         return {f.name: f.metadata["setting"] for f in fields(cls) if f.metadata.get("setting")}
