@@ -541,6 +541,39 @@ the region-term and look-ahead comparisons of ADV² against MASK, the tuned join
 with MASK's jitter noise, and AdvEdge's step-count and AdvEdge+'s edge-stage comparisons."""
 
 
+def robust_training_section(results_dir: Path) -> list[str]:
+    lines = ["## Training defences (CIFAR-10 ResNet-20, paper 000 Table VII)", ""]
+    path = results_dir / "robust_training.json"
+    if not path.exists():
+        return lines + ["No `robust_training.json` in benchmarks/results/."]
+    run = load(path)
+    lines += [provenance("benchmarks/robust_training.py", rel(path, results_dir), run.get("written")),
+              machine_line(run.get("machine")), "",
+              f"Fine-tuned from the pretrained weights on {run.get('n_train')} training photos for {run.get('epochs')} "
+              f"epochs (peak lr {run.get('lr')}); evaluated on {run.get('n_eval')} test photos: accuracy under "
+              f"untargeted PGD ({run.get('evaluation_steps')} steps of epsilon/4, random start) over all of them, and "
+              "Kendall's tau of CAM under the interpretation attack (Eq. 20, label kept) on the correctly classified "
+              "ones. Cost: forward+backward passes per training image and epoch."]
+    models = run.get("models", {})
+    epsilons = [row["epsilon_255"] for row in next(iter(models.values()), {}).get("table", [])]
+    header = ["model", *(f"{e:g}/255" for e in epsilons)]
+    for metric, title in (("accuracy", "Accuracy under PGD"), ("kendall_tau", "Kendall's tau (CAM)")):
+        lines += ["", f"{title}:", ""]
+        rows = [[name, *(fmt(row.get(metric)) for row in entry.get("table", []))] for name, entry in models.items()]
+        paper = run.get("paper", {})
+        rows += [[f"paper: {name}", *(fmt(values.get(metric, {}).get(str(int(e)) if float(e).is_integer() else str(e)))
+                                      for e in epsilons)] for name, values in paper.items()]
+        lines += table(header, rows)
+    lines += ["", "Training:", ""]
+    lines += table(["model", "objective", "passes / image / epoch", "last epoch", "training s (this process)"],
+                   [[name, entry.get("objective", ""), fmt(entry.get("passes_per_image_epoch")),
+                     ", ".join(f"{k} {fmt(v)}" for k, v in (entry.get("history") or [{}])[-1].items()
+                               if k in ("ce", "discrepancy", "accuracy", "adv_accuracy")),
+                     fmt(entry.get("training_seconds_this_process"), 0)]
+                    for name, entry in models.items() if entry.get("history")])
+    return lines
+
+
 def render(results_dir: Path = RESULTS) -> str:
     """The Markdown page for the results in ``results_dir``."""
     sections = [
@@ -551,6 +584,7 @@ def render(results_dir: Path = RESULTS) -> str:
         rts_section(results_dir),
         universal_section(results_dir),
         detection_section(results_dir),
+        robust_training_section(results_dir),
         [NOTES],
     ]
     text = "\n\n".join("\n".join(section) for section in sections if section)
