@@ -62,12 +62,29 @@ class KillReport:
     progress: list[object] = field(default_factory=list)
 
 
-def kill_moments(seed: int, count: int, horizon: float) -> list[float]:
-    """``count`` seeded moments spread over (0, ``horizon``) seconds, in random order."""
+def kill_moments(seed: int, count: int, start: float, end: float) -> list[float]:
+    """``count`` seeded moments spread uniformly over (``start``, ``end``) seconds, in random order."""
     import random
 
     rng = random.Random(seed)
-    return [rng.uniform(0.02 * horizon, horizon) for _ in range(count)]
+    return [rng.uniform(start, end) for _ in range(count)]
+
+
+def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
+    """Wait for an uninterrupted run: (seconds until ``output`` appeared, seconds until the run ended).
+
+    Before its output appears a run is starting Python, importing and planning: a kill there tests
+    nothing about resuming, so kill moments are drawn between the two."""
+    began, appeared = time.monotonic(), None
+    while True:
+        status = process.wait(0.02)
+        if appeared is None and output.exists():
+            appeared = time.monotonic() - began
+        if status is not None:
+            assert status == 0, process.error()
+            ended = time.monotonic() - began
+            return (ended if appeared is None else appeared), ended
+        assert time.monotonic() - began < timeout, "the uninterrupted run did not end"
 
 
 def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, finish_timeout: float = 600,
