@@ -1,7 +1,10 @@
 """Fault injection for the trust-under-faults tests: a small experiment, and kill -9 at chosen moments.
 
 :func:`kill_and_resume` starts a command (a subprocess, or a fork of this process for the fast variants),
-SIGKILLs it at each of the given moments after its start, starts it again, and at last lets it finish.
+SIGKILLs it at each of the given moments, starts it again, and at last lets it finish. Moments are read on
+the process's own CPU clock (``/proc/PID/stat``), not the wall clock: on a loaded machine a run's start-up
+can take twice as long from one start to the next, which would move a wall-clock moment out of the work,
+while the CPU seconds a run has spent say how far it got.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def single_thread_env() -> dict[str, str]:
 
 @dataclass
 class KillReport:
-    """What happened to each start: killed while running, or finished (exit status) before its moment."""
+    """What happened to each start: killed while running, or finished (exit status 0) before its moment."""
 
     killed: int = 0
     finished_early: int = 0
@@ -63,39 +66,49 @@ class KillReport:
 
 
 def kill_moments(seed: int, count: int, start: float, end: float) -> list[float]:
-    """``count`` seeded moments spread uniformly over (``start``, ``end``) seconds, in random order."""
+    """``count`` seeded moments spread uniformly over (``start``, ``end``) CPU seconds, in random order."""
     import random
 
     rng = random.Random(seed)
     return [rng.uniform(start, end) for _ in range(count)]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (``None`` once it is reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
 def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
-    """Wait for an uninterrupted run: (seconds until ``output`` appeared, seconds until the run ended).
+    """Wait for an uninterrupted run: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all).
 
     Before its output appears a run is starting Python, importing and planning: a kill there tests
     nothing about resuming, so kill moments are drawn between the two."""
-    began, appeared = time.monotonic(), None
+    began, appeared, spent = time.monotonic(), None, 0.0
     while True:
-        status = process.wait(0.02)
+        status = process.poll()
+        spent = cpu_seconds(process.pid) or spent
         if appeared is None and output.exists():
-            appeared = time.monotonic() - began
+            appeared = spent
         if status is not None:
             assert status == 0, process.error()
-            ended = time.monotonic() - began
-            return (ended if appeared is None else appeared), ended
+            return (spent if appeared is None else appeared), spent
         assert time.monotonic() - began < timeout, "the uninterrupted run did not end"
+        time.sleep(0.01)
 
 
-def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, finish_timeout: float = 600,
+def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, timeout: float = 600,
                     observe: Callable[[], object] | None = None) -> KillReport:
-    """Start, SIGKILL ``moments[i]`` seconds after the i-th start (unless it ended earlier, which must be a
-    success), and finally run once more to the end, which must succeed."""
+    """Start, SIGKILL when the i-th start has spent ``moments[i]`` CPU seconds (unless it ended earlier, which
+    must be a success), and finally run once more to the end, which must succeed."""
     report = KillReport()
     began = time.monotonic()
     for moment in moments:
         process = start()
-        status = process.wait(moment)
+        status = process.run_until(moment, timeout)
         if status is None:
             process.kill()
             report.killed += 1
@@ -105,23 +118,39 @@ def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, f
         if observe is not None:
             report.progress.append(observe())
     process = start()
-    status = process.wait(finish_timeout)
+    status = process.run_until(float("inf"), timeout)
     assert status == 0, f"the final run ended with status {status}: {process.error()}"
     report.seconds = time.monotonic() - began
     return report
 
 
 class Process:
-    """A started run that can be waited for (with a timeout) and killed with SIGKILL."""
+    """A started run: polled, run until it has spent some CPU seconds, killed with SIGKILL."""
 
-    def wait(self, timeout: float) -> int | None:  # pragma: no cover - interface
+    pid: int
+    log: Path
+
+    def poll(self) -> int | None:  # pragma: no cover - interface
+        """The exit status once it ended, else ``None``."""
         raise NotImplementedError
 
     def kill(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def run_until(self, cpu: float, timeout: float) -> int | None:
+        """Wait until it ends (its exit status) or has spent ``cpu`` CPU seconds (``None``: still running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if status is not None:
+                return status
+            if (cpu_seconds(self.pid) or 0.0) >= cpu:
+                return None
+            assert time.monotonic() < deadline, f"the run did not end within {timeout} s: {self.error()}"
+            time.sleep(0.005)
+
     def error(self) -> str:
-        return ""
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
 class Subprocess(Process):
@@ -131,27 +160,23 @@ class Subprocess(Process):
         self.log = log
         with open(log, "wb") as handle:
             self.process = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=handle)
+        self.pid = self.process.pid
 
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+    def poll(self) -> int | None:
+        return self.process.poll()
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
-    def error(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
 
 class Fork(Process):
     """``work()`` in a fork of this process (no interpreter start-up: the fast variants); exit status 0 when
-    it returns, the ``SystemExit`` code when it exits, 70 with the traceback on stderr when it raises."""
+    it returns, the ``SystemExit`` code when it exits, 70 with the traceback in ``log`` when it raises."""
 
     def __init__(self, work: Callable[[], object], log: Path) -> None:
         self.log = log
+        self.status: int | None = None
         sys.stdout.flush()
         sys.stderr.flush()
         self.pid = os.fork()
@@ -172,19 +197,13 @@ class Fork(Process):
             finally:
                 os._exit(code)
 
-    def wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while True:
+    def poll(self) -> int | None:
+        if self.status is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
-                return os.waitstatus_to_exitcode(status)
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.005)
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status
 
     def kill(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
-
-    def error(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""

@@ -2,8 +2,10 @@
 
 Three commands, each killed with SIGKILL at seeded random moments and started again with the same
 arguments, then run once more to the end. The uninterrupted run, timed first, is the reference; the
-moments are spread uniformly between the time its output folder appeared (``S``: before, a run is
-starting Python and planning, and a kill tests nothing about resuming) and its end (``T``):
+moments are spread uniformly between the CPU time it had spent when its output folder appeared (``S``:
+before, a run is starting Python and planning, and a kill tests nothing about resuming) and its total
+CPU time (``T``), and each start is killed when it has spent its moment's CPU seconds (a clock that the
+machine's load does not stretch, unlike the wall clock):
 
 * ``idls run`` of an 8-unit experiment: no record lost or duplicated, records identical to the
   reference's (timing fields aside), one done marker per unit, bit-identical tensor files;
@@ -71,9 +73,9 @@ def fork_starter(args: list[str], logs: Path):
 
 
 def killed_and_reference(tmp_path: Path, command, kills: int, make_args, *, observe=None):
-    """Run ``make_args(reference_out)`` uninterrupted, timing when its output folder appears (``S``) and when it
-    ends (``T``); then ``make_args(killed_out)`` killed at ``kills`` seeded moments in (S, T) after each start
-    and resumed; returns both output folders and the kill report."""
+    """Run ``make_args(reference_out)`` uninterrupted, noting its CPU seconds when its output folder appears
+    (``S``) and at its end (``T``); then ``make_args(killed_out)`` killed at ``kills`` seeded moments in (S, T)
+    of its CPU clock and resumed; returns both output folders and the kill report."""
     logs = tmp_path / "logs"
     logs.mkdir()
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -82,7 +84,7 @@ def killed_and_reference(tmp_path: Path, command, kills: int, make_args, *, obse
     appeared, ended = timed_run(command(make_args(reference), logs)(), reference)
     report = kill_and_resume(command(make_args(killed), logs), kill_moments(SEED, kills, appeared, ended),
                              observe=observe)
-    print(f"S = {appeared:.1f} s, T = {ended:.1f} s; {report.killed} kills landed, {report.finished_early} runs "
+    print(f"S = {appeared:.2f}, T = {ended:.2f} CPU s; {report.killed} kills landed, {report.finished_early} runs "
           f"ended before their moment; killed and resumed in {report.seconds:.1f} s; progress after each start: "
           f"{report.progress}")
     return reference, killed, report
