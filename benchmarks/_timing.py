@@ -34,6 +34,25 @@ def cpu_seconds(fn: Callable[[], object]) -> float:
     return seconds(fn, time.process_time)
 
 
+def wall_seconds_on(device: torch.device | str) -> Callable[[Callable[[], object]], float]:
+    """A timer like :func:`cpu_seconds` for work on ``device``: wall seconds of one call of ``fn``, waiting for
+    the device's queued kernels before and after (CUDA runs them asynchronously; CPU time would miss them)."""
+    device = torch.device(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def timer(fn: Callable[[], object]) -> float:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - start
+
+    return timer
+
+
 def best_of(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
     """Minimum wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (seconds)."""
     for _ in range(warmup):

@@ -153,13 +153,15 @@ class Setting:
         return int(self.x.shape[0])
 
 
-def load_setting(key: str) -> Setting:
-    """Classifier (pretrained where the shared data has it) and a batch (real images if present)."""
-    model_name, size, batch = CONFIGS[key]
+def load_setting(key: str, device: str | torch.device = "cpu", batch: int | None = None) -> Setting:
+    """Classifier (pretrained where the shared data has it) and a batch (real images if present) on ``device``;
+    ``batch`` overrides the configuration's batch size."""
+    model_name, size, default_batch = CONFIGS[key]
+    batch = batch or default_batch
     torch.manual_seed(0)
     path = PRETRAINED.get(model_name)
     pretrained = path is not None and path.is_file()
-    classifier = create_model(model_name, weights=str(path) if pretrained else None)
+    classifier = create_model(model_name, weights=str(path) if pretrained else None, device=device)
     folder = IMAGES[size]
     if folder.is_dir():
         x = load_images(str(folder), input_size=size, n=batch, seed=0).images
@@ -167,6 +169,7 @@ def load_setting(key: str) -> Setting:
     else:
         x = torch.rand(batch, 3, size, size)
         images = "uniform noise"
+    x = x.to(classifier.device)
     targets = classifier.predict(x)
     labels = (targets + 1) % classifier.num_classes
     return Setting(key, classifier, x, labels, targets, "pretrained" if pretrained else "random", images)
@@ -196,7 +199,8 @@ class RowRunner:
             # no MASK optimisation in setup / resets; a fixed target map instead of the benign MASK map
             self.interpreter = build_interpreter("mask", classifier, iterations=0)
             side = self.interpreter.map_size(setting.size)
-            self.mask_maps = torch.rand(setting.batch, side, side, generator=torch.Generator().manual_seed(0))
+            self.mask_maps = torch.rand(setting.batch, side, side,
+                                        generator=torch.Generator().manual_seed(0)).to(setting.x.device)
         elif row.joint:
             self.interpreter = build_interpreter(row.interpreter, classifier)
         self.defaults = self.attack(None)  # the attack with its default iteration counts
@@ -263,8 +267,9 @@ class Differenced:
 
 
 def differenced(run: Callable[[int], object], span: int, denominators: dict[str, Callable[[], None]],
-                repeats: int) -> Differenced:
-    """Time ``run(span) - run(0)`` per unit, interleaved with the denominators, ``repeats`` times."""
+                repeats: int, timer: Callable[[Callable[[], object]], float] = cpu_seconds) -> Differenced:
+    """Time ``run(span) - run(0)`` per unit, interleaved with the denominators, ``repeats`` times, on ``timer``
+    (default: this process's CPU time; on a GPU, synchronised wall time)."""
     run(1)  # warm-up: allocator, lazily built modules, one full iteration
     for fn in denominators.values():
         fn()
@@ -272,8 +277,8 @@ def differenced(run: Callable[[int], object], span: int, denominators: dict[str,
     denoms: dict[str, list[float]] = {k: [] for k in denominators}
     ratios: dict[str, list[float]] = {k: [] for k in denominators}
     for r in range(repeats):
-        now = {k: cpu_seconds(fn) for k, fn in denominators.items()}
-        times = {n: cpu_seconds(lambda n=n: run(n)) for n in ((0, span) if r % 2 == 0 else (span, 0))}
+        now = {k: timer(fn) for k, fn in denominators.items()}
+        times = {n: timer(lambda n=n: run(n)) for n in ((0, span) if r % 2 == 0 else (span, 0))}
         unit = (times[span] - times[0]) / span
         units.append(unit)
         bases.append(times[0])
@@ -286,18 +291,19 @@ def differenced(run: Callable[[int], object], span: int, denominators: dict[str,
 
 
 def interleaved_ratios(fns: dict[str, Callable[[], object]], denominator: Callable[[], None],
-                       repeats: int) -> dict[str, float]:
+                       repeats: int, timer: Callable[[Callable[[], object]], float] = cpu_seconds) -> dict[str, float]:
     """Median over repeats of each ``fn``'s time / the denominator's (timed just before it)."""
     for fn in (denominator, *fns.values()):
         fn()  # warm-up
     ratios: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            ratios[k].append(cpu_seconds(fn) / cpu_seconds(denominator))
+            ratios[k].append(timer(fn) / timer(denominator))
     return {k: statistics.median(v) for k, v in ratios.items()}
 
 
-def mask_breakdown(runner: RowRunner, denominator: Callable[[], None], repeats: int) -> dict[str, float]:
+def mask_breakdown(runner: RowRunner, denominator: Callable[[], None], repeats: int,
+                   timer: Callable[[Callable[[], object]], float] = cpu_seconds) -> dict[str, float]:
     """Forward+backward equivalents of the pieces of an ADV²-MASK outer iteration: one look-ahead
     step (unrolled, then back-propagated to the image), the region contrast (forward + backward of 2B
     deleted images) and one forward pass (a bisection step or the success check). The prediction step
@@ -321,19 +327,20 @@ def mask_breakdown(runner: RowRunner, denominator: Callable[[], None], repeats: 
             s.classifier(s.x)
 
     pieces = {"lookahead": lookahead_pass, "region": region_pass, "forward": forward}
-    ratios = interleaved_ratios(pieces, denominator, repeats)
+    ratios = interleaved_ratios(pieces, denominator, repeats, timer)
     return {"lookahead_step_ratio": ratios["lookahead"] / lookahead, "region_ratio": ratios["region"],
             "forward_ratio": ratios["forward"]}
 
 
-def mask_reset_cost(setting: Setting, denominator: Callable[[], None], repeats: int) -> tuple[Differenced, int]:
+def mask_reset_cost(setting: Setting, denominator: Callable[[], None], repeats: int,
+                    timer: Callable[[Callable[[], object]], float] = cpu_seconds) -> tuple[Differenced, int]:
     """Seconds of one MASK step on the batch (differenced) and the interpreter's default step count."""
     full = build_interpreter("mask", setting.classifier).iterations
 
     def run(n: int) -> None:
         build_interpreter("mask", setting.classifier, iterations=n).attribute(setting.x, setting.targets)
 
-    return differenced(run, MASK_PROBE_STEPS[setting.key], {"classifier": denominator}, repeats), full
+    return differenced(run, MASK_PROBE_STEPS[setting.key], {"classifier": denominator}, repeats, timer), full
 
 
 # ---------------------------------------------------------------------------------
@@ -360,11 +367,12 @@ def mask_runs(settings: JointDefaults) -> int:
 # ---------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------
-def bench_row(row: Row, setting: Setting, repeats: int, pgd_unit: float | None) -> dict:
+def bench_row(row: Row, setting: Setting, repeats: int, pgd_unit: float | None,
+              timer: Callable[[Callable[[], object]], float] = cpu_seconds) -> dict:
     runner = RowRunner(row, setting)
     repeats = min(repeats, row.max_repeats or repeats)
     span = runner.span()
-    measured = differenced(runner.run, span, runner.denominators(), repeats)
+    measured = differenced(runner.run, span, runner.denominators(), repeats, timer)
     primary = "classifier+rts" if row.interpreter == "rts" else "classifier"
     ratio = measured.ratios[primary]
     unit = measured.unit_seconds
@@ -373,7 +381,7 @@ def bench_row(row: Row, setting: Setting, repeats: int, pgd_unit: float | None) 
     entry: dict[str, Any] = {}
     total_iteration = unit  # what each default main-phase iteration costs in the s/image figure
     if row.is_mask:
-        step, full = mask_reset_cost(setting, runner.denominators()["classifier"], repeats)
+        step, full = mask_reset_cost(setting, runner.denominators()["classifier"], repeats, timer)
         run_seconds = step.unit_seconds * full
         amortised_ratio = step.ratios["classifier"] * full / runner.settings.reset_every
         entry["components"] = {
@@ -385,7 +393,7 @@ def bench_row(row: Row, setting: Setting, repeats: int, pgd_unit: float | None) 
             "reset_every": runner.settings.reset_every,
             "amortised_reset_ratio": amortised_ratio,
         }
-        pieces = mask_breakdown(runner, runner.denominators()["classifier"], repeats)
+        pieces = mask_breakdown(runner, runner.denominators()["classifier"], repeats, timer)
         settings = runner.settings
         entry["components"].update(pieces)
         entry["components"]["accounted_outer_ratio"] = (

@@ -26,6 +26,12 @@ CIFAR_JPEG = SHARED_DATA / "cifar10" / "images"
 IMAGENET_SAMPLES = SHARED_DATA / "imagenet-samples" / "images"
 
 
+#: devices of the device-parametrised tests: the CPU, and the one IDLS_TEST_DEVICE names (benchmarks/gpu_check.sh
+#: sets cuda), else CUDA when this machine has it
+_EXTRA_DEVICE = os.environ.get("IDLS_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
+TEST_DEVICES: list[str] = ["cpu"] + ([_EXTRA_DEVICE] if _EXTRA_DEVICE not in (None, "cpu") else [])
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path}")

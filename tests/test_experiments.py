@@ -30,6 +30,7 @@ from idls.experiments import (
 )
 from idls.experiments.execute import build_classifier
 from idls.experiments.store import DONE_FILE, RECORDS_FILE, read_complete_lines
+from tests.store_compare import canonical, without_timing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,17 +59,6 @@ ATTACK_FIELDS = {
 def write_yaml(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def without_timing(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k != "seconds"}
-
-
-def canonical(records: list[dict]) -> dict:
-    """Records keyed by (kind, cell, image, interpreter, model), without the timing field; asserts no duplicates."""
-    keyed = {(r["kind"], r["cell"], r["image_id"], r["interpreter"], r["model"]): without_timing(r) for r in records}
-    assert len(keyed) == len(records), "duplicate records"
-    return keyed
 
 
 # ---------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from idls.interpreters.grad import gradient_map, input_gradient
 from idls.interpreters.gradcam import gradcam_map
 from idls.interpreters.integrated_gradients import integrated_gradients, make_baseline
 from idls.system import Classifier, ModelInfo, smooth_surrogate
+from tests.conftest import TEST_DEVICES
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = TEST_DEVICES
 GRADIENT_INTERPRETERS = ["grad", "ig", "cam", "gradcam"]
 
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from idls.experiments import read_records, run_experiment
+from tests.store_compare import canonical
 
 ray = pytest.importorskip("ray")
 
@@ -28,21 +29,13 @@ def local_ray():
     ray.shutdown()
 
 
-def _without_timing(records: list[dict]) -> dict:
-    keyed = {(r["kind"], r["cell"], r["image_id"], r["interpreter"], r["model"]): {k: v for k, v in r.items()
-                                                                                    if k != "seconds"}
-             for r in records}
-    assert len(keyed) == len(records), "duplicate records"
-    return keyed
-
-
 def test_ray_backend_matches_local_backend(tmp_path, local_ray):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(CONFIG))
     local = run_experiment(path, tmp_path / "local", progress=False)
     distributed = run_experiment(path, tmp_path / "ray", backend="ray", progress=False)
     assert distributed.units == local.units == 6 and distributed.units_run == 6
-    a, b = _without_timing(read_records(tmp_path / "local")), _without_timing(read_records(tmp_path / "ray"))
+    a, b = canonical(read_records(tmp_path / "local")), canonical(read_records(tmp_path / "ray"))
     assert len(a) == 4 * 2 + 2 * 4 * 2 + 3 * 4  # PGD, ADV² (2 cells x 2 interpreters), model transfer
     assert a == b
     again = run_experiment(path, tmp_path / "ray", backend="ray", progress=False)  # resumes: nothing left

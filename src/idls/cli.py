@@ -741,6 +741,14 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         typer.secho(f"error: {err}", err=True, fg="red")
         sys.exit(2)
+    except OSError as exc:  # a full (or read-only) disk outside the writers that name their file themselves
+        from idls.errors import storage_error
+
+        full = storage_error(exc, str(exc.filename or "a file"), "run the same command again")
+        if full is None:
+            raise
+        typer.secho(f"error: {full}", err=True, fg="red")
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)

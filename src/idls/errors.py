@@ -4,6 +4,16 @@ A :class:`UserError` carries a single line that names the problem and the fix;
 the CLI prints it without a traceback and exits with status 2.
 """
 
+import errno as _errno
+
+#: (why, remedy) of a failed write, for the ``OSError`` numbers that mean the disk takes no more data:
+#: a condition the user fixes, not a bug
+STORAGE_FAILURES: dict[int, tuple[str, str]] = {
+    _errno.ENOSPC: ("no space left on the device", "free space"),
+    _errno.EDQUOT: ("the disk quota is exceeded", "free space or raise the quota"),
+    _errno.EROFS: ("the file system is read-only", "remount it writable"),
+}
+
 
 class UserError(Exception):
     """A mistake in the user's input (unknown name, missing file, bad shape...)."""
@@ -25,3 +35,18 @@ def check_images(x: "object", *, name: str = "images") -> None:
             f"{name} have values in [{lo:.3g}, {hi:.3g}] but must lie in [0, 1]; "
             "pass un-normalised pixels (normalisation happens inside the classifier)"
         )
+
+
+def storage_error(exc: OSError, what: str, fix: str) -> "UserError | None":
+    """A one-line :class:`UserError` for a write that failed because the disk takes no more data, else ``None``.
+
+    Args:
+        exc: the error of the failed write.
+        what: what could not be written, e.g. ``"the result store runs/x"``.
+        fix: what to do once the disk takes data again, e.g. ``"run the same command again to resume"``.
+    """
+    failure = STORAGE_FAILURES.get(exc.errno) if isinstance(exc, OSError) else None
+    if failure is None:
+        return None
+    reason, remedy = failure
+    return UserError(f"cannot write {what}: {reason}; {remedy}, then {fix}")

@@ -7,7 +7,12 @@ numbers a table reports. Conventions:
 * images are ``B x C x H x W`` in [0, 1];
 * attribution maps are ``B x h x w`` in [0, 1] at the interpreter's native
   resolution (never upsampled before comparing two maps);
-* object masks are ``B x H x W`` (bool, or numbers where > 0.5 means object).
+* object masks are ``B x H x W`` (bool, or numbers where > 0.5 means object);
+* float16 / bfloat16 inputs are compared in float32 (their values exactly, the arithmetic not rounded
+  to half precision); a sample whose maps or images hold NaN or Inf gets NaN in every map and
+  perturbation metric (never a number computed from them), the others are unaffected; a sample
+  whose logits hold NaN or Inf never counts as a success. No check here synchronises a device:
+  the metrics also run inside attack loops. (Attacks and interpreters refuse NaN logits themselves.)
 
 Groups: prediction (:func:`success`, :func:`attack_success_rate`,
 :func:`target_confidence`, :func:`misclassification_confidence`,
@@ -38,6 +43,25 @@ DEFAULT_TOPK = 0.2
 # ---------------------------------------------------------------------------------
 
 
+def _real(t: Tensor) -> Tensor:
+    """``t`` in at least float32 (float16 / bfloat16 values exactly; other dtypes unchanged)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _finite_samples(*tensors: Tensor) -> Tensor:
+    """``B`` bool: the samples whose entries are finite in every one of ``tensors`` (each ``B x ...``)."""
+    finite = torch.isfinite(tensors[0].detach().flatten(1)).all(1)
+    for t in tensors[1:]:
+        finite = finite & torch.isfinite(t.detach().flatten(1)).all(1).to(finite.device)
+    return finite
+
+
+def _nan_unless(finite: Tensor, value: Tensor) -> Tensor:
+    """``value`` (``B`` or ``B x K``) with NaN in the samples that are not ``finite``."""
+    mask = finite.to(value.device).view(-1, *([1] * (value.dim() - 1)))
+    return torch.where(mask, value, torch.full_like(value, math.nan))
+
+
 def _as_prediction(prediction: Tensor) -> Tensor:
     """Accept logits ``B x N`` or classes ``B``; return classes ``B`` (long)."""
     return prediction.argmax(1) if prediction.dim() == 2 else prediction.long()
@@ -57,9 +81,8 @@ def success(prediction: Tensor, *, target: Tensor | None = None, label: Tensor |
     if (target is None) == (label is None):
         raise UserError("success() needs exactly one of target= (targeted) or label= (untargeted)")
     pred = _as_prediction(prediction)
-    if target is not None:
-        return pred == target.to(pred.device)
-    return pred != label.to(pred.device)
+    ok = pred == target.to(pred.device) if target is not None else pred != label.to(pred.device)
+    return ok & _finite_samples(prediction) if prediction.dim() == 2 else ok
 
 
 def attack_success_rate(successes: Tensor) -> float:
@@ -111,13 +134,15 @@ def _check_map_pair(maps: Tensor, other: Tensor) -> None:
 def map_l1(maps: Tensor, other: Tensor) -> Tensor:
     """Mean absolute difference ``B``: sum |m - m'| / pixels."""
     _check_map_pair(maps, other)
-    return (maps - other).abs().flatten(1).mean(1)
+    value = (_real(maps) - _real(other)).abs().flatten(1).mean(1)
+    return _nan_unless(_finite_samples(maps, other), value)
 
 
 def map_l2(maps: Tensor, other: Tensor) -> Tensor:
     """Root-mean-square difference ``B``: ||m - m'||_2 / sqrt(pixels)."""
     _check_map_pair(maps, other)
-    return (maps - other).flatten(1).pow(2).mean(1).sqrt()
+    value = (_real(maps) - _real(other)).flatten(1).pow(2).mean(1).sqrt()
+    return _nan_unless(_finite_samples(maps, other), value)
 
 
 def _topk_counts(k: float | Tensor, batch: int, pixels: int, device: torch.device) -> Tensor:
@@ -170,9 +195,10 @@ def topk_iou(maps: Tensor, other: Tensor, k: float | Sequence[float] = DEFAULT_T
         ``B`` for a single ``k``; ``B x len(k)`` (columns in the order given) for a sequence.
     """
     _check_map_pair(maps, other)
+    maps, other, finite = _real(maps), _real(other), _finite_samples(maps, other)
     if isinstance(k, Sequence):
-        return torch.stack([jaccard(topk_mask(maps, kk), topk_mask(other, kk)) for kk in k], dim=1)
-    return jaccard(topk_mask(maps, k), topk_mask(other, k))
+        return _nan_unless(finite, torch.stack([jaccard(topk_mask(maps, kk), topk_mask(other, kk)) for kk in k], dim=1))
+    return _nan_unless(finite, jaccard(topk_mask(maps, k), topk_mask(other, k)))
 
 
 def kendall_tau(maps: Tensor, other: Tensor) -> Tensor:
@@ -186,7 +212,7 @@ def kendall_tau(maps: Tensor, other: Tensor) -> Tensor:
     a = maps.detach().flatten(1).double().cpu().numpy()
     b = other.detach().flatten(1).double().cpu().numpy()
     taus = np.array([kendalltau(ai, bi).statistic for ai, bi in zip(a, b)], dtype=np.float64)
-    return torch.as_tensor(taus, dtype=torch.float32, device=maps.device)
+    return _nan_unless(_finite_samples(maps, other), torch.as_tensor(taus, dtype=torch.float32, device=maps.device))
 
 
 # ---------------------------------------------------------------------------------
@@ -204,13 +230,13 @@ def _check_image_pair(x: Tensor, x_adv: Tensor) -> None:
 def linf_norm(x: Tensor, x_adv: Tensor) -> Tensor:
     """``B``: ||x* - x||_inf, the max |x* - x| over all pixels and channels (symmetric in its arguments)."""
     _check_image_pair(x, x_adv)
-    return (x_adv - x).flatten(1).abs().amax(1)
+    return _nan_unless(_finite_samples(x, x_adv), (_real(x_adv) - _real(x)).flatten(1).abs().amax(1))
 
 
 def l2_norm(x: Tensor, x_adv: Tensor) -> Tensor:
     """``B``: ||x* - x||_2 over all pixels and channels, on the [0, 1] scale (symmetric in its arguments)."""
     _check_image_pair(x, x_adv)
-    return (x_adv - x).flatten(1).norm(dim=1)
+    return _nan_unless(_finite_samples(x, x_adv), (_real(x_adv) - _real(x)).flatten(1).norm(dim=1))
 
 
 def ssim_sigma(height: int, width: int) -> float:
@@ -233,7 +259,7 @@ def ssim(x: Tensor, x_adv: Tensor, sigma: float | None = None) -> Tensor:
     value = structural_similarity_index_measure(
         x_adv.detach().float(), x.detach().float(), gaussian_kernel=True, sigma=sigma, reduction="none", data_range=1.0
     )
-    return value.to(x.device)
+    return _nan_unless(_finite_samples(x, x_adv), value.to(x.device))
 
 
 def noise_rate(x: Tensor, x_adv: Tensor, sigma: float | None = None) -> Tensor:
@@ -278,9 +304,10 @@ def localization_iou(maps: Tensor, object_masks: Tensor, k: float | None = None)
             keeps, per sample, as many pixels as the object covers, so a map that
             ranks every object pixel above every background pixel scores 1.
     """
-    maps, masks = _prepare_localization(maps, object_masks)
+    finite = _finite_samples(maps)
+    maps, masks = _prepare_localization(_real(maps), object_masks)
     fraction = masks.flatten(1).double().mean(1) if k is None else k
-    return jaccard(topk_mask(maps, fraction), masks)
+    return _nan_unless(finite, jaccard(topk_mask(maps, fraction), masks))
 
 
 def default_pointing_tolerance(height: int, width: int) -> int:
@@ -297,9 +324,10 @@ def pointing_game(maps: Tensor, object_masks: Tensor, tolerance: int | None = No
     The map is upsampled bilinearly to the mask size; its maximum (first in
     raster order on ties) is a hit when an object pixel lies within Euclidean
     distance ``tolerance`` pixels of it (default :func:`default_pointing_tolerance`).
-    The hit rate is ``pointing_game(...).float().mean()``.
+    The hit rate is ``pointing_game(...).float().mean()``. A map holding NaN or Inf never hits.
     """
-    maps, masks = _prepare_localization(maps, object_masks)
+    finite = _finite_samples(maps)
+    maps, masks = _prepare_localization(_real(maps), object_masks)
     height, width = masks.shape[-2:]
     tol = default_pointing_tolerance(height, width) if tolerance is None else tolerance
     peak = maps.flatten(1).argmax(1)
@@ -307,7 +335,7 @@ def pointing_game(maps: Tensor, object_masks: Tensor, tolerance: int | None = No
     rows = torch.arange(height, device=maps.device, dtype=torch.float32)[None, :, None]
     cols = torch.arange(width, device=maps.device, dtype=torch.float32)[None, None, :]
     dist2 = (rows - peak_row[:, None, None]) ** 2 + (cols - peak_col[:, None, None]) ** 2
-    return (masks & (dist2 <= tol * tol)).flatten(1).any(1)
+    return (masks & (dist2 <= tol * tol)).flatten(1).any(1) & finite.to(masks.device)
 
 
 __all__ = [

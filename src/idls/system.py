@@ -150,6 +150,48 @@ class Classifier(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the weights (float32 unless the model was converted)."""
+        return next(self.parameters()).dtype
+
+    # -- input and output checks of the public entry points (attacks, interpreters) -------
+    def prepare(self, x: Tensor) -> Tensor:
+        """Pixels ``B x C x H x W`` as this classifier computes on them: in its dtype, in the standard layout.
+
+        float16 / bfloat16 / float64 pixels are converted to the weights' dtype (from half precision
+        exactly) and channels-last tensors to the contiguous layout, so an attack or a map of ``x``
+        equals that of ``x.float().contiguous()`` (docs/design.md §1). Free when ``x`` already fits.
+
+        Raises:
+            UserError: the weights are float16 or bfloat16 (too coarse for perturbation budgets).
+        """
+        dtype = self.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise UserError(f"{self.info.name} has {str(dtype).removeprefix('torch.')} weights, but attacks and "
+                            "interpreters need float32 or float64 ones (half precision rounds pixel steps of 1/255 "
+                            "away); call .float() on the classifier (torch.autocast inside it is fine)")
+        return x.to(dtype=dtype, memory_format=torch.contiguous_format)
+
+    def check_logits(self, logits: Tensor) -> Tensor:
+        """``logits`` ``B x N`` unchanged; a :class:`UserError` naming the images whose logits hold NaN or Inf."""
+        self._refuse_broken(~torch.isfinite(logits.detach()).all(1))
+        return logits
+
+    @torch.no_grad()
+    def check_logits_of(self, x: Tensor, batch_size: int = 256, what: str = "image") -> None:
+        """:meth:`check_logits` for the images ``x`` ``N x C x H x W`` (any device), ``batch_size`` at a time;
+        ``what`` names them in the error (e.g. ``'fit image'``)."""
+        finite = [torch.isfinite(self(chunk.to(self.device))).all(1).cpu() for chunk in x.split(batch_size)]
+        self._refuse_broken(~torch.cat(finite), what)
+
+    def _refuse_broken(self, broken: Tensor, what: str = "image") -> None:
+        if bool(broken.any()):
+            rows = broken.nonzero().flatten().tolist()
+            raise UserError(f"{self.info.name} returned NaN or Inf logits for {len(rows)} of {broken.shape[0]} "
+                            f"{what}(s) (rows {rows[:5]}); its weights are damaged or diverged, or a layer overflows "
+                            "on these images: check the checkpoint")
+
 
 # ---------------------------------------------------------------------------------
 # Smooth-ReLU surrogate (docs/design.md §4, GRAD): same forward, smooth derivative.

@@ -123,24 +123,30 @@ class Attack:
         """Attack a batch.
 
         Args:
-            classifier: the model under attack, in eval mode.
-            x: ``B x C x H x W`` images in [0, 1].
+            classifier: the model under attack, in eval mode (float32 or float64 weights).
+            x: ``B x C x H x W`` images in [0, 1]; another float dtype or the channels-last layout is
+                converted first (``classifier.prepare``), so ``x_adv`` is in the classifier's dtype.
             labels: ``B`` true classes.
             targets: ``B`` target classes (not for untargeted mode); default: chosen by
                 the mode (given targets are used as they are, e.g. precomputed least-likely ones).
             indices: optional ``B`` dataset positions, so random targets do not depend on batching.
+
+        Raises:
+            UserError: bad images, labels or targets, or the classifier's logits hold NaN or Inf.
         """
         check_images(x)
         if classifier.training:
             raise UserError("the classifier is in training mode; call classifier.eval() before attacking")
+        x = classifier.prepare(x)  # half precision, float64 or channels-last: as x.float().contiguous()
         labels = self._check_classes(labels, x, classifier.num_classes, "labels")
+        classifier.check_logits_of(x)  # a model that outputs NaN fails here, not after an attack on its noise
         start = time.perf_counter()
         targets = self.resolve_targets(classifier, x, labels, targets, indices)
         self.batch_indices = None if indices is None else torch.as_tensor(indices).long()
         outcome = self._perturb(classifier, x, labels, targets)
         self._check_threat(x, outcome.x_adv)
         with torch.no_grad():
-            logits = classifier(outcome.x_adv)
+            logits = classifier.check_logits(classifier(outcome.x_adv))
         pred = logits.argmax(1)
         if targets is not None:
             ok = metrics.success(pred, target=targets)

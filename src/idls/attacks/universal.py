@@ -372,6 +372,8 @@ class UniversalAttack(Attack):
                 f"fit images are {tuple(images.shape[-2:])} but model {classifier.info.name!r} expects "
                 f"{classifier.input_size} x {classifier.input_size}; load them with input_size={classifier.input_size}"
             )
+        images = classifier.prepare(images)
+        classifier.check_logits_of(images, what="fit image")  # a model that outputs NaN fails here, not with a NaN perturbation
         labels = self._check_classes(labels, images, classifier.num_classes, "fit labels")
         if self.target_class is not None and self.target_class >= classifier.num_classes:
             raise UserError(f"target_class {self.target_class} is not a class of model {classifier.info.name!r} "

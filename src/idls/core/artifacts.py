@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from idls.errors import UserError
+from idls.errors import UserError, storage_error
 
 #: key of the JSON metadata in the safetensors header
 METADATA_KEY = "idls"
@@ -87,7 +87,9 @@ def save_artifact(path: str | Path, tensors: Mapping[str, Tensor], metadata: Map
         pretty = json.dumps(dict(metadata), sort_keys=True, indent=2) + "\n"
         _atomic_write(sidecar_path(path), lambda temporary: temporary.write_text(pretty, encoding="utf-8"))
     except OSError as exc:
-        raise UserError(f"cannot write artifact {str(path)!r} ({exc.strerror or exc}); choose a writable path") from None
+        full = storage_error(exc, f"artifact {str(path)!r}", "run the same command again")
+        raise full or UserError(f"cannot write artifact {str(path)!r} ({exc.strerror or exc}); choose a writable path"
+                                ) from None
     return path
 
 

@@ -15,6 +15,9 @@ run killed at any moment loses at most the units in flight. Opening a store reco
 torn last lines (a kill mid-write) are cut off, records of units without a done line
 (or whose record count does not match it) are dropped, and those units run again.
 One process writes a store at a time (an exclusive ``flock`` on ``.lock``, which holds the writer's pid).
+A write that fails because the disk takes no more data (full, over quota, read-only) is a one-line
+:class:`~idls.errors.UserError` that names the folder; the failed append is cut back first, so the
+files hold whole lines only, and the same command resumes once there is space.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from typing import Any
 import yaml
 from torch import Tensor
 
-from idls.errors import UserError
+from idls.errors import UserError, storage_error
 
 CONFIG_FILE = "experiment.yaml"
 ENVIRONMENT_FILE = "environment.json"
@@ -80,24 +84,58 @@ def _parse(lines: Sequence[bytes]) -> list[dict]:
     return parsed
 
 
+def _write_all(fd: int, payload: bytes) -> None:
+    """``os.write`` until every byte of ``payload`` is written (a write may take only part of it)."""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _append(path: Path, lines: Sequence[Mapping[str, Any]]) -> None:
-    """Append JSON lines in one write, then flush and fsync."""
+    """Append JSON lines, then fsync; a failed append is cut back off the file, so no torn line stays."""
     payload = "".join(json.dumps(line, allow_nan=True) + "\n" for line in lines).encode()
-    with open(path, "ab") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, payload)
+            os.fsync(fd)
+        except OSError:
+            try:  # shrinking needs no space; should it fail too, opening the store cuts the torn line
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
 
 
 def _replace(path: Path, payload: bytes) -> None:
     """Atomically replace ``path`` with ``payload`` (temporary file, fsync, rename, fsync of the folder)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def _disk_errors(root: Path) -> Iterator[None]:
+    """Turn a write that failed for lack of space (or quota, or a read-only disk) into one line naming the store."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(exc, f"the result store {root}", "run the same command again: it resumes from the "
+                                                                "last finished unit")
+        if error is None:
+            raise
+        raise error from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -216,14 +254,16 @@ class ExperimentStore:
             UserError: ``root`` holds another configuration's results, or another process writes it.
         """
         store = cls(root)
-        store.root.mkdir(parents=True, exist_ok=True)
-        store._lock()
+        with _disk_errors(store.root):
+            store.root.mkdir(parents=True, exist_ok=True)
+            store._lock()
         try:
-            store._check_or_write_config(config)
-            if not (store.root / ENVIRONMENT_FILE).exists():
-                _replace(store.root / ENVIRONMENT_FILE,
-                         json.dumps(environment_info(environment), indent=2).encode())
-            store.recovery = store.recover()
+            with _disk_errors(store.root):
+                store._check_or_write_config(config)
+                if not (store.root / ENVIRONMENT_FILE).exists():
+                    _replace(store.root / ENVIRONMENT_FILE,
+                             json.dumps(environment_info(environment), indent=2).encode())
+                store.recovery = store.recover()
         except BaseException:
             store.close()
             raise
@@ -327,15 +367,16 @@ class ExperimentStore:
         """Write one unit: tensors, then records, then the done line (each durable before the next)."""
         if self.is_done(cell_id, batch):
             raise RuntimeError(f"unit ({cell_id}, {batch}) is already in the store")
-        if tensors:
-            from safetensors.torch import save
+        with _disk_errors(self.root):
+            if tensors:
+                from safetensors.torch import save
 
-            path = self.root / tensor_file(cell_id, batch)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _replace(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-        if records:
-            _append(self.root / RECORDS_FILE, records)
-        _append(self.root / DONE_FILE, [{"cell": cell_id, "batch": batch, "n_records": len(records)}])
+                path = self.root / tensor_file(cell_id, batch)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _replace(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+            if records:
+                _append(self.root / RECORDS_FILE, records)
+            _append(self.root / DONE_FILE, [{"cell": cell_id, "batch": batch, "n_records": len(records)}])
         self._done[(cell_id, batch)] = len(records)
 
     # -- reading ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from idls.errors import UserError
 from idls.system import Classifier
 
 EPS = 1e-12
@@ -126,7 +127,7 @@ class Interpreter(nn.Module):
         """The classes to explain: ``target`` if given, else the predicted class (``B`` long)."""
         if target is None:
             with torch.no_grad():
-                return self.classifier(x).argmax(1)
+                return self.classifier.check_logits(self.classifier(x)).argmax(1)
         if isinstance(target, int):
             return torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
         return target.to(device=x.device, dtype=torch.long)
@@ -135,10 +136,28 @@ class Interpreter(nn.Module):
         """Attribution maps ``B x h x w`` in [0, 1].
 
         Args:
-            x: images ``B x C x H x W`` in [0, 1].
+            x: images ``B x C x H x W`` in [0, 1] (another float dtype or the channels-last layout is
+                converted first, ``Classifier.prepare``: the maps are in the classifier's dtype).
             target: classes to explain (``B`` long or int); default: the prediction.
             create_graph: keep the map differentiable w.r.t. ``x`` (for joint attacks).
+
+        Raises:
+            UserError: the classifier's logits (explaining its prediction) or, without ``create_graph``,
+                the maps hold NaN or Inf.
         """
+        x = self.classifier.prepare(x)
+        if create_graph:
+            return self._explain(x, target, create_graph=True)
+        maps = self._explain(x, target, create_graph=False)
+        broken = ~torch.isfinite(maps.flatten(1)).all(1)
+        if bool(broken.any()):
+            rows = broken.nonzero().flatten().tolist()
+            raise UserError(f"{self.name} gave NaN or Inf maps for {len(rows)} of {maps.shape[0]} image(s) (rows "
+                            f"{rows[:5]}) of {self.classifier.info.name}; check the model's weights")
+        return maps
+
+    def _explain(self, x: Tensor, target: Tensor | int | None, *, create_graph: bool) -> Tensor:
+        """Maps ``B x h x w`` of images already prepared; detached unless ``create_graph``."""
         cls = self.explained_class(x, target)
         if create_graph:
             return self._attribute(x, cls, create_graph=True)

@@ -73,6 +73,7 @@ class CAMInterpreter(Interpreter):
 
     def attribute_classes(self, x: Tensor, classes: Sequence[Tensor], *, create_graph: bool = False) -> list[Tensor]:
         """One feature pass for every class choice (each ``B`` long) -> maps ``B x h x w`` each."""
+        x = self.classifier.prepare(x)
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
             features = self.classifier.features(x if create_graph else x.detach())
             maps = [cam_from_features(self.classifier, features, self.explained_class(x, cls)) for cls in classes]

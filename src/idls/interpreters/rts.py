@@ -106,6 +106,7 @@ class RTSInterpreter(Interpreter):
         With ``create_graph=True`` both stay differentiable w.r.t. ``x`` (ADV²'s RTS
         attack adds ``0.1 * CE(logits, y_t)`` to its loss).
         """
+        x = self.classifier.prepare(x)
         cls = None if target is None else class_indices(target, x, self.classifier.num_classes)
         if create_graph:
             return self.masker(x, cls)
@@ -121,9 +122,12 @@ class RTSInterpreter(Interpreter):
         """The RTS encoder's logits ``B x N`` (identical to the classifier's), differentiable."""
         return self.classifier.logits_from_features(self.masker.pyramid(x)[-1])
 
-    def attribute(self, x: Tensor, target: Tensor | int | None = None, *, create_graph: bool = False) -> Tensor:
+    def _explain(self, x: Tensor, target: Tensor | int | None, *, create_graph: bool) -> Tensor:
         """Maps ``B x H/4 x W/4`` in [0, 1]; the predicted class comes from the same encoder pass."""
-        return self.attribute_and_logits(x, target, create_graph=create_graph).mask
+        out = self.attribute_and_logits(x, target, create_graph=create_graph)
+        if target is None and not create_graph:  # it explains the prediction of these logits
+            self.classifier.check_logits(out.logits)
+        return out.mask
 
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         return self.attribute_and_logits(x, target, create_graph=create_graph).mask

@@ -1,0 +1,209 @@
+"""Fault injection for the trust-under-faults tests: a small experiment, and kill -9 at chosen moments.
+
+:func:`kill_and_resume` starts a command (a subprocess, or a fork of this process for the fast variants),
+SIGKILLs it at each of the given moments, starts it again, and at last lets it finish. Moments are read on
+the process's own CPU clock (``/proc/PID/stat``), not the wall clock: on a loaded machine a run's start-up
+can take twice as long from one start to the next, which would move a wall-clock moment out of the work,
+while the CPU seconds a run has spent say how far it got.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import idls
+
+#: PGD and ADV² on CAM against a random-weight embedded CNN: 4 images in batches of one -> 8 units
+FAULT_EXPERIMENT = {
+    "name": "faults",
+    "models": [{"name": "embedded_cnn", "weights": "random", "init_seed": 0}],
+    "data": {"source": "embedded", "n": 4, "pool": 200, "batch_size": 1},
+    "interpreters": ["cam"],
+    "attacks": [{"name": "pgd", "options": {"steps": 30}}, {"name": "adv2", "options": {"steps": 12, "warm_start": 6}}],
+    "targets": ["benign"],
+}
+FAULT_UNITS = 8
+
+
+def write_fault_experiment(folder: Path, experiment: dict | None = None) -> Path:
+    path = folder / "faults.yaml"
+    path.write_text(yaml.safe_dump(experiment or FAULT_EXPERIMENT))
+    return path
+
+
+def idls_command(*args: str) -> list[str]:
+    """The ``idls`` command line of this checkout's package, run by this interpreter."""
+    return [sys.executable, "-m", "idls.cli", *args]
+
+
+def single_thread_env() -> dict[str, str]:
+    """This environment with one intra-op thread (bit-exact reductions) and this checkout's ``idls`` first on
+    the path, the cache of this test session kept (``IDLS_CACHE_DIR``)."""
+    source = str(Path(idls.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+@dataclass
+class KillReport:
+    """What happened to each start: killed while running, or finished (exit status 0) before its moment."""
+
+    killed: int = 0
+    finished_early: int = 0
+    seconds: float = 0.0
+    #: what ``observe()`` returned after each start (e.g. the units done so far)
+    progress: list[object] = field(default_factory=list)
+
+
+def kill_moments(seed: int, count: int, start: float, end: float) -> list[float]:
+    """``count`` seeded moments spread uniformly over (``start``, ``end``) CPU seconds, in random order."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.uniform(start, end) for _ in range(count)]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (``None`` once it is reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
+    """Wait for an uninterrupted run: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all).
+
+    Before its output appears a run is starting Python, importing and planning: a kill there tests
+    nothing about resuming, so kill moments are drawn between the two."""
+    began, appeared, spent = time.monotonic(), None, 0.0
+    while True:
+        status = process.poll()
+        spent = cpu_seconds(process.pid) or spent
+        if appeared is None and output.exists():
+            appeared = spent
+        if status is not None:
+            assert status == 0, process.error()
+            return (spent if appeared is None else appeared), spent
+        assert time.monotonic() - began < timeout, "the uninterrupted run did not end"
+        time.sleep(0.01)
+
+
+def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, timeout: float = 600,
+                    observe: Callable[[], object] | None = None) -> KillReport:
+    """Start, SIGKILL when the i-th start has spent ``moments[i]`` CPU seconds (unless it ended earlier, which
+    must be a success), and finally run once more to the end, which must succeed."""
+    report = KillReport()
+    began = time.monotonic()
+    for moment in moments:
+        process = start()
+        status = process.run_until(moment, timeout)
+        if status is None:
+            process.kill()
+            report.killed += 1
+        else:
+            assert status == 0, f"a run ended with status {status} before its kill: {process.error()}"
+            report.finished_early += 1
+        if observe is not None:
+            report.progress.append(observe())
+    process = start()
+    status = process.run_until(float("inf"), timeout)
+    assert status == 0, f"the final run ended with status {status}: {process.error()}"
+    report.seconds = time.monotonic() - began
+    return report
+
+
+class Process:
+    """A started run: polled, run until it has spent some CPU seconds, killed with SIGKILL."""
+
+    pid: int
+    log: Path
+
+    def poll(self) -> int | None:  # pragma: no cover - interface
+        """The exit status once it ended, else ``None``."""
+        raise NotImplementedError
+
+    def kill(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def run_until(self, cpu: float, timeout: float) -> int | None:
+        """Wait until it ends (its exit status) or has spent ``cpu`` CPU seconds (``None``: still running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if status is not None:
+                return status
+            if (cpu_seconds(self.pid) or 0.0) >= cpu:
+                return None
+            assert time.monotonic() < deadline, f"the run did not end within {timeout} s: {self.error()}"
+            time.sleep(0.005)
+
+    def error(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+class Subprocess(Process):
+    """A command in a new process (its stderr kept in a file for failure messages)."""
+
+    def __init__(self, command: Sequence[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as handle:
+            self.process = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=handle)
+        self.pid = self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+class Fork(Process):
+    """``work()`` in a fork of this process (no interpreter start-up: the fast variants); exit status 0 when
+    it returns, the ``SystemExit`` code when it exits, 70 with the traceback in ``log`` when it raises."""
+
+    def __init__(self, work: Callable[[], object], log: Path) -> None:
+        self.log = log
+        self.status: int | None = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child never returns into pytest
+            code = 70
+            try:
+                handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(handle, 1)
+                os.dup2(handle, 2)
+                sys.stdout = open(1, "w", closefd=False)
+                sys.stderr = open(2, "w", closefd=False)
+                work()
+                code = 0
+            except SystemExit as exit_:
+                code = int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
+            except BaseException:  # noqa: BLE001 - reported through the exit status
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
