@@ -169,6 +169,25 @@ def test_one_aid_step_raises_the_map_distance_on_a_fixed_adversarial_batch(class
     assert float(after["loss"].detach()) == pytest.approx(-float(after["l1"]))
 
 
+def test_the_benign_distillation_term_starts_at_zero_and_needs_a_teacher(classifier, data, base):
+    x = data[0][:16]
+    options = AIDOptions(benign_weight=2.0, anchor_benign=True, **TINY_ATTACK)
+    student = RTSMasker(classifier, head=copy.deepcopy(base.head))
+    term = AIDTerm(classifier, options, teacher=base)
+    pred = classifier.predict(x)
+    result = term.adversarial(student, x, pred, step=0)
+    terms = term.terms(student, x, pred, result)
+    assert float(terms["benign_drift"]) == 0  # the student starts as a copy of its teacher
+    assert float(terms["loss"].detach()) == pytest.approx(-float(terms["l1"]))
+    with torch.no_grad():
+        student.head.decoder.out.bias += 0.5
+    moved = term.terms(student, x, pred, result)
+    assert float(moved["benign_drift"]) > 0
+    assert float(moved["loss"].detach()) == pytest.approx(-float(moved["l1"]) + 2 * float(moved["benign_drift"]))
+    with pytest.raises(UserError, match="needs the initial masker"):
+        AIDTerm(classifier, options)
+
+
 def test_train_aid_fine_tunes_with_the_aid_term_and_records_it(classifier, data, base):
     options = AIDOptions(epochs=1, batch_size=12, **TINY_ATTACK)
     aid = train_aid(classifier, base, *data, options, progress=False)
@@ -263,3 +282,9 @@ def test_bad_aid_input_is_a_one_line_error(extra, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_idls_options_lists_aid_options(capsys):
+    assert run_cli(["options", "aid"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in AIDOptions.names())

@@ -62,6 +62,8 @@ class AIDOptions(Options):
     epsilon: float = option(8 / 255, "inner ADV²: L_inf radius")
     anchor_benign: bool = option(False, "treat the benign map as a constant in the AID loss (only the "
                                         "adversarial maps move)")
+    benign_weight: float = option(0.0, "weight of the benign distillation term of the AID step: map L1 between "
+                                       "the masker and the initial one on the benign images")
     augment: bool = option(True, "random flips and shifts of each batch")
     fake_label_prob: float = option(0.3, "share of RTS-step samples explaining a random wrong class")
     seed: int = option(0, "seeds batch order, augmentation, the inner attack's targets and its start")
@@ -69,7 +71,8 @@ class AIDOptions(Options):
     def check(self) -> None:
         check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, aid_lr=self.aid_lr,
                        attack_step_size=self.attack_step_size, epsilon=self.epsilon)
-        check_non_negative(attack_warm_start=self.attack_warm_start, attack_steps=self.attack_steps)
+        check_non_negative(attack_warm_start=self.attack_warm_start, attack_steps=self.attack_steps,
+                           benign_weight=self.benign_weight)
         if self.attack_warm_start + self.attack_steps == 0:
             raise UserError("the inner ADV² needs at least one step; set attack_warm_start or attack_steps > 0")
         if not 0 <= self.fake_label_prob < 1:
@@ -97,9 +100,12 @@ class AIDTerm:
         options: AID's options (the inner attack's schedule, ``aid_lr``, ``anchor_benign``, ``seed``).
     """
 
-    def __init__(self, classifier: Classifier, options: AIDOptions) -> None:
+    def __init__(self, classifier: Classifier, options: AIDOptions, teacher: RTSMasker | None = None) -> None:
+        if options.benign_weight > 0 and teacher is None:
+            raise UserError("benign_weight > 0 needs the initial masker as the teacher of the benign maps")
         self.classifier = classifier
         self.options = options
+        self.teacher = teacher
         self.lr = options.aid_lr
 
     def describe(self) -> dict:
@@ -124,17 +130,23 @@ class AIDTerm:
         return self.terms(masker, x, pred, self.adversarial(masker, x, pred, step))
 
     def terms(self, masker: RTSMasker, x: Tensor, pred: Tensor, result: AttackResult) -> dict[str, Tensor]:
-        """``{'loss': l_aid, 'l1': mean map L1 over fooled samples, 'success': attack success rate}`` of the
-        adversarial images ``result`` of ``x`` (``B x C x H x W``, predicted as ``pred``), differentiable in
-        ``masker``'s weights."""
+        """The AID step's loss and what it measures, for the adversarial images ``result`` of ``x``
+        (``B x C x H x W``, predicted as ``pred``), differentiable in ``masker``'s weights:
+        ``'loss'`` (l_aid, plus ``benign_weight`` x ``'benign_drift'`` with a teacher), ``'l1'`` (mean map
+        L1 over the fooled samples), ``'success'`` (the inner attack's success rate)."""
         fooled = result.success.to(x.dtype)
         benign = masker(x, pred).mask
-        if self.options.anchor_benign:
-            benign = benign.detach()
         adversarial = masker(result.x_adv, result.pred).mask
-        l1 = metrics.map_l1(benign, adversarial)
+        l1 = metrics.map_l1(benign.detach() if self.options.anchor_benign else benign, adversarial)
         l1_fooled = (l1 * fooled).sum() / fooled.sum().clamp(min=1)
-        return {"loss": -l1_fooled, "l1": l1_fooled.detach(), "success": fooled.mean()}
+        terms = {"loss": -l1_fooled, "l1": l1_fooled.detach(), "success": fooled.mean()}
+        if self.teacher is not None and self.options.benign_weight > 0:
+            with torch.no_grad():
+                taught = self.teacher(x, pred).mask
+            drift = metrics.map_l1(benign, taught).mean()
+            terms["loss"] = terms["loss"] + self.options.benign_weight * drift
+            terms["benign_drift"] = drift.detach()
+        return terms
 
 
 def train_aid(
@@ -163,7 +175,8 @@ def train_aid(
     return train_rts(
         classifier, images, labels, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
         seed=options.seed, progress=progress, selector_epochs=0, fake_label_prob=options.fake_label_prob,
-        augment=options.augment, initial=initial, hook=AIDTerm(classifier, options), checkpoint=checkpoint,
+        augment=options.augment, initial=initial, hook=AIDTerm(classifier, options, teacher=initial),
+        checkpoint=checkpoint,
     )
 
 
