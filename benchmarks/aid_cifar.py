@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-data", default=str(CIFAR / "train"))
     parser.add_argument("--eval-data", default=str(CIFAR / "images"))
     parser.add_argument("--train-n", type=int, default=2000, help="training images (seeded subset of --train-data)")
-    parser.add_argument("--aid-n", type=int, default=None, help="of those, how many AID trains on (default: all)")
+    parser.add_argument("--aid-n", type=int, default=1024, help="of those, how many AID fine-tunes on (the first)")
     parser.add_argument("--eval-n", type=int, default=100, help="correctly classified evaluation images")
     parser.add_argument("--rts-epochs", type=int, default=15)
     parser.add_argument("--rts-lr", type=float, default=2e-3)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     train = load_images(args.train_data, input_size=32, n=args.train_n, seed=args.seed, num_classes=10)
     evaluation = select_correct(classifier, load_images(args.eval_data, input_size=32, num_classes=10), args.eval_n)
     options = aid_options(**{"seed": args.seed, **parse_options(args.aid_option)})
-    aid_n = args.aid_n or len(train)
+    aid_n = min(args.aid_n, len(train))
     x_aid, y_aid = train.images[:aid_n], train.labels[:aid_n]
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -55,14 +55,14 @@ class AIDOptions(Options):
     epochs: int = option(2, "AID epochs over the training images (each batch: one RTS step, one AID step)")
     batch_size: int = option(32, "images per batch")
     lr: float = option(1e-4, "Adam learning rate of the RTS steps (cosine decay to 0)")
-    aid_lr: float = option(1e-4, "Adam learning rate of the AID steps (their own optimiser, cosine decay to 0)")
+    aid_lr: float = option(1e-3, "Adam learning rate of the AID steps (their own optimiser, cosine decay to 0)")
     attack_warm_start: int = option(10, "inner ADV²: prediction-only PGD steps first")
     attack_steps: int = option(20, "inner ADV²: joint steps (the evaluation's CIFAR default is 300)")
     attack_step_size: float = option(0.5 / 255, "inner ADV²: sign-step size of the joint phase")
     epsilon: float = option(8 / 255, "inner ADV²: L_inf radius")
-    anchor_benign: bool = option(False, "treat the benign map as a constant in the AID loss (only the "
+    anchor_benign: bool = option(True, "treat the benign map as a constant in the AID loss (only the "
                                         "adversarial maps move)")
-    benign_weight: float = option(0.0, "weight of the benign distillation term of the AID step: map L1 between "
+    benign_weight: float = option(0.3, "weight of the benign distillation term of the AID step: map L1 between "
                                        "the masker and the initial one on the benign images")
     augment: bool = option(True, "random flips and shifts of each batch")
     fake_label_prob: float = option(0.3, "share of RTS-step samples explaining a random wrong class")
