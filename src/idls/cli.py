@@ -188,19 +188,34 @@ def _default_mode(attack: str) -> str:
     return ATTACKS.get(attack).Options.default("mode").value
 
 
-def _key_values(pairs: list[str]) -> dict:
-    """``['lam=10', 'label_smoothing=[0.9, 0.99]']`` -> ``{'lam': 10, 'label_smoothing': [0.9, 0.99]}`` (YAML values)."""
+_EXPONENT_NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+"
+
+
+def _exponent_floats(value):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; make such strings (also inside lists) floats."""
+    import re
+
+    if isinstance(value, str) and re.fullmatch(_EXPONENT_NUMBER, value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_exponent_floats(v) for v in value]
+    return value
+
+
+def _key_values(pairs: list[str], flag: str = "--option") -> dict:
+    """``['lam=10', 'label_smoothing=[0.9, 0.99]']`` -> ``{'lam': 10, 'label_smoothing': [0.9, 0.99]}`` (YAML values;
+    ``1e-4`` is a number)."""
     import yaml
 
     options: dict = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--option {pair!r} is not KEY=VALUE; write e.g. -o lam=10")
+            raise UserError(f"{flag} {pair!r} is not KEY=VALUE; write e.g. {flag} lam=10")
         try:
-            value = yaml.safe_load(text)
+            value = _exponent_floats(yaml.safe_load(text))
         except yaml.YAMLError:
-            raise UserError(f"--option {pair!r}: cannot read the value {text!r}; use a number, true/false, "
+            raise UserError(f"{flag} {pair!r}: cannot read the value {text!r}; use a number, true/false, "
                             "a word or a list like [0.9, 0.99]") from None
         options[key.strip().replace("-", "_")] = tuple(value) if isinstance(value, list) else value
     return options
@@ -239,10 +254,10 @@ def list_command() -> None:
 
 @app.command("options")
 def options_command(
-    attack: Annotated[Optional[str], typer.Argument(help="attack, detector or training objective name "
+    attack: Annotated[Optional[str], typer.Argument(help="attack, detector or training objective name, or 'aid' "
                                                           "(default: every attack)")] = None,
 ) -> None:
-    """List an attack's, a detector's or a training objective's options with their defaults (the names
+    """List an attack's, a detector's, a training objective's or AID's options with their defaults (the names
     -o KEY=VALUE and experiment files take)."""
     from rich.console import Console
     from rich.table import Table
@@ -250,11 +265,12 @@ def options_command(
     from idls.attacks import ATTACKS, list_attacks
     from idls.attacks.reference import option_rows
     from idls.defenses.detectors import DETECTORS
+    from idls.defenses.aid import DEFENSE_NAME as AID_NAME, AIDOptions
     from idls.defenses.training import OBJECTIVES, TrainingOptions
 
     names = [attack] if attack else list_attacks()
     for name in names:
-        if name not in DETECTORS and name not in OBJECTIVES:
+        if name not in DETECTORS and name not in OBJECTIVES and name != AID_NAME:
             ATTACKS.get(name)  # unknown names: one line with the list of attacks
     console = Console()
     for name in names:
@@ -265,6 +281,8 @@ def options_command(
             rows = DETECTORS.get(name).Options.describe()
         elif name in OBJECTIVES:  # the objective's own options, then the training loop's
             rows = OBJECTIVES.get(name).Options.describe() + TrainingOptions.describe()
+        elif name == AID_NAME:  # `idls train-rts --aid --aid-option KEY=VALUE`
+            rows = AIDOptions.describe()
         else:
             rows = option_rows(name)
         for row in rows:
@@ -316,21 +334,65 @@ def train_rts_command(
     weights: WeightsOpt = None,
     data: DataOpt = None,
     n: Annotated[int, typer.Option("--n", help="training images (0 = all)")] = 0,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 10,
-    batch_size: BatchOpt = 64,
+    epochs: Annotated[Optional[int], typer.Option(help="training epochs (default 10; with --aid: AID's epochs "
+                                                       "option)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="images per batch (default 64; with --aid: AID's "
+                                                           "batch_size option)")] = None,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
-    out: Annotated[Path, typer.Option(help="checkpoint path (.safetensors)")] = Path("runs/rts.safetensors"),
+    init: Annotated[Optional[Path], typer.Option("--init", help="a trained RTS checkpoint to start from "
+                                                                "(fine-tuning; needed by --aid)")] = None,
+    aid: Annotated[bool, typer.Option("--aid", help="adversarial interpretation distillation (paper 001): "
+                                                    "fine-tune the --init masker against ADV²")] = False,
+    aid_option: Annotated[Optional[list[str]], typer.Option(
+        "--aid-option", help="an AID option as KEY=VALUE (e.g. --aid-option attack_steps=10; list: "
+                             "`idls options aid`)")] = None,
+    out: Annotated[Path, typer.Option(help="checkpoint path (.safetensors); a killed run resumes from "
+                                           "OUT.checkpoint.safetensors when run again")] = Path("runs/rts.safetensors"),
 ) -> None:
-    """Train the RTS masking model for a classifier (two phases: class selector, then decoder)."""
-    from idls.interpreters.rts_training import save_rts, train_rts
+    """Train the RTS masking model for a classifier (two phases: class selector, then decoder), or fine-tune one
+    with AID (--aid --init FILE)."""
+    from idls.interpreters.rts_training import load_rts, read_rts_metadata, save_rts, train_rts
 
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: RTS checkpoints are .safetensors files, e.g. --out runs/rts.safetensors")
+    if aid_option and not aid:
+        raise UserError("--aid-option configures AID; add --aid (and --init FILE)")
+    aid_values = _key_values(aid_option or [], "--aid-option")
+    if aid:
+        from idls.defenses.aid import aid_options
+
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if value is not None:
+                if name in aid_values:
+                    raise UserError(f"--{name.replace('_', '-')} and --aid-option {name}= both set AID's {name}; "
+                                    "give one")
+                aid_values[name] = value
+        aid_values.setdefault("seed", seed)
+        options = aid_options(**aid_values)  # bad options fail before any loading
+        if init is None:
+            raise UserError("--aid fine-tunes a trained masker: train one with `idls train-rts --out base.safetensors` "
+                            "and pass --init base.safetensors")
     classifier = _classifier(model, weights, _device(device))
+    initial = None if init is None else load_rts(classifier, init)
     images = _data(classifier, data, seed)
     x, y = (images.images, images.labels) if n <= 0 else (images.images[:n], images.labels[:n])
-    masker = train_rts(classifier, x.to(classifier.device), y.to(classifier.device), epochs=epochs, batch_size=batch_size, seed=seed)
-    save_rts(masker, out)
-    typer.echo(f"saved RTS for {model} to {out}")
+    x, y = x.to(classifier.device), y.to(classifier.device)
+    checkpoint = out.with_name(out.stem + ".checkpoint.safetensors")
+    extra = None
+    if aid:
+        from idls.defenses.aid import aid_metadata, train_aid
+
+        masker = train_aid(classifier, initial, x, y, options, checkpoint=checkpoint)
+        extra = aid_metadata(options)
+    else:
+        masker = train_rts(classifier, x, y, epochs=10 if epochs is None else epochs,
+                           batch_size=64 if batch_size is None else batch_size, seed=seed, initial=initial,
+                           checkpoint=checkpoint)
+    if init is not None:
+        extra = {**(extra or {}), "init": {"path": str(init), "tensors_sha256": read_rts_metadata(init)["tensors_sha256"]}}
+    save_rts(masker, out, extra=extra)
+    typer.echo(f"saved {'AID-trained ' if aid else ''}RTS for {model} to {out}")
 
 
 @app.command()

@@ -37,6 +37,7 @@ caches it in ``cache_dir()/embedded/rts.safetensors``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -45,6 +46,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -205,6 +207,43 @@ def _adam_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tens
     optimizer.step()
 
 
+class RTSTrainingHook(Protocol):
+    """An extra per-batch loss supplied by a higher layer (AID: :mod:`idls.defenses.aid`).
+
+    After each decoder step, :func:`train_rts` calls the hook on the same batch (``x``:
+    ``B x C x H x W`` as trained on, augmented where augmentation is on; ``y``: ``B`` true
+    labels; ``step``: the decoder step, counted from 0 over all epochs, for per-step seeds)
+    and takes one more Adam step on the decoder, with its own optimiser at learning rate
+    :attr:`lr` and the same cosine decay, on the returned ``'loss'`` (a scalar): the
+    alternating minimisation of paper 001 Appendix A2. Every returned term (scalars) is
+    recorded in the history as ``extra_<name>``.
+    """
+
+    lr: float
+
+    def __call__(self, masker: RTSMasker, x: Tensor, y: Tensor, step: int) -> dict[str, Tensor]: ...
+
+    def describe(self) -> dict:
+        """Everything that makes the hook's loss what it is (JSON): part of a resumable run's identity."""
+        ...
+
+
+def _starting_masker(classifier: Classifier, initial: RTSMasker | None, width: int | None, seed: int) -> RTSMasker:
+    """A fresh masker (seeded initialisation, global RNG untouched) or a copy of ``initial`` to fine-tune."""
+    if initial is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return RTSMasker(classifier, width=width)
+    if width is not None and width != initial.config.width:
+        raise UserError(f"width {width} differs from the initial masker's width {initial.config.width}; drop width")
+    if model_family(initial.classifier.info.name) != model_family(classifier.info.name):
+        raise UserError(f"the initial RTS masker was trained for {initial.classifier.info.name!r}, "
+                        f"not {classifier.info.name!r}; start from a masker of this model")
+    masker = RTSMasker(classifier, head=copy.deepcopy(initial.head))
+    masker.history = [dict(record) for record in initial.history]
+    return masker
+
+
 def train_rts(
     classifier: Classifier,
     images: Tensor,
@@ -220,15 +259,27 @@ def train_rts(
     augment: bool = False,
     width: int | None = None,
     objective: RTSObjective = RTSObjective(),
+    initial: RTSMasker | None = None,
+    hook: RTSTrainingHook | None = None,
+    checkpoint: str | Path | None = None,
 ) -> RTSMasker:
     """Train an RTS masker for ``classifier`` on ``images`` (``B x 3 x H x W`` in [0, 1]) and ``labels`` (``B``).
 
     Args:
         epochs: decoder epochs (phase 2).
-        selector_epochs: class-selector epochs (phase 1); default ``max(1, epochs // 4)``.
+        selector_epochs: class-selector epochs (phase 1); default ``max(1, epochs // 4)``, or 0
+            (the selector stays as it is) when fine-tuning ``initial``.
         fake_label_prob: share of decoder samples explaining a random wrong class.
         augment: random flips and shifts of each batch (for small training sets).
         width: decoder width (default :func:`~idls.interpreters.rts.default_width`).
+        initial: a trained masker to fine-tune (a copy; ``initial`` itself is left alone); its
+            history is continued.
+        hook: an extra loss minimised in its own step after every decoder step
+            (:class:`RTSTrainingHook`); ``None`` trains RTS alone.
+        checkpoint: a ``.safetensors`` file the loop saves its whole state to after every epoch
+            and resumes from (the same run: classifier weights, data, settings, initial masker and
+            hook); removed once training completes. A resumed run ends with the same weights as an
+            uninterrupted one (same device and thread count).
 
     Returns:
         the trained masker (eval mode); ``masker.history`` holds per-epoch mean losses.
@@ -236,28 +287,44 @@ def train_rts(
     images, labels = _check_training_data(classifier, images, labels)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise UserError(f"RTS training needs epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
-    selector_epochs = max(1, epochs // 4) if selector_epochs is None else selector_epochs
+    if selector_epochs is None:
+        selector_epochs = 0 if initial is not None else max(1, epochs // 4)
+    if selector_epochs < 0:
+        raise UserError(f"selector_epochs must be >= 0, got {selector_epochs}")
     device = classifier.device
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
-        torch.manual_seed(seed)
-        masker = RTSMasker(classifier, width=width)
+    masker = _starting_masker(classifier, initial, width, seed)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    saver = None
+    if checkpoint is not None:
+        settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "selector_epochs": selector_epochs,
+                    "fake_label_prob": fake_label_prob, "augment": augment, "objective": asdict(objective)}
+        saver = _RunCheckpoint(checkpoint, _run_key(masker, images, labels, settings, hook), masker, order_gen, noise_gen)
+    done = saver.restore() if saver is not None else 0
     was_training = classifier.training
     classifier.eval()
     start = time.perf_counter()
+    steps_per_epoch = math.ceil(len(images) / batch_size)
     try:
         selector_params = list(masker.head.selector.parameters())
         decoder_params = list(masker.head.decoder.parameters())
         phases = [("selector", selector_epochs, selector_params), ("decoder", epochs, decoder_params)]
+        finished = 0  # epochs of earlier phases
         for phase, n_epochs, params in phases:
-            optimizer = torch.optim.Adam(params, lr=lr)
-            steps_per_epoch = math.ceil(len(images) / batch_size)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_epochs * steps_per_epoch)
-            for epoch in range(n_epochs):
+            first, finished = min(n_epochs, max(0, done - finished)), finished + n_epochs
+            if first == n_epochs:
+                continue
+            optimizers = [torch.optim.Adam(params, lr=lr)]
+            if hook is not None and phase == "decoder":
+                optimizers.append(torch.optim.Adam(params, lr=hook.lr))
+            schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=n_epochs * steps_per_epoch)
+                         for o in optimizers]
+            if first and saver is not None:
+                saver.restore_optimizers(optimizers, schedules)
+            for epoch in range(first, n_epochs):
                 sums: dict[str, float] = {}
                 batches = torch.randperm(len(images), generator=order_gen).split(batch_size)
-                for index in _progress(batches, progress, f"RTS {phase} {epoch + 1}/{n_epochs}"):
+                for batch, index in enumerate(_progress(batches, progress, f"RTS {phase} {epoch + 1}/{n_epochs}")):
                     x = images[index].to(device)
                     y = labels[index].to(device)
                     if augment:
@@ -270,16 +337,91 @@ def train_rts(
                         cls, real = _fake_labels(y, classifier.num_classes, fake_label_prob, noise_gen)
                         mask = masker.masks_from_pyramid(levels, cls)
                         terms = objective_terms(classifier, x, mask, cls, objective, noise_gen, real)
-                    _adam_step(optimizer, terms["total"], params)
-                    schedule.step()
+                    _adam_step(optimizers[0], terms["total"], params)
+                    if len(optimizers) > 1:  # the hook's alternating step on the same batch
+                        assert hook is not None
+                        hook_terms = hook(masker, x, y, epoch * steps_per_epoch + batch)
+                        _adam_step(optimizers[1], hook_terms["loss"], params)
+                        terms.update({f"extra_{k}": v for k, v in hook_terms.items()})
+                    for schedule in schedules:
+                        schedule.step()
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(index)
                 record = {"phase": phase, "epoch": epoch + 1, **{k: v / len(images) for k, v in sums.items()}}
                 record["seconds"] = round(time.perf_counter() - start, 3)
                 masker.history.append(record)
+                if saver is not None:
+                    saver.save(finished - n_epochs + epoch + 1, optimizers, schedules)
     finally:
         classifier.train(was_training)
+    if saver is not None:
+        saver.checkpoint.remove()
     return masker.eval()
+
+
+def _run_key(masker: RTSMasker, images: Tensor, labels: Tensor, settings: dict, hook: RTSTrainingHook | None) -> str:
+    """Digest of everything that determines a training run (for its checkpoint)."""
+    from idls.core import dataset_digest, json_digest, tensor_digest
+
+    head = masker.head.state_dict()
+    return json_digest({
+        "classifier": classifier_fingerprint(masker.classifier),
+        "data": dataset_digest(images, labels),
+        "initial_head": tensor_digest(*(head[k] for k in sorted(head))),
+        "initial_history": len(masker.history),
+        "settings": settings,
+        "hook": None if hook is None else {"lr": hook.lr, **hook.describe()},
+    })
+
+
+class _RunCheckpoint:
+    """The whole state of a :func:`train_rts` run after an epoch: head, optimisers, schedules, generators, history."""
+
+    kind = "rts-training-checkpoint"
+
+    def __init__(self, path: str | Path, key: str, masker: RTSMasker, order_gen: torch.Generator,
+                 noise_gen: torch.Generator) -> None:
+        from idls.core.checkpoints import FitCheckpoint
+
+        self.checkpoint = FitCheckpoint(path, key, kind=self.kind)
+        self.masker, self.order_gen, self.noise_gen = masker, order_gen, noise_gen
+        self.state = None
+
+    def restore(self) -> int:
+        """Load a saved state into the masker and generators; returns the epochs done (0: fresh start)."""
+        self.state = self.checkpoint.load()
+        if self.state is None:
+            return 0
+        tensors = self.state.tensors
+        head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+        self.masker.head.load_state_dict(head)
+        self.masker.history = [dict(r) for r in self.state.counters["history"]]
+        self.order_gen.set_state(tensors["generator.order"])
+        self.noise_gen.set_state(tensors["generator.noise"])
+        return self.state.epochs_done
+
+    def restore_optimizers(self, optimizers: list[torch.optim.Optimizer], schedules: list) -> None:
+        """Restore the optimisers and schedules of the phase the saved state stopped in."""
+        from idls.core.checkpoints import load_optimizer_tensors
+
+        assert self.state is not None
+        for i, (optimizer, schedule) in enumerate(zip(optimizers, schedules)):
+            load_optimizer_tensors(optimizer, self.state.tensors, prefix=f"optim{i}.")
+            schedule.load_state_dict(self.state.counters["schedules"][i])
+            for group, lr in zip(optimizer.param_groups, self.state.counters["lrs"][i]):
+                group["lr"] = lr
+
+    def save(self, epochs_done: int, optimizers: list[torch.optim.Optimizer], schedules: list) -> None:
+        from idls.core.checkpoints import optimizer_tensors
+
+        tensors = {f"head.{k}": v for k, v in self.masker.head.state_dict().items()}
+        for i, optimizer in enumerate(optimizers):
+            tensors.update(optimizer_tensors(optimizer, prefix=f"optim{i}."))
+        tensors["generator.order"] = self.order_gen.get_state()
+        tensors["generator.noise"] = self.noise_gen.get_state()
+        counters = {"history": self.masker.history, "schedules": [s.state_dict() for s in schedules],
+                    "lrs": [[g["lr"] for g in o.param_groups] for o in optimizers]}
+        self.checkpoint.save(epochs_done, tensors, counters)
 
 
 def _check_training_data(classifier: Classifier, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
