@@ -103,3 +103,18 @@ def test_a_study_runs_once_and_its_claim_is_scored(tmp_path):
     store = load_store(tmp_path)
     (row,) = [r for r in evaluate_claims(store.records, TRAINING_CLAIMS, store.studies) if r["id"] == "001-obs8"]
     assert row["pass"] is True
+
+
+@pytest.mark.slow
+def test_the_embedded_aid_study_runs_end_to_end_and_is_scored(tmp_path):
+    from idls.analysis.store_reader import load_store
+    from idls.reproduce.claims_training import measure_aid
+    from idls.reproduce.studies import STUDIES, StudyContext, run_study
+
+    context = StudyContext(tmp_path / "aid_embedded", "embedded_cnn", "pretrained", "embedded", "embedded-train",
+                           quick=True, progress=False)
+    record = run_study(STUDIES["aid_embedded"], context)
+    assert record["adv2"]["rts"]["success_rate"] >= 0 and record["benign_map_l1"] >= 0
+    assert (tmp_path / "aid_embedded" / "rts_aid.safetensors").is_file()
+    (check,) = measure_aid(load_store(tmp_path).studies)
+    assert check.values["images_both"] == record["adv2"]["both_succeeded"]

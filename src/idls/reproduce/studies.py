@@ -56,12 +56,18 @@ class AIDSchedule:
 
     fit_n: int
     rts_epochs: int
+    aid_n: int
     aid_epochs: int
     eval_n: int
+    rts_lr: float = 2e-3
+    rts_batch_size: int = 32
 
 
-AID_SCHEDULES: dict[bool, AIDSchedule] = {False: AIDSchedule(fit_n=2000, rts_epochs=20, aid_epochs=2, eval_n=100),
-                                          True: AIDSchedule(fit_n=256, rts_epochs=3, aid_epochs=1, eval_n=16)}
+#: full: benchmarks/aid_cifar.py's settings (RTS on 2,000 fit images, AID on the first 1,024 of them)
+AID_SCHEDULES: dict[bool, AIDSchedule] = {
+    False: AIDSchedule(fit_n=2000, rts_epochs=15, aid_n=1024, aid_epochs=2, eval_n=100),
+    True: AIDSchedule(fit_n=256, rts_epochs=3, aid_n=128, aid_epochs=1, eval_n=16),
+}
 
 
 def measure_aid(context: StudyContext) -> dict[str, Any]:
@@ -80,14 +86,16 @@ def measure_aid(context: StudyContext) -> dict[str, Any]:
     if rts_path.is_file():
         rts = load_rts(classifier, rts_path)
     else:
-        rts = train_rts(classifier, fit.images, fit.labels, epochs=schedule.rts_epochs, augment=True,
-                        progress=context.progress, checkpoint=context.out / "rts.checkpoint.safetensors")
+        rts = train_rts(classifier, fit.images, fit.labels, epochs=schedule.rts_epochs, lr=schedule.rts_lr,
+                        batch_size=schedule.rts_batch_size, augment=True, progress=context.progress,
+                        checkpoint=context.out / "rts.checkpoint.safetensors")
         save_rts(rts, rts_path)
     options = aid_options(epochs=schedule.aid_epochs)
     if aid_path.is_file():
         aid = load_rts(classifier, aid_path)
     else:
-        aid = train_aid(classifier, rts, fit.images, fit.labels, options, progress=context.progress,
+        aid = train_aid(classifier, rts, fit.images[:schedule.aid_n], fit.labels[:schedule.aid_n], options,
+                        progress=context.progress,
                         checkpoint=context.out / "rts_aid.checkpoint.safetensors")
         save_rts(aid, aid_path, extra=aid_metadata(options))
     evaluation = load_images(context.data, input_size=classifier.input_size, num_classes=classifier.num_classes)
