@@ -65,12 +65,15 @@ class KillReport:
     progress: list[object] = field(default_factory=list)
 
 
-def kill_moments(seed: int, count: int, start: float, end: float) -> list[float]:
-    """``count`` seeded moments spread uniformly over (``start``, ``end``) CPU seconds, in random order."""
+def kill_gaps(seed: int, count: int, work: float) -> list[float]:
+    """``count`` seeded random moments of ``work`` CPU seconds, as the gaps between them: the i-th start is
+    killed ``gaps[i]`` after its start-up, so that the kills fall at the sorted moments of the work as it
+    is done over the successive starts (a kill loses the unit in flight, so the last start has work left)."""
     import random
 
     rng = random.Random(seed)
-    return [rng.uniform(start, end) for _ in range(count)]
+    points = sorted(rng.uniform(0, work) for _ in range(count))
+    return [later - earlier for earlier, later in zip([0.0, *points], points)]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -82,11 +85,8 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
-def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
-    """Wait for an uninterrupted run: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all).
-
-    Before its output appears a run is starting Python, importing and planning: a kill there tests
-    nothing about resuming, so kill moments are drawn between the two."""
+def cpu_of_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
+    """Wait for a run that must succeed: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all)."""
     began, appeared, spent = time.monotonic(), None, 0.0
     while True:
         status = process.poll()
@@ -96,7 +96,7 @@ def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[flo
         if status is not None:
             assert status == 0, process.error()
             return (spent if appeared is None else appeared), spent
-        assert time.monotonic() - began < timeout, "the uninterrupted run did not end"
+        assert time.monotonic() - began < timeout, "the run did not end"
         time.sleep(0.01)
 
 
