@@ -1,10 +1,10 @@
-"""Fault injection for the trust-under-faults tests: a small experiment, and kill -9 at chosen moments.
+"""Fault injection for the trust-under-faults tests: a small experiment, and kill -9 at random moments.
 
 :func:`kill_and_resume` starts a command (a subprocess, or a fork of this process for the fast variants),
-SIGKILLs it at each of the given moments, starts it again, and at last lets it finish. Moments are read on
-the process's own CPU clock (``/proc/PID/stat``), not the wall clock: on a loaded machine a run's start-up
-can take twice as long from one start to the next, which would move a wall-clock moment out of the work,
-while the CPU seconds a run has spent say how far it got.
+SIGKILLs it at a seeded random moment of the work it has left, starts it again, and at last lets it
+finish. Moments are read on the process's own CPU clock (``/proc/PID/stat``), not the wall clock: on a
+loaded machine a run's start-up can take twice as long from one start to the next, which would move a
+wall-clock moment out of the work, while the CPU seconds a run has spent say how far it got.
 """
 
 from __future__ import annotations
@@ -61,19 +61,15 @@ class KillReport:
     killed: int = 0
     finished_early: int = 0
     seconds: float = 0.0
-    #: what ``observe()`` returned after each start (e.g. the units done so far)
-    progress: list[object] = field(default_factory=list)
+    #: the share of the work left after each start (1: nothing done, 0: finished)
+    left: list[float] = field(default_factory=list)
+
+    @property
+    def mid_work(self) -> int:
+        """Kills after which some but not all of the work was done."""
+        return sum(0 < share < 1 for share in self.left)
 
 
-def kill_gaps(seed: int, count: int, work: float) -> list[float]:
-    """``count`` seeded random moments of ``work`` CPU seconds, as the gaps between them: the i-th start is
-    killed ``gaps[i]`` after its start-up, so that the kills fall at the sorted moments of the work as it
-    is done over the successive starts (a kill loses the unit in flight, so the last start has work left)."""
-    import random
-
-    rng = random.Random(seed)
-    points = sorted(rng.uniform(0, work) for _ in range(count))
-    return [later - earlier for earlier, later in zip([0.0, *points], points)]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -100,13 +96,20 @@ def cpu_of_run(process: Process, output: Path, timeout: float = 900) -> tuple[fl
         time.sleep(0.01)
 
 
-def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, timeout: float = 600,
-                    observe: Callable[[], object] | None = None) -> KillReport:
-    """Start, SIGKILL when the i-th start has spent ``moments[i]`` CPU seconds (unless it ended earlier, which
-    must be a success), and finally run once more to the end, which must succeed."""
+def kill_and_resume(start: Callable[[], Process], kills: int, *, seed: int, startup: float, work: float,
+                    left: Callable[[], float], timeout: float = 600) -> KillReport:
+    """Start ``kills`` times, each start killed with SIGKILL at a seeded random moment of the work it has left:
+    after ``startup + u * work * left()`` CPU seconds, ``u`` uniform in (0, 1) (``work``: the
+    CPU seconds of the whole work, ``left()``: the share still to do, read from its output). A start that
+    ends before its moment must succeed (once the work is done, starts re-run the finished command, killed
+    anywhere in it). At last one more start runs to the end and must succeed."""
+    import random
+
+    rng = random.Random(seed)
     report = KillReport()
     began = time.monotonic()
-    for moment in moments:
+    for _ in range(kills):
+        moment = startup + rng.uniform(0, 1) * work * max(left(), 0.1)
         process = start()
         status = process.run_until(moment, timeout)
         if status is None:
@@ -115,8 +118,7 @@ def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, t
         else:
             assert status == 0, f"a run ended with status {status} before its kill: {process.error()}"
             report.finished_early += 1
-        if observe is not None:
-            report.progress.append(observe())
+        report.left.append(round(left(), 3))
     process = start()
     status = process.run_until(float("inf"), timeout)
     assert status == 0, f"the final run ended with status {status}: {process.error()}"

@@ -2,13 +2,13 @@
 
 Three commands, each killed with SIGKILL over and over, started again with the same arguments each
 time, and at last run to the end. The uninterrupted run is the reference; it is timed on its CPU clock
-(``T``); its start-up ``S`` is the lesser of the CPU time it had spent when its output folder appeared
-and that of the same command run again on its finished output (nothing left to do: start-up, planning,
-the report). The kill moments are seeded random moments of the work ``W = T - S``: the
-i-th start is killed when it has spent ``S`` plus the gap between the (i-1)-th and i-th sorted moments,
-so every kill falls in the work, and the kills together spread over it (a kill loses the unit in
-flight, so work is left for the final run). CPU seconds, not wall seconds: on a loaded machine the
-start-up alone can vary by more than the work.
+(``T``; CPU seconds, not wall seconds: on a loaded machine the start-up alone can vary by more than the
+work). Its start-up ``S`` is the lesser of the CPU time it had spent when its output folder appeared and
+that of the same command re-run on its finished output (nothing left to do). Each start is killed at a
+seeded random moment of the work it has left: ``S`` plus a uniform share of ``(T - S)`` times the share
+of the work still to do (read from the output: units, epochs). So kills fall in (0, T), inside the work,
+ever later in it: a kill loses the unit in flight, and once one unit is left every further start is
+killed somewhere in that unit.
 
 * ``idls run`` of an 8-unit experiment: no record lost or duplicated, records identical to the
   reference's (timing fields aside), one done marker per unit, bit-identical tensor files;
@@ -40,7 +40,6 @@ from tests.fault_helpers import (
     cpu_of_run,
     idls_command,
     kill_and_resume,
-    kill_gaps,
     single_thread_env,
     write_fault_experiment,
 )
@@ -75,11 +74,10 @@ def fork_starter(args: list[str], logs: Path):
     return lambda: Fork(lambda: main(list(args)), logs / f"start{next(count)}.log")
 
 
-def killed_and_reference(tmp_path: Path, command, kills: int, make_args, *, observe=None):
-    """Run ``make_args(reference_out)`` uninterrupted (``T`` CPU seconds), then again (nothing left to do); the
-    start-up ``S`` is the lesser of the second run's CPU time and the first's when its output appeared. Then
-    ``make_args(killed_out)`` is killed ``kills`` times at seeded moments of the work ``W = T - S`` (start-up +
-    a gap each) and resumed; returns both output folders and the kill report."""
+def killed_and_reference(tmp_path: Path, command, kills: int, make_args, left):
+    """Run ``make_args(reference_out)`` uninterrupted, then again (nothing left to do), for ``T`` and ``S`` (see
+    the module notes); then ``make_args(killed_out)`` killed ``kills`` times (:func:`kill_and_resume`; ``left()``
+    reads the share of the work still to do) and run to the end; returns both output folders and the report."""
     logs = tmp_path / "logs"
     logs.mkdir()
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -87,23 +85,24 @@ def killed_and_reference(tmp_path: Path, command, kills: int, make_args, *, obse
         assert run_cli(make_args(tmp_path / "warm-up")) == 0
     start_reference = command(make_args(reference), logs)
     appeared, total = cpu_of_run(start_reference(), reference)
-    overhead = min(appeared, cpu_of_run(start_reference(), reference)[1])
-    work = max(total - overhead, 0.05 * total)
-    moments = [overhead + gap for gap in kill_gaps(SEED, kills, work)]
-    report = kill_and_resume(command(make_args(killed), logs), moments, observe=observe)
-    print(f"T = {total:.2f} CPU s, start-up S = {overhead:.2f}, work W = {work:.2f}; {report.killed} kills landed, "
-          f"{report.finished_early} starts ended before their moment; killed and resumed in {report.seconds:.1f} s "
-          f"wall; progress after each start: {report.progress}")
+    startup = min(appeared, cpu_of_run(start_reference(), reference)[1])
+    work = max(total - startup, 0.05 * total)
+    report = kill_and_resume(command(make_args(killed), logs), kills, seed=SEED, startup=startup, work=work,
+                             left=left)
+    print(f"T = {total:.2f} CPU s, start-up S = {startup:.2f}; {report.killed} kills landed, {report.mid_work} "
+          f"with part of the work done; {report.finished_early} starts ended before their moment; "
+          f"{report.seconds:.0f} s wall; work left after each start: {report.left}")
+    assert report.mid_work >= 1, "no kill landed between two units of work"
     return reference, killed, report
 
 
 # -- idls run ------------------------------------------------------------------------------------------------
 def check_run(tmp_path: Path, command, kills: int, experiment: dict) -> None:
     path = write_fault_experiment(tmp_path, experiment)
-    reference, killed, report = killed_and_reference(
+    store = tmp_path / "killed"
+    reference, killed, _ = killed_and_reference(
         tmp_path, command, kills, lambda out: ["run", str(path), "--out", str(out), "--no-report"],
-        observe=lambda: units_done(tmp_path / "killed") if (tmp_path / "killed").exists() else 0)
-    assert any(0 < done < FAULT_UNITS for done in report.progress), "no kill landed between two units"
+        left=lambda: 1 - (units_done(store) if (store / DONE_FILE).exists() else 0) / FAULT_UNITS)
     assert assert_same_results(killed, reference) == FAULT_UNITS  # one record per image and cell
     assert units_done(killed) == FAULT_UNITS
 
@@ -130,13 +129,14 @@ def epochs_done(checkpoint: Path) -> int:
 
 def check_training(tmp_path: Path, command, kills: int, n: int, epochs: int) -> None:
     start = seeded_start_weights(tmp_path / "start.safetensors")
-    reference, killed, report = killed_and_reference(
+    output = tmp_path / "killed" / "trained.safetensors"
+    checkpoint = output.with_name("trained.checkpoint.safetensors")
+    reference, killed, _ = killed_and_reference(
         tmp_path, command, kills,
         lambda out: ["train", "standard", "--data", "embedded-train", "--n", str(n), "--weights", str(start),
                      "-o", f"epochs={epochs}", "-o", "batch_size=16", "-o", "progress=false",
                      "--out", str(out / "trained.safetensors")],
-        observe=lambda: epochs_done(tmp_path / "killed" / "trained.checkpoint.safetensors"))
-    assert any(0 < done < epochs for done in report.progress), "no kill landed between two epochs"
+        left=lambda: 0.0 if output.is_file() else 1 - epochs_done(checkpoint) / epochs)
     a, b = load_file(str(killed / "trained.safetensors")), load_file(str(reference / "trained.safetensors"))
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -155,15 +155,30 @@ def test_idls_train_forked_and_killed_3_times_gives_the_same_weights(tmp_path):
 
 
 # -- a universal fit (idls attack --attack sgd-uap) -------------------------------------------------------------
+#: rough shares of a universal attack's work: the fit, applying it to the batches, the tables and the report
+SHARES = {"fit": 0.6, "batches": 0.2, "report": 0.2}
+
+
+def universal_left(store: Path, epochs: int, batches: int) -> float:
+    """The share of ``idls attack --attack sgd-uap``'s work left, read from its output folder."""
+    fitted = store / "fitted"
+    artifacts = [p for p in fitted.glob("*.safetensors") if not p.name.endswith(".checkpoint.safetensors")] \
+        if fitted.is_dir() else []
+    checkpoints = list(fitted.glob("*.checkpoint.safetensors")) if fitted.is_dir() else []
+    fit = 1.0 if artifacts else (epochs_done(checkpoints[0]) / epochs if checkpoints else 0.0)
+    applied = (units_done(store) if (store / DONE_FILE).exists() else 0) / batches
+    reported = float((store / "report.html").exists())
+    return 1 - SHARES["fit"] * fit - SHARES["batches"] * applied - SHARES["report"] * reported
+
+
 def check_universal_fit(tmp_path: Path, command, kills: int, fit_n: int, epochs: int) -> None:
     start = seeded_start_weights(tmp_path / "start.safetensors")
-    reference, killed, report = killed_and_reference(
+    reference, killed, _ = killed_and_reference(
         tmp_path, command, kills,
         lambda out: ["attack", "--attack", "sgd-uap", "--weights", str(start), "--fit-data", "embedded-train",
-                     "--fit-n", str(fit_n), "-o", f"epochs={epochs}", "-o", "progress=false", "--n", "8",
-                     "--batch-size", "4", "-i", "cam", "--out", str(out)],
-        observe=lambda: units_done(tmp_path / "killed") if (tmp_path / "killed" / DONE_FILE).exists() else 0)
-    assert report.killed >= 1
+                     "--fit-n", str(fit_n), "-o", f"epochs={epochs}", "--n", "8", "--batch-size", "4", "-i", "cam",
+                     "--out", str(out)],
+        left=lambda: universal_left(tmp_path / "killed", epochs, batches=2))
     a, b = load_file(str(killed / "universal.safetensors")), load_file(str(reference / "universal.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "another perturbation was fitted"
     assert assert_same_results(killed, reference) == 8
@@ -175,4 +190,4 @@ def test_universal_fit_killed_20_times_gives_the_perturbation_of_an_uninterrupte
 
 
 def test_universal_fit_forked_and_killed_3_times_gives_the_same_perturbation(tmp_path):
-    check_universal_fit(tmp_path, fork_starter, FAST_KILLS, fit_n=96, epochs=5)
+    check_universal_fit(tmp_path, fork_starter, FAST_KILLS, fit_n=192, epochs=5)
