@@ -96,20 +96,24 @@ def cpu_of_run(process: Process, output: Path, timeout: float = 900) -> tuple[fl
         time.sleep(0.01)
 
 
+#: a start is killed within this share of the work it has left, so that no killed start finishes: the kills
+#: all fall in the work, the last unit left is killed again and again, and the final start finishes it
+KILL_WINDOW = 0.5
+
+
 def kill_and_resume(start: Callable[[], Process], kills: int, *, seed: int, startup: float, work: float,
                     left: Callable[[], float], timeout: float = 600) -> KillReport:
     """Start ``kills`` times, each start killed with SIGKILL at a seeded random moment of the work it has left:
-    after ``startup + u * work * left()`` CPU seconds, ``u`` uniform in (0, 1) (``work``: the
+    after ``startup + u * KILL_WINDOW * work * left()`` CPU seconds, ``u`` uniform in (0, 1) (``work``: the
     CPU seconds of the whole work, ``left()``: the share still to do, read from its output). A start that
-    ends before its moment must succeed (once the work is done, starts re-run the finished command, killed
-    anywhere in it). At last one more start runs to the end and must succeed."""
+    ends before its moment must succeed. At last one more start runs to the end and must succeed."""
     import random
 
     rng = random.Random(seed)
     report = KillReport()
     began = time.monotonic()
     for _ in range(kills):
-        moment = startup + rng.uniform(0, 1) * work * max(left(), 0.1)
+        moment = startup + rng.uniform(0, 1) * KILL_WINDOW * work * max(left(), 0.05)
         process = start()
         status = process.run_until(moment, timeout)
         if status is None:

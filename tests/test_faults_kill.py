@@ -5,10 +5,10 @@ time, and at last run to the end. The uninterrupted run is the reference; it is 
 (``T``; CPU seconds, not wall seconds: on a loaded machine the start-up alone can vary by more than the
 work). Its start-up ``S`` is the lesser of the CPU time it had spent when its output folder appeared and
 that of the same command re-run on its finished output (nothing left to do). Each start is killed at a
-seeded random moment of the work it has left: ``S`` plus a uniform share of ``(T - S)`` times the share
-of the work still to do (read from the output: units, epochs). So kills fall in (0, T), inside the work,
-ever later in it: a kill loses the unit in flight, and once one unit is left every further start is
-killed somewhere in that unit.
+seeded random moment of the first half of the work it has left: ``S`` plus ``u (T - S) r / 2``, ``u``
+uniform in (0, 1), ``r`` the share of the work still to do (read from the output: units, epochs). So the
+kills fall in (0, T), all inside the work, ever later in it, and no killed start finishes: a kill loses
+the unit in flight, and once one unit is left every further start is killed somewhere in that unit.
 
 * ``idls run`` of an 8-unit experiment: no record lost or duplicated, records identical to the
   reference's (timing fields aside), one done marker per unit, bit-identical tensor files;
