@@ -1,10 +1,10 @@
-"""Fault injection for the trust-under-faults tests: a small experiment, and kill -9 at chosen moments.
+"""Fault injection for the trust-under-faults tests: a small experiment, and kill -9 at random moments.
 
 :func:`kill_and_resume` starts a command (a subprocess, or a fork of this process for the fast variants),
-SIGKILLs it at each of the given moments, starts it again, and at last lets it finish. Moments are read on
-the process's own CPU clock (``/proc/PID/stat``), not the wall clock: on a loaded machine a run's start-up
-can take twice as long from one start to the next, which would move a wall-clock moment out of the work,
-while the CPU seconds a run has spent say how far it got.
+SIGKILLs it at a seeded random moment of the work it has left, starts it again, and at last lets it
+finish. Moments are read on the process's own CPU clock (``/proc/PID/stat``), not the wall clock: on a
+loaded machine a run's start-up can take twice as long from one start to the next, which would move a
+wall-clock moment out of the work, while the CPU seconds a run has spent say how far it got.
 """
 
 from __future__ import annotations
@@ -61,16 +61,15 @@ class KillReport:
     killed: int = 0
     finished_early: int = 0
     seconds: float = 0.0
-    #: what ``observe()`` returned after each start (e.g. the units done so far)
-    progress: list[object] = field(default_factory=list)
+    #: the share of the work left after each start (1: nothing done, 0: finished)
+    left: list[float] = field(default_factory=list)
+
+    @property
+    def mid_work(self) -> int:
+        """Kills after which some but not all of the work was done."""
+        return sum(0 < share < 1 for share in self.left)
 
 
-def kill_moments(seed: int, count: int, start: float, end: float) -> list[float]:
-    """``count`` seeded moments spread uniformly over (``start``, ``end``) CPU seconds, in random order."""
-    import random
-
-    rng = random.Random(seed)
-    return [rng.uniform(start, end) for _ in range(count)]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -82,11 +81,8 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
-def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
-    """Wait for an uninterrupted run: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all).
-
-    Before its output appears a run is starting Python, importing and planning: a kill there tests
-    nothing about resuming, so kill moments are drawn between the two."""
+def cpu_of_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
+    """Wait for a run that must succeed: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all)."""
     began, appeared, spent = time.monotonic(), None, 0.0
     while True:
         status = process.poll()
@@ -96,17 +92,28 @@ def timed_run(process: Process, output: Path, timeout: float = 900) -> tuple[flo
         if status is not None:
             assert status == 0, process.error()
             return (spent if appeared is None else appeared), spent
-        assert time.monotonic() - began < timeout, "the uninterrupted run did not end"
+        assert time.monotonic() - began < timeout, "the run did not end"
         time.sleep(0.01)
 
 
-def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, timeout: float = 600,
-                    observe: Callable[[], object] | None = None) -> KillReport:
-    """Start, SIGKILL when the i-th start has spent ``moments[i]`` CPU seconds (unless it ended earlier, which
-    must be a success), and finally run once more to the end, which must succeed."""
+#: a start is killed within this share of the work it has left, so that no killed start finishes: the kills
+#: all fall in the work, the last unit left is killed again and again, and the final start finishes it
+KILL_WINDOW = 0.5
+
+
+def kill_and_resume(start: Callable[[], Process], kills: int, *, seed: int, startup: float, work: float,
+                    left: Callable[[], float], timeout: float = 600) -> KillReport:
+    """Start ``kills`` times, each start killed with SIGKILL at a seeded random moment of the work it has left:
+    after ``startup + u * KILL_WINDOW * work * left()`` CPU seconds, ``u`` uniform in (0, 1) (``work``: the
+    CPU seconds of the whole work, ``left()``: the share still to do, read from its output). A start that
+    ends before its moment must succeed. At last one more start runs to the end and must succeed."""
+    import random
+
+    rng = random.Random(seed)
     report = KillReport()
     began = time.monotonic()
-    for moment in moments:
+    for _ in range(kills):
+        moment = startup + rng.uniform(0, 1) * KILL_WINDOW * work * max(left(), 0.05)
         process = start()
         status = process.run_until(moment, timeout)
         if status is None:
@@ -115,8 +122,7 @@ def kill_and_resume(start: Callable[[], Process], moments: Sequence[float], *, t
         else:
             assert status == 0, f"a run ended with status {status} before its kill: {process.error()}"
             report.finished_early += 1
-        if observe is not None:
-            report.progress.append(observe())
+        report.left.append(round(left(), 3))
     process = start()
     status = process.run_until(float("inf"), timeout)
     assert status == 0, f"the final run ended with status {status}: {process.error()}"

@@ -1,11 +1,14 @@
 """Trust under faults: kill -9 at random moments, resume with the same command, get the uninterrupted result.
 
-Three commands, each killed with SIGKILL at seeded random moments and started again with the same
-arguments, then run once more to the end. The uninterrupted run, timed first, is the reference; the
-moments are spread uniformly between the CPU time it had spent when its output folder appeared (``S``:
-before, a run is starting Python and planning, and a kill tests nothing about resuming) and its total
-CPU time (``T``), and each start is killed when it has spent its moment's CPU seconds (a clock that the
-machine's load does not stretch, unlike the wall clock):
+Three commands, each killed with SIGKILL over and over, started again with the same arguments each
+time, and at last run to the end. The uninterrupted run is the reference; it is timed on its CPU clock
+(``T``; CPU seconds, not wall seconds: on a loaded machine the start-up alone can vary by more than the
+work). Its start-up ``S`` is the lesser of the CPU time it had spent when its output folder appeared and
+that of the same command re-run on its finished output (nothing left to do). Each start is killed at a
+seeded random moment of the first half of the work it has left: ``S`` plus ``u (T - S) r / 2``, ``u``
+uniform in (0, 1), ``r`` the share of the work still to do (read from the output: units, epochs). So the
+kills fall in (0, T), all inside the work, ever later in it, and no killed start finishes: a kill loses
+the unit in flight, and once one unit is left every further start is killed somewhere in that unit.
 
 * ``idls run`` of an 8-unit experiment: no record lost or duplicated, records identical to the
   reference's (timing fields aside), one done marker per unit, bit-identical tensor files;
@@ -15,7 +18,7 @@ machine's load does not stretch, unlike the wall clock):
   fitted perturbation and the same records.
 
 The slow tests kill a real ``python -m idls.cli`` process 20 times; the fast ones (default suite) kill a
-fork of the test process 3 times, which skips the interpreter's start-up and so lands more kills in the work.
+fork of the test process 3 times (no interpreter start-up: seconds instead of minutes).
 """
 
 from __future__ import annotations
@@ -28,19 +31,18 @@ from safetensors.torch import load_file, save_file
 
 from idls.cli import main
 from idls.experiments.store import DONE_FILE, read_complete_lines
+from tests.conftest import run_cli
 from tests.fault_helpers import (
     FAULT_EXPERIMENT,
     FAULT_UNITS,
     Fork,
     Subprocess,
+    cpu_of_run,
     idls_command,
     kill_and_resume,
-    kill_moments,
     single_thread_env,
-    timed_run,
     write_fault_experiment,
 )
-from tests.conftest import run_cli
 from tests.store_compare import assert_same_results
 
 SEED = 14  # the issue's number: the kill moments are seeded
@@ -72,31 +74,35 @@ def fork_starter(args: list[str], logs: Path):
     return lambda: Fork(lambda: main(list(args)), logs / f"start{next(count)}.log")
 
 
-def killed_and_reference(tmp_path: Path, command, kills: int, make_args, *, observe=None):
-    """Run ``make_args(reference_out)`` uninterrupted, noting its CPU seconds when its output folder appears
-    (``S``) and at its end (``T``); then ``make_args(killed_out)`` killed at ``kills`` seeded moments in (S, T)
-    of its CPU clock and resumed; returns both output folders and the kill report."""
+def killed_and_reference(tmp_path: Path, command, kills: int, make_args, left):
+    """Run ``make_args(reference_out)`` uninterrupted, then again (nothing left to do), for ``T`` and ``S`` (see
+    the module notes); then ``make_args(killed_out)`` killed ``kills`` times (:func:`kill_and_resume`; ``left()``
+    reads the share of the work still to do) and run to the end; returns both output folders and the report."""
     logs = tmp_path / "logs"
     logs.mkdir()
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    if command is fork_starter:  # in this process first, so that the timed fork starts with everything imported
+    if command is fork_starter:  # in this process first, so that the timed forks start with everything imported
         assert run_cli(make_args(tmp_path / "warm-up")) == 0
-    appeared, ended = timed_run(command(make_args(reference), logs)(), reference)
-    report = kill_and_resume(command(make_args(killed), logs), kill_moments(SEED, kills, appeared, ended),
-                             observe=observe)
-    print(f"S = {appeared:.2f}, T = {ended:.2f} CPU s; {report.killed} kills landed, {report.finished_early} runs "
-          f"ended before their moment; killed and resumed in {report.seconds:.1f} s; progress after each start: "
-          f"{report.progress}")
+    start_reference = command(make_args(reference), logs)
+    appeared, total = cpu_of_run(start_reference(), reference)
+    startup = min(appeared, cpu_of_run(start_reference(), reference)[1])
+    work = max(total - startup, 0.05 * total)
+    report = kill_and_resume(command(make_args(killed), logs), kills, seed=SEED, startup=startup, work=work,
+                             left=left)
+    print(f"T = {total:.2f} CPU s, start-up S = {startup:.2f}; {report.killed} kills landed, {report.mid_work} "
+          f"with part of the work done; {report.finished_early} starts ended before their moment; "
+          f"{report.seconds:.0f} s wall; work left after each start: {report.left}")
+    assert report.mid_work >= 1, "no kill landed between two units of work"
     return reference, killed, report
 
 
 # -- idls run ------------------------------------------------------------------------------------------------
 def check_run(tmp_path: Path, command, kills: int, experiment: dict) -> None:
     path = write_fault_experiment(tmp_path, experiment)
-    reference, killed, report = killed_and_reference(
+    store = tmp_path / "killed"
+    reference, killed, _ = killed_and_reference(
         tmp_path, command, kills, lambda out: ["run", str(path), "--out", str(out), "--no-report"],
-        observe=lambda: units_done(tmp_path / "killed") if (tmp_path / "killed").exists() else 0)
-    assert report.killed >= 1
+        left=lambda: 1 - (units_done(store) if (store / DONE_FILE).exists() else 0) / FAULT_UNITS)
     assert assert_same_results(killed, reference) == FAULT_UNITS  # one record per image and cell
     assert units_done(killed) == FAULT_UNITS
 
@@ -123,13 +129,14 @@ def epochs_done(checkpoint: Path) -> int:
 
 def check_training(tmp_path: Path, command, kills: int, n: int, epochs: int) -> None:
     start = seeded_start_weights(tmp_path / "start.safetensors")
-    reference, killed, report = killed_and_reference(
+    output = tmp_path / "killed" / "trained.safetensors"
+    checkpoint = output.with_name("trained.checkpoint.safetensors")
+    reference, killed, _ = killed_and_reference(
         tmp_path, command, kills,
         lambda out: ["train", "standard", "--data", "embedded-train", "--n", str(n), "--weights", str(start),
                      "-o", f"epochs={epochs}", "-o", "batch_size=16", "-o", "progress=false",
                      "--out", str(out / "trained.safetensors")],
-        observe=lambda: epochs_done(tmp_path / "killed" / "trained.checkpoint.safetensors"))
-    assert report.killed >= 1
+        left=lambda: 0.0 if output.is_file() else 1 - epochs_done(checkpoint) / epochs)
     a, b = load_file(str(killed / "trained.safetensors")), load_file(str(reference / "trained.safetensors"))
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -148,15 +155,30 @@ def test_idls_train_forked_and_killed_3_times_gives_the_same_weights(tmp_path):
 
 
 # -- a universal fit (idls attack --attack sgd-uap) -------------------------------------------------------------
+#: rough shares of a universal attack's work: the fit, applying it to the batches, the tables and the report
+SHARES = {"fit": 0.6, "batches": 0.2, "report": 0.2}
+
+
+def universal_left(store: Path, epochs: int, batches: int) -> float:
+    """The share of ``idls attack --attack sgd-uap``'s work left, read from its output folder."""
+    fitted = store / "fitted"
+    artifacts = [p for p in fitted.glob("*.safetensors") if not p.name.endswith(".checkpoint.safetensors")] \
+        if fitted.is_dir() else []
+    checkpoints = list(fitted.glob("*.checkpoint.safetensors")) if fitted.is_dir() else []
+    fit = 1.0 if artifacts else (epochs_done(checkpoints[0]) / epochs if checkpoints else 0.0)
+    applied = (units_done(store) if (store / DONE_FILE).exists() else 0) / batches
+    reported = float((store / "report.html").exists())
+    return 1 - SHARES["fit"] * fit - SHARES["batches"] * applied - SHARES["report"] * reported
+
+
 def check_universal_fit(tmp_path: Path, command, kills: int, fit_n: int, epochs: int) -> None:
     start = seeded_start_weights(tmp_path / "start.safetensors")
-    reference, killed, report = killed_and_reference(
+    reference, killed, _ = killed_and_reference(
         tmp_path, command, kills,
         lambda out: ["attack", "--attack", "sgd-uap", "--weights", str(start), "--fit-data", "embedded-train",
-                     "--fit-n", str(fit_n), "-o", f"epochs={epochs}", "-o", "progress=false", "--n", "8",
-                     "--batch-size", "4", "-i", "cam", "--out", str(out)],
-        observe=lambda: units_done(tmp_path / "killed") if (tmp_path / "killed" / DONE_FILE).exists() else 0)
-    assert report.killed >= 1
+                     "--fit-n", str(fit_n), "-o", f"epochs={epochs}", "--n", "8", "--batch-size", "4", "-i", "cam",
+                     "--out", str(out)],
+        left=lambda: universal_left(tmp_path / "killed", epochs, batches=2))
     a, b = load_file(str(killed / "universal.safetensors")), load_file(str(reference / "universal.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "another perturbation was fitted"
     assert assert_same_results(killed, reference) == 8
@@ -168,4 +190,4 @@ def test_universal_fit_killed_20_times_gives_the_perturbation_of_an_uninterrupte
 
 
 def test_universal_fit_forked_and_killed_3_times_gives_the_same_perturbation(tmp_path):
-    check_universal_fit(tmp_path, fork_starter, FAST_KILLS, fit_n=96, epochs=5)
+    check_universal_fit(tmp_path, fork_starter, FAST_KILLS, fit_n=192, epochs=5)
