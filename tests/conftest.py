@@ -81,19 +81,10 @@ def imagenet_samples_dir() -> Path:
 @pytest.fixture(scope="session")
 def random_resnet20():
     """A randomly initialised CIFAR ResNet-20 (eval mode), for oracle checks independent of weights."""
-    from idls.models import create_model
+    from tests.model_helpers import seeded_random_resnet20
 
-    # A private RNG stream: when a test first requests this fixture (e.g. through request.getfixturevalue,
-    # after the per-test seed), building it must not move the test's own random numbers.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = create_model("cifar_resnet20")
-        # Give BatchNorm non-trivial statistics so the network is not near-identity.
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
+    # a private RNG stream: requesting this fixture late (after the per-test seed) must not move the test's numbers
+    return seeded_random_resnet20(1)
 
 
 def run_cli(args: list[str]) -> int:

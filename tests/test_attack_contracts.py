@@ -48,14 +48,9 @@ ON_FRAMEWORKS = [name for name in JOINT if "framework" in accepted_options(name)
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    classifier = create_model("cifar_resnet20")
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so the random model is not degenerate
-        for module in classifier.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return classifier.eval()
+    from tests.model_helpers import seeded_random_resnet20
+
+    return seeded_random_resnet20(0)
 
 
 @pytest.fixture(scope="module")

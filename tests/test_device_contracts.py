@@ -41,17 +41,9 @@ def device() -> torch.device:
 @pytest.fixture(scope="module")
 def models(device):
     """The contract tests' seeded random CIFAR ResNet-20: (on the CPU, on the device)."""
-    from idls.models import create_model
+    from tests.model_helpers import seeded_random_resnet20
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        cpu = create_model("cifar_resnet20")
-        with torch.no_grad():
-            for module in cpu.modules():
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    module.running_mean.uniform_(-0.1, 0.1)
-                    module.running_var.uniform_(0.5, 1.5)
-    cpu.eval()
+    cpu = seeded_random_resnet20(0)
     return cpu, copy.deepcopy(cpu).to(device)
 
 

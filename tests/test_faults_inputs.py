@@ -40,17 +40,9 @@ LOGITS_ERROR = r"returned NaN or Inf logits for 2 of (3|12 fit) image\(s\) \(row
 
 @pytest.fixture(scope="module")
 def model():
-    from idls.models import create_model
+    from tests.model_helpers import seeded_random_resnet20
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        classifier = create_model("cifar_resnet20")
-        with torch.no_grad():
-            for module in classifier.modules():
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    module.running_mean.uniform_(-0.1, 0.1)
-                    module.running_var.uniform_(0.5, 1.5)
-    return classifier.eval()
+    return seeded_random_resnet20(0)
 
 
 @pytest.fixture(scope="module")
