@@ -18,7 +18,6 @@ from idls.attacks.base import attack_options
 from idls.attacks.threats import LpBall
 from idls.errors import UserError
 from idls.interpreters import create_interpreter, interpreter_class, list_interpreters
-from idls.models import create_model
 
 #: few iterations for every option an attack (or one of its base classes) accepts
 FAST = {"steps": 3, "warm_start": 2, "search_steps": 1, "mask_reset_every": 2, "mask_bisection_steps": 3,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.attacks.discrepancy import BenignMaps, two_class_discrepancy
-from idls.attacks.pgd import Evaluation, Iterate, projected_gradient_descent
+from idls.attacks.pgd import projected_gradient_descent
 from idls.core.options import Options, check_non_negative, option
 from idls.errors import UserError
 from idls.registry import Registry
