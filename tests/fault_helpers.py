@@ -81,19 +81,31 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
-def cpu_of_run(process: Process, output: Path, timeout: float = 900) -> tuple[float, float]:
-    """Wait for a run that must succeed: (CPU seconds it had spent when ``output`` appeared, CPU seconds in all)."""
-    began, appeared, spent = time.monotonic(), None, 0.0
+@dataclass
+class RunTimes:
+    """CPU seconds of an uninterrupted run: when its output appeared, when its work was done, when it ended."""
+
+    appeared: float
+    worked: float
+    ended: float
+
+
+def cpu_of_run(process: Process, output: Path, left: Callable[[Path], float], timeout: float = 900) -> RunTimes:
+    """Wait for a run that must succeed, noting its CPU seconds when ``output`` appeared and when ``left(output)``
+    (the share of its work still to do) reached 0."""
+    began, appeared, worked, spent = time.monotonic(), None, None, 0.0
     while True:
         status = process.poll()
         spent = cpu_seconds(process.pid) or spent
         if appeared is None and output.exists():
             appeared = spent
+        if worked is None and output.exists() and left(output) <= 0:
+            worked = spent
         if status is not None:
             assert status == 0, process.error()
-            return (spent if appeared is None else appeared), spent
+            return RunTimes(spent if appeared is None else appeared, spent if worked is None else worked, spent)
         assert time.monotonic() - began < timeout, "the run did not end"
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 #: a start is killed within this share of the work it has left, so that no killed start finishes: the kills

@@ -2,13 +2,14 @@
 
 Three commands, each killed with SIGKILL over and over, started again with the same arguments each
 time, and at last run to the end. The uninterrupted run is the reference; it is timed on its CPU clock
-(``T``; CPU seconds, not wall seconds: on a loaded machine the start-up alone can vary by more than the
-work). Its start-up ``S`` is the lesser of the CPU time it had spent when its output folder appeared and
-that of the same command re-run on its finished output (nothing left to do). Each start is killed at a
-seeded random moment of the first half of the work it has left: ``S`` plus ``u (T - S) r / 2``, ``u``
-uniform in (0, 1), ``r`` the share of the work still to do (read from the output: units, epochs). So the
-kills fall in (0, T), all inside the work, ever later in it, and no killed start finishes: a kill loses
-the unit in flight, and once one unit is left every further start is killed somewhere in that unit.
+(CPU seconds, not wall seconds: on a loaded machine the start-up alone can vary by more than the work):
+its start-up ``S`` is the lesser of the CPU time it had spent when its output folder appeared and that
+of the same command re-run on its finished output (nothing left to do), its work ``W`` lasts from ``S``
+until the output shows all of it done (units, epochs, the fit and the report). Each start is killed at
+a seeded random moment of the first half of the work it has left: after ``S + u W r / 2`` CPU seconds,
+``u`` uniform in (0, 1), ``r`` the share of the work still to do. So the kills fall inside the work,
+ever later in it, and no killed start finishes: a kill loses the unit in flight, and once one unit is
+left every further start is killed somewhere in that unit.
 
 * ``idls run`` of an 8-unit experiment: no record lost or duplicated, records identical to the
   reference's (timing fields aside), one done marker per unit, bit-identical tensor files;
@@ -75,34 +76,33 @@ def fork_starter(args: list[str], logs: Path):
 
 
 def killed_and_reference(tmp_path: Path, command, kills: int, make_args, left):
-    """Run ``make_args(reference_out)`` uninterrupted, then again (nothing left to do), for ``T`` and ``S`` (see
-    the module notes); then ``make_args(killed_out)`` killed ``kills`` times (:func:`kill_and_resume`; ``left()``
-    reads the share of the work still to do) and run to the end; returns both output folders and the report."""
+    """Run ``make_args(reference_out)`` uninterrupted, then again (nothing left to do), for ``S`` and ``W`` (see
+    the module notes); then ``make_args(killed_out)`` killed ``kills`` times (:func:`kill_and_resume`;
+    ``left(folder)`` reads the share of the work still to do) and run to the end; returns both output folders."""
     logs = tmp_path / "logs"
     logs.mkdir()
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     if command is fork_starter:  # in this process first, so that the timed forks start with everything imported
         assert run_cli(make_args(tmp_path / "warm-up")) == 0
     start_reference = command(make_args(reference), logs)
-    appeared, total = cpu_of_run(start_reference(), reference)
-    startup = min(appeared, cpu_of_run(start_reference(), reference)[1])
-    work = max(total - startup, 0.05 * total)
+    first = cpu_of_run(start_reference(), reference, left)
+    startup = min(first.appeared, cpu_of_run(start_reference(), reference, left).ended)
+    work = max(first.worked - startup, 0.02 * first.ended)
     report = kill_and_resume(command(make_args(killed), logs), kills, seed=SEED, startup=startup, work=work,
-                             left=left)
-    print(f"T = {total:.2f} CPU s, start-up S = {startup:.2f}; {report.killed} kills landed, {report.mid_work} "
-          f"with part of the work done; {report.finished_early} starts ended before their moment; "
-          f"{report.seconds:.0f} s wall; work left after each start: {report.left}")
+                             left=lambda: left(killed))
+    print(f"S = {startup:.2f} CPU s, W = {work:.2f}, in all {first.ended:.2f}; {report.killed} kills landed, "
+          f"{report.mid_work} with part of the work done; {report.finished_early} starts ended before their "
+          f"moment; {report.seconds:.0f} s wall; work left after each start: {report.left}")
     assert report.mid_work >= 1, "no kill landed between two units of work"
-    return reference, killed, report
+    return reference, killed
 
 
 # -- idls run ------------------------------------------------------------------------------------------------
 def check_run(tmp_path: Path, command, kills: int, experiment: dict) -> None:
     path = write_fault_experiment(tmp_path, experiment)
-    store = tmp_path / "killed"
-    reference, killed, _ = killed_and_reference(
+    reference, killed = killed_and_reference(
         tmp_path, command, kills, lambda out: ["run", str(path), "--out", str(out), "--no-report"],
-        left=lambda: 1 - (units_done(store) if (store / DONE_FILE).exists() else 0) / FAULT_UNITS)
+        left=lambda store: 1 - (units_done(store) if (store / DONE_FILE).exists() else 0) / FAULT_UNITS)
     assert assert_same_results(killed, reference) == FAULT_UNITS  # one record per image and cell
     assert units_done(killed) == FAULT_UNITS
 
@@ -129,14 +129,13 @@ def epochs_done(checkpoint: Path) -> int:
 
 def check_training(tmp_path: Path, command, kills: int, n: int, epochs: int) -> None:
     start = seeded_start_weights(tmp_path / "start.safetensors")
-    output = tmp_path / "killed" / "trained.safetensors"
-    checkpoint = output.with_name("trained.checkpoint.safetensors")
-    reference, killed, _ = killed_and_reference(
+    reference, killed = killed_and_reference(
         tmp_path, command, kills,
         lambda out: ["train", "standard", "--data", "embedded-train", "--n", str(n), "--weights", str(start),
                      "-o", f"epochs={epochs}", "-o", "batch_size=16", "-o", "progress=false",
                      "--out", str(out / "trained.safetensors")],
-        left=lambda: 0.0 if output.is_file() else 1 - epochs_done(checkpoint) / epochs)
+        left=lambda out: 0.0 if (out / "trained.safetensors").is_file() else
+        1 - epochs_done(out / "trained.checkpoint.safetensors") / epochs)
     a, b = load_file(str(killed / "trained.safetensors")), load_file(str(reference / "trained.safetensors"))
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -173,12 +172,12 @@ def universal_left(store: Path, epochs: int, batches: int) -> float:
 
 def check_universal_fit(tmp_path: Path, command, kills: int, fit_n: int, epochs: int) -> None:
     start = seeded_start_weights(tmp_path / "start.safetensors")
-    reference, killed, _ = killed_and_reference(
+    reference, killed = killed_and_reference(
         tmp_path, command, kills,
         lambda out: ["attack", "--attack", "sgd-uap", "--weights", str(start), "--fit-data", "embedded-train",
                      "--fit-n", str(fit_n), "-o", f"epochs={epochs}", "--n", "8", "--batch-size", "4", "-i", "cam",
                      "--out", str(out)],
-        left=lambda: universal_left(tmp_path / "killed", epochs, batches=2))
+        left=lambda out: universal_left(out, epochs, batches=2))
     a, b = load_file(str(killed / "universal.safetensors")), load_file(str(reference / "universal.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "another perturbation was fitted"
     assert assert_same_results(killed, reference) == 8
