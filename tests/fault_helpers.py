@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 import idls
+from idls.experiments.store import LOCK_FILE
 
 #: PGD and ADV² on CAM against a random-weight embedded CNN: 4 images in batches of one -> 8 units
 FAULT_EXPERIMENT = {
@@ -39,6 +40,20 @@ def write_fault_experiment(folder: Path, experiment: dict | None = None) -> Path
     path = folder / "faults.yaml"
     path.write_text(yaml.safe_dump(experiment or FAULT_EXPERIMENT))
     return path
+
+
+def holds_lock(store: Path) -> Callable[[int], bool]:
+    """Whether process ``pid`` has opened the result store ``store`` (its pid is in the store's lock file): from
+    then on it does the work (before, it starts Python and plans)."""
+    lock = store / LOCK_FILE
+
+    def opened(pid: int) -> bool:
+        try:
+            return lock.read_text().strip() == str(pid)
+        except OSError:
+            return False
+
+    return opened
 
 
 def idls_command(*args: str) -> list[str]:
@@ -114,20 +129,23 @@ KILL_WINDOW = 0.5
 
 
 def kill_and_resume(start: Callable[[], Process], kills: int, *, seed: int, startup: float, work: float,
-                    left: Callable[[], float], timeout: float = 600) -> KillReport:
+                    left: Callable[[], float], began: Callable[[int], bool] | None = None, timeout: float = 600
+                    ) -> KillReport:
     """Start ``kills`` times, each start killed with SIGKILL at a seeded random moment of the work it has left:
-    after ``startup + u * KILL_WINDOW * work * left()`` CPU seconds, ``u`` uniform in (0, 1) (``work``: the
-    CPU seconds of the whole work, ``left()``: the share still to do, read from its output). A start that
-    ends before its moment must succeed. At last one more start runs to the end and must succeed."""
+    ``u * KILL_WINDOW * work * left()`` CPU seconds after the start's work began, ``u`` uniform in (0, 1)
+    (``work``: the CPU seconds of the whole work, ``left()``: the share still to do, read from the output).
+    The work begins when ``began(pid)`` holds (a signal of that start in the output, e.g. its pid in the
+    store's lock), or else ``startup`` CPU seconds after the start. A start that ends before its moment
+    must succeed. At last one more start runs to the end and must succeed."""
     import random
 
     rng = random.Random(seed)
     report = KillReport()
-    began = time.monotonic()
+    clock = time.monotonic()
     for _ in range(kills):
-        moment = startup + rng.uniform(0, 1) * KILL_WINDOW * work * max(left(), 0.05)
+        after = (0.0 if began else startup) + rng.uniform(0, 1) * KILL_WINDOW * work * max(left(), 0.05)
         process = start()
-        status = process.run_until(moment, timeout)
+        status = process.run_until(after, timeout, began)
         if status is None:
             process.kill()
             report.killed += 1
@@ -138,7 +156,7 @@ def kill_and_resume(start: Callable[[], Process], kills: int, *, seed: int, star
     process = start()
     status = process.run_until(float("inf"), timeout)
     assert status == 0, f"the final run ended with status {status}: {process.error()}"
-    report.seconds = time.monotonic() - began
+    report.seconds = time.monotonic() - clock
     return report
 
 
@@ -155,14 +173,19 @@ class Process:
     def kill(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def run_until(self, cpu: float, timeout: float) -> int | None:
-        """Wait until it ends (its exit status) or has spent ``cpu`` CPU seconds (``None``: still running)."""
+    def run_until(self, after: float, timeout: float, began: Callable[[int], bool] | None = None) -> int | None:
+        """Wait until it ends (its exit status) or has spent ``after`` CPU seconds past the moment ``began(pid)``
+        first held (without ``began``: past its start); ``None``: still running then."""
         deadline = time.monotonic() + timeout
+        base = 0.0 if began is None else None
         while True:
             status = self.poll()
             if status is not None:
                 return status
-            if (cpu_seconds(self.pid) or 0.0) >= cpu:
+            spent = cpu_seconds(self.pid) or 0.0
+            if base is None and began(self.pid):
+                base = spent
+            if base is not None and spent >= base + after:
                 return None
             assert time.monotonic() < deadline, f"the run did not end within {timeout} s: {self.error()}"
             time.sleep(0.005)
