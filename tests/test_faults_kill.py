@@ -3,13 +3,14 @@
 Three commands, each killed with SIGKILL over and over, started again with the same arguments each
 time, and at last run to the end. The uninterrupted run is the reference; it is timed on its CPU clock
 (CPU seconds, not wall seconds: on a loaded machine the start-up alone can vary by more than the work).
-Its work ``W`` lasts from the moment it opened its result store (or, for ``idls train``, from its
-start-up ``S``: the CPU time of the same command re-run on its finished output) until the output shows
-all of it done (units, epochs, the fit and the report). Each start is killed at a seeded random moment
-of the first half of the work it has left: ``u W r / 2`` CPU seconds after it opened the store (its pid
-in the store's lock; ``idls train``: after ``S``), ``u`` uniform in (0, 1), ``r`` the share of the work
-still to do. So the kills fall inside the work, ever later in it, and no killed start finishes: a kill
-loses the unit in flight, and once one unit is left every further start is killed somewhere in that unit.
+Its work ``W`` lasts from the moment it opened its result store until its output shows all of it done
+(units, epochs, the fit and the report); ``idls train`` has no store, and its output appears after the
+first epoch, so there the start-up and ``W`` are worked out from the epochs that follow. Each start is
+killed at a seeded random moment of the first half of the work it has left: ``u W r / 2`` CPU seconds
+after it opened the store (its pid in the store's lock; ``idls train``: after the start-up), ``u``
+uniform in (0, 1), ``r`` the share of the work still to do. So the kills fall inside the work, ever
+later in it, and no killed start finishes: a kill loses the unit in flight, and once one unit is left
+every further start is killed somewhere in that unit.
 
 * ``idls run`` of an 8-unit experiment: no record lost or duplicated, records identical to the
   reference's (timing fields aside), one done marker per unit, bit-identical tensor files;
@@ -76,23 +77,23 @@ def fork_starter(args: list[str], logs: Path):
     return lambda: Fork(lambda: main(list(args)), logs / f"start{next(count)}.log")
 
 
-def killed_and_reference(tmp_path: Path, command, kills: int, make_args, left, *, store: bool = True):
-    """Run ``make_args(reference_out)`` uninterrupted, then again (nothing left to do), for ``S`` and ``W`` (see
-    the module notes); then ``make_args(killed_out)`` killed ``kills`` times (:func:`kill_and_resume`;
-    ``left(folder)`` reads the share of the work still to do; ``store``: the command writes a result store,
-    whose lock says when each start begins its work) and run to the end; returns both output folders."""
+def killed_and_reference(tmp_path: Path, command, kills: int, make_args, left, *, output_after: float = 0.0):
+    """Run ``make_args(reference_out)`` uninterrupted for ``W`` (see the module notes), then ``make_args(killed_out)``
+    killed ``kills`` times (:func:`kill_and_resume`; ``left(folder)`` reads the share of the work still to do)
+    and run to the end; returns both output folders. ``output_after``: the share of the work done when the
+    output first appears; 0 for a command that writes a result store, whose lock then says when each start
+    begins its work."""
     logs = tmp_path / "logs"
     logs.mkdir()
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     if command is fork_starter:  # in this process first, so that the timed forks start with everything imported
         assert run_cli(make_args(tmp_path / "warm-up")) == 0
-    start_reference = command(make_args(reference), logs)
-    first = cpu_of_run(start_reference(), reference, left)
-    startup = min(first.appeared, cpu_of_run(start_reference(), reference, left).ended)
-    work = max(first.worked - (first.appeared if store else startup), 0.02 * first.ended)
+    first = cpu_of_run(command(make_args(reference), logs)(), reference, left)
+    work = max((first.worked - first.appeared) / (1 - output_after), 0.02 * first.ended)
+    startup = first.appeared - output_after * work
     report = kill_and_resume(command(make_args(killed), logs), kills, seed=SEED, startup=startup, work=work,
-                             left=lambda: left(killed), began=holds_lock(killed) if store else None)
-    print(f"S = {startup:.2f} CPU s, W = {work:.2f}, in all {first.ended:.2f}; {report.killed} kills landed, "
+                             left=lambda: left(killed), began=None if output_after else holds_lock(killed))
+    print(f"W = {work:.2f} CPU s, start-up {startup:.2f}, in all {first.ended:.2f}; {report.killed} kills landed, "
           f"{report.mid_work} with part of the work done; {report.finished_early} starts ended before their "
           f"moment; {report.seconds:.0f} s wall; work left after each start: {report.left}")
     assert report.mid_work >= 1, "no kill landed between two units of work"
@@ -135,7 +136,7 @@ def check_training(tmp_path: Path, command, kills: int, n: int, epochs: int) -> 
         tmp_path, command, kills,
         lambda out: ["train", "standard", "--data", "embedded-train", "--n", str(n), "--weights", str(start),
                      "-o", f"epochs={epochs}", "-o", "batch_size=16", "-o", "progress=false",
-                     "--out", str(out / "trained.safetensors")], store=False,
+                     "--out", str(out / "trained.safetensors")], output_after=1 / epochs,
         left=lambda out: 0.0 if (out / "trained.safetensors").is_file() else
         1 - epochs_done(out / "trained.checkpoint.safetensors") / epochs)
     a, b = load_file(str(killed / "trained.safetensors")), load_file(str(reference / "trained.safetensors"))
