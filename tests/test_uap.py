@@ -187,7 +187,7 @@ def test_progress_bar_shows_the_running_fooling_ratio(tiny, fit_data, monkeypatc
 
 @pytest.mark.shared
 def test_uap_on_pretrained_resnet20_beats_random_signs(resnet20, resnet20_path):
-    fit, test = shared_cifar_split(resnet20_path)
+    fit, test = shared_cifar_split(resnet20_path, fit_n=512)  # 256 fit images are too few for 4 passes to fill the ball
     perturbation = create_attack("uap", max_passes=4).fit(resnet20, fit)
     fooled = fooling_ratio(resnet20, test.images, perturbation.apply(test.images))
     noise = noise_fooling(resnet20, perturbation, test.images)
