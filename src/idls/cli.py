@@ -739,7 +739,8 @@ def reproduce(
                                                          "else the embedded system)")] = None,
     data: Annotated[Optional[str], typer.Option(help="CIFAR-10 images: folder with labels.csv, or cifar10")] = None,
     shared: Annotated[Optional[Path], typer.Option(help="shared-data folder holding cifar10/models and cifar10/images")] = None,
-    rts: RtsOpt = None,
+    rts: Annotated[Optional[Path], typer.Option("--rts", help="a trained RTS masker of --model (default: one is "
+                                                              "trained on the training images into OUT/rts_masker)")] = None,
     backend: BackendOpt = "local",
     experiments: Annotated[Optional[Path], typer.Option(help="folder of the bundled experiment files")] = None,
     only: Annotated[Optional[list[str]], typer.Option(help="run only this experiment (repeat for several)")] = None,

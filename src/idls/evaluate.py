@@ -84,7 +84,19 @@ def map_fields(pair: MapPair, ks: Sequence[float] = DEFAULT_IOU_KS) -> list[dict
     return out
 
 
+def rerun_fields(benign: Tensor, rerun: Tensor) -> list[dict]:
+    """Run-to-run agreement of a seeded interpreter's benign maps ``B x h x w`` (two seeds): IoU@20% and L1.
+
+    The attack's map similarity cannot beat it: two honest runs on the same image agree only this well.
+    """
+    iou = metrics.topk_iou(benign, rerun, 0.2)
+    l1 = metrics.map_l1(benign, rerun)
+    return [{"benign_rerun_iou": float(iou[i]), "benign_rerun_l1": float(l1[i])} for i in range(benign.shape[0])]
+
+
 MEAN_FIELDS = ("confidence", "linf", "l2", "noise_rate", "seconds", "map_l1", "map_l2", "map_iou", "kendall_tau")
+#: averaged only where records carry them (seeded interpreters: :func:`rerun_fields`)
+OPTIONAL_MEAN_FIELDS = ("benign_rerun_iou", "benign_rerun_l1")
 
 
 def summarize(records: Sequence[Mapping]) -> dict:
@@ -101,6 +113,10 @@ def summarize(records: Sequence[Mapping]) -> dict:
         pool = successes if key == "confidence" else records
         values = [float(r[key]) for r in pool if key in r and r[key] == r[key]]
         summary[key] = sum(values) / len(values) if values else float("nan")
+    for key in OPTIONAL_MEAN_FIELDS:
+        values = [float(r[key]) for r in records if key in r and r[key] == r[key]]
+        if values:
+            summary[key] = sum(values) / len(values)
     iou_keys = sorted({k for r in records for k in r if k.startswith("map_iou@")})
     for key in iou_keys:
         summary[key] = sum(float(r[key]) for r in records) / n

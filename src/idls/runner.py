@@ -101,6 +101,7 @@ def evaluate_batch(
     key_prefix: str = "",
     model_name: str = "",
     benign_maps: Callable[[str], Tensor] | None = None,
+    benign_reruns: Callable[[str], Tensor] | None = None,
 ) -> BatchEvaluation:
     """Records and tensors of one attacked batch, evaluated with each of ``interpreters``.
 
@@ -116,6 +117,9 @@ def evaluate_batch(
         tensor_file: path of the tensor file relative to the output folder (for ``adv_path``).
         key_prefix: prefix of the ``x_adv`` / ``target_map`` keys (several attacks in one file).
         benign_maps: ``name -> B x h x w`` benign maps (e.g. cached); default: computed here.
+        benign_reruns: ``name -> B x h x w`` benign maps of a second run of a seeded interpreter
+            (:attr:`~idls.interpreters.Interpreter.seeded`, e.g. cached); default: computed here. Their
+            agreement with ``benign_maps`` goes into the records (``benign_rerun_iou``, ``benign_rerun_l1``).
     """
     x_adv = result.x_adv.detach()
     base = evaluate.image_records(
@@ -140,8 +144,13 @@ def evaluate_batch(
         map_key = f"adversarial_map/{name}" if own else f"{key_prefix}adversarial_map/{name}"
         tensors[map_key] = pair.adversarial.cpu().contiguous()
         to_target = map_target_fields(pair.adversarial if name == attacked else None, target_map, x.shape[0])
-        for i, (record, fields, distances) in enumerate(zip(base, evaluate.map_fields(pair), to_target)):
-            records.append({**common, "interpreter": name, **record, **fields, **distances,
+        rerun = [{}] * x.shape[0]
+        if interpreter.seeded:
+            second = benign_reruns(name) if benign_reruns is not None else interpreter.another_run().attribute(x)
+            rerun = evaluate.rerun_fields(pair.benign, second.detach())
+        for i, (record, fields, distances, agreement) in enumerate(zip(base, evaluate.map_fields(pair), to_target,
+                                                                      rerun)):
+            records.append({**common, "interpreter": name, **record, **fields, **distances, **agreement,
                             "adv_path": f"{tensor_file}#{x_key}:{i}"})
     if not interpreters:
         records.extend({**common, "interpreter": "none", **r, "adv_path": f"{tensor_file}#{x_key}:{i}"}

@@ -214,6 +214,11 @@ class Workspace:
         return self.cached((model_index, name, start, stop),
                            lambda: self.interpreter(model_index, name).attribute(x).detach())
 
+    def benign_reruns(self, model_index: int, name: str, start: int, stop: int, x: Tensor) -> Tensor:
+        """A seeded interpreter's second-run maps ``B x h x w`` of the images ``start:stop``, cached across cells."""
+        return self.cached(("rerun", model_index, name, start, stop),
+                           lambda: self.interpreter(model_index, name).another_run().attribute(x).detach())
+
     def cached(self, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` once per ``key`` among the last :data:`BENIGN_CACHE_SIZE` keys (benign maps, benign scores)."""
         if key in self._benign:
@@ -284,6 +289,7 @@ def run_unit(workspace: Workspace, unit: Unit) -> UnitOutput:
             attacked=cell.attacked_interpreter if cell.joint else None,
             tensor_file=tensor_file(cell.id, unit.batch), model_name=cell.model,
             benign_maps=lambda name: workspace.benign_maps(cell.model_index, name, unit.start, unit.stop, x),
+            benign_reruns=lambda name: workspace.benign_reruns(cell.model_index, name, unit.start, unit.stop, x),
         )
     keys = {**cell.record_keys(), "batch": unit.batch}
     records = [{"kind": "attack", **keys, **record, "model_accuracy": workspace.accuracy(cell.model_index)}

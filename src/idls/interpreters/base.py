@@ -65,6 +65,8 @@ class Interpreter(nn.Module):
       differentiating :meth:`joint_forward`;
     * :attr:`has_encoder`: :meth:`joint_forward` also returns the logits of the
       interpreter's own encoder (RTS);
+    * :attr:`seeded` and :meth:`another_run`: its map depends on a random stream
+      (MASK's jitter), so evaluations also report how well two runs agree;
     * :meth:`joint_forward`: logits and differentiable maps in one pass;
     * :meth:`unavailable_reason`: why it cannot explain a given classifier;
     * :attr:`taxonomy` and :attr:`display_order`: how reports group and order it.
@@ -84,6 +86,16 @@ class Interpreter(nn.Module):
     map_is_optimised: ClassVar[bool] = False
     #: :meth:`joint_forward` fills ``encoder_logits`` (the interpreter has an encoder of its own: RTS)
     has_encoder: ClassVar[bool] = False
+    #: the map depends on a seeded random stream (MASK's jitter): :meth:`another_run` gives an independent run
+    seeded: ClassVar[bool] = False
+
+    def another_run(self) -> "Interpreter":
+        """The same interpreter drawing another random stream (for :attr:`seeded` interpreters only).
+
+        The agreement of its benign maps with this interpreter's is the ceiling of any map
+        similarity an attack can reach against it.
+        """
+        raise NotImplementedError(f"{self.name} is not seeded: its maps do not vary between runs")
 
     @classmethod
     def unavailable_reason(cls, classifier: Classifier, options: dict[str, Any]) -> str | None:

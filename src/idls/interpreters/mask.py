@@ -68,6 +68,7 @@ the optimised mask, so its map is differentiable w.r.t. ``x`` but is one (or
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -538,6 +539,7 @@ class MaskInterpreter(Interpreter):
     display_order = 60
     family = "mask"
     map_is_optimised = True
+    seeded = True
 
     def __init__(
         self,
@@ -579,6 +581,12 @@ class MaskInterpreter(Interpreter):
             jitter=jitter,
         )
         self.config_for(classifier.input_size)  # fail early on bad options
+
+    def another_run(self) -> "MaskInterpreter":
+        """This interpreter with the next seed of its jitter stream (same options and classifier)."""
+        twin = copy.copy(self)
+        twin.seed = self.seed + 1
+        return twin
 
     def config_for(self, input_size: int | Sequence[int]) -> MaskConfig:
         """The settings this interpreter uses for inputs of ``input_size``."""

@@ -46,6 +46,8 @@ SUMMARY_VALUE_COLUMNS: tuple[str, ...] = (
     "seconds",
     "iterations_to_success",
 )
+#: the run-to-run agreement of a seeded interpreter's benign maps (shown where an interpreter has it)
+RERUN_COLUMN = "benign_rerun_iou"
 TERMINAL_COLUMNS: tuple[str, ...] = ("n", "success", "confidence", "map_l1", "map_iou", "noise_rate", "seconds")
 
 # (file name, summary field, caption) of the per-metric pivot tables.
@@ -123,10 +125,16 @@ def summary_table(records: Sequence[Mapping], name: str = "summary") -> Table:
     rows = []
     for key, group in group_records(own, keys).items():
         s = summary(group)
-        rows.append({**dict(zip(keys, key)), **{c: s.get(c, math.nan) for c in SUMMARY_VALUE_COLUMNS}})
+        rows.append({**dict(zip(keys, key)), **{c: s.get(c, math.nan) for c in (*SUMMARY_VALUE_COLUMNS, RERUN_COLUMN)}})
     rows.sort(key=lambda r: _row_sort_key({k: r[k] for k in keys}))
     caption = "All metrics per attack and interpreter (means over images; confidence over successes)."
-    return Table(name, caption, [*keys, *SUMMARY_VALUE_COLUMNS], rows, key_columns=len(keys))
+    columns = list(SUMMARY_VALUE_COLUMNS)
+    if any(not math.isnan(r[RERUN_COLUMN]) for r in rows):  # a seeded interpreter (MASK): its run-to-run ceiling
+        columns.insert(columns.index("map_iou") + 1, RERUN_COLUMN)
+        caption += (f" {RERUN_COLUMN}: IoU@20% between the benign maps of two runs with different seeds, the ceiling "
+                    "of map_iou for a seeded interpreter.")
+    rows = [{c: r[c] for c in (*keys, *columns)} for r in rows]
+    return Table(name, caption, [*keys, *columns], rows, key_columns=len(keys))
 
 
 def gap_table(records: Sequence[Mapping]) -> Table | None:

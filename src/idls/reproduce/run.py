@@ -18,6 +18,7 @@ Each experiment writes its own store ``OUT/<name>/`` (so a second run resumes ea
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ EMBEDDED_STUDIES: tuple[str, ...] = ("aid_embedded",)
 #: where the CIFAR files look for the checkpoint, relative to the shared-data folder
 RESNET20_CHECKPOINT = "cifar10/models/resnet20-12fca82f.th"
 RUN_FILE = "reproduce.json"
+#: the experiment files' variable naming the CIFAR model's RTS masker (empty: RTS is left out)
+RTS_VARIABLE = "IDLS_RTS_CIFAR_RESNET20"
 DEFAULT_MODEL = "cifar_resnet20"  #: the model the bundled CIFAR experiment files name
 
 
@@ -112,7 +115,7 @@ def plan_reproduction(
     if rts is not None:
         if not rts.is_file():
             raise UserError(f"--rts {rts} does not exist; train one with `idls train-rts --model {model} ...`")
-        overrides["variables.IDLS_RTS_CIFAR_RESNET20"] = str(rts.resolve())
+        overrides[f"variables.{RTS_VARIABLE}"] = str(rts.resolve())
     if data is not None:
         overrides["data.source"] = data
     shared_dir = shared if shared is not None else (experiments_dir / "../../shared/data")
@@ -136,19 +139,48 @@ def plan_reproduction(
 EMBEDDED_SYSTEM = "embedded_cnn"
 
 
+def cifar_files(weights: Path | None, shared: Path | None, data: str | None, fit_data: str | None,
+                experiments_dir: Path) -> tuple[str, str, str]:
+    """The CIFAR system's ``(checkpoint, evaluation images, training images)``: the given ones, else the shared ones."""
+    shared_dir = (shared if shared is not None else experiments_dir / "../../shared/data").resolve()
+    checkpoint = str(weights.resolve()) if weights is not None else str(shared_dir / RESNET20_CHECKPOINT)
+    return (checkpoint, data or str(shared_dir / "cifar10/images"),
+            str(Path(fit_data).expanduser().resolve()) if fit_data else str(shared_dir / "cifar10/train"))
+
+
 def study_contexts(system: str, out: Path, *, quick: bool, weights: Path | None, shared: Path | None,
-                   data: str | None, fit_data: str | None, experiments_dir: Path, progress: bool):
-    """``(name, StudyContext)`` of each study of ``system``, on the same files as its experiments."""
+                   data: str | None, fit_data: str | None, experiments_dir: Path, progress: bool,
+                   rts: Path | None = None):
+    """``(name, StudyContext)`` of each study of ``system``, on the same files (and RTS masker) as its experiments."""
     from idls.reproduce.studies import StudyContext
 
     if system == EMBEDDED_SYSTEM:
         return [(name, StudyContext(out / name, EMBEDDED_SYSTEM, "pretrained", "embedded",
                                     fit_data or "embedded-train", quick, progress)) for name in EMBEDDED_STUDIES]
-    shared_dir = (shared if shared is not None else experiments_dir / "../../shared/data").resolve()
-    checkpoint = str(weights.resolve()) if weights is not None else str(shared_dir / RESNET20_CHECKPOINT)
-    return [(name, StudyContext(out / name, system, checkpoint, data or str(shared_dir / "cifar10/images"),
-                                fit_data or str(shared_dir / "cifar10/train"), quick, progress))
+    checkpoint, images, train = cifar_files(weights, shared, data, fit_data, experiments_dir)
+    return [(name, StudyContext(out / name, system, checkpoint, images, train, quick, progress, rts))
             for name in CIFAR_STUDIES]
+
+
+def uses_rts_masker(path: Path) -> bool:
+    """Whether an experiment file attacks or explains with the CIFAR RTS masker (it names its variable)."""
+    return RTS_VARIABLE in Path(path).read_text(encoding="utf-8")
+
+
+def prepare_rts_masker(out: Path, system: str, *, quick: bool, weights: Path | None, shared: Path | None,
+                       data: str | None, fit_data: str | None, experiments_dir: Path, progress: bool,
+                       console) -> Path | None:
+    """Train (or reuse) the CIFAR model's RTS masker in ``out``; ``None`` where there are no training images."""
+    from idls.models import create_model
+    from idls.reproduce.rts_masker import MASKER_DIR, ensure_masker
+
+    checkpoint, _, train = cifar_files(weights, shared, data, fit_data, experiments_dir)
+    if not Path(train).is_dir():
+        console.print(f"RTS is left out: no training images at {train} to train its masker on; pass --fit-data DIR "
+                      "or a trained masker with --rts FILE")
+        return None
+    console.print(f"RTS masker: {out / MASKER_DIR} (trained on {train} the first time)")
+    return ensure_masker(out, create_model(system, weights=checkpoint), train, quick=quick, progress=progress)
 
 
 def declares_fit_source(path: Path) -> bool:
@@ -192,7 +224,9 @@ def reproduce(
         quick: the experiment files' ``quick:`` settings (fewer images and iterations).
         weights: cifar_resnet20 checkpoint (default: the shared-data one, if present).
         shared: the shared-data folder (``cifar10/models``, ``cifar10/images``).
-        rts: a trained RTS masker of cifar_resnet20 (without it RTS is left out on CIFAR).
+        rts: a trained RTS masker of the CIFAR model (without it, and without the environment variable
+            ``IDLS_RTS_CIFAR_RESNET20``, one is trained on the training images into ``out/rts_masker/``
+            and used by every experiment and study; RTS is left out only where there are no training images).
         data: CIFAR-10 images (a folder with labels.csv, or 'cifar10'), default: the shared ones.
         backend: ``'local'`` or ``'ray'``.
         experiments_dir: where the experiment files are (default: the repository's ``experiments/``).
@@ -221,6 +255,14 @@ def reproduce(
         files = [f for f in files if f.stem in only]
     out = Path(out)
     console.rule(f"idls reproduce on {system}" + (" (quick)" if quick else ""))
+    studies_run = [name for name in (CIFAR_STUDIES if system != EMBEDDED_SYSTEM else ()) if not only or name in only]
+    if system != EMBEDDED_SYSTEM and rts is None and not os.environ.get(RTS_VARIABLE) and \
+            (studies_run or any(uses_rts_masker(path) for path in files)):
+        rts = prepare_rts_masker(out, system, quick=quick, weights=weights, shared=shared, data=data,
+                                 fit_data=fit_data, experiments_dir=Path(directory), progress=progress,
+                                 console=console)
+        if rts is not None:
+            overrides[f"variables.{RTS_VARIABLE}"] = str(rts.resolve())
     timings: dict[str, float] = {}
     for index, path in enumerate(files, 1):
         console.print(f"[{index}/{len(files)}] {path.stem}")
@@ -231,7 +273,8 @@ def reproduce(
         run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=file_overrides, progress=progress)
         timings[path.stem] = time.perf_counter() - experiment_started
     for name, context in study_contexts(system, out, quick=quick, weights=weights, shared=shared, data=data,
-                                        fit_data=fit_data, experiments_dir=Path(directory), progress=progress):
+                                        fit_data=fit_data, experiments_dir=Path(directory), progress=progress,
+                                        rts=rts):
         if only and name not in only:
             continue
         from idls.reproduce.studies import run_study, study

@@ -30,6 +30,8 @@ class StudyContext:
         model: registry name of the classifier; ``weights`` its checkpoint (``None``: registered default).
         data: evaluation images; ``fit_data``: training images (never the evaluation ones).
         quick: the study's short schedule.
+        rts: a trained RTS masker of the model to start from (``None``: the study trains its own,
+            with :data:`~idls.reproduce.rts_masker.MASKER_SCHEDULES`, in its folder).
     """
 
     out: Path
@@ -39,6 +41,7 @@ class StudyContext:
     fit_data: str
     quick: bool
     progress: bool = True
+    rts: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -52,49 +55,43 @@ class Study:
 
 @dataclass(frozen=True)
 class AIDSchedule:
-    """How much an AID study trains and evaluates (full and quick)."""
+    """How much an AID study fine-tunes and evaluates (full and quick); the RTS it starts from is trained
+    with :data:`~idls.reproduce.rts_masker.MASKER_SCHEDULES`."""
 
-    fit_n: int
-    rts_epochs: int
     aid_n: int
     aid_epochs: int
     eval_n: int
-    rts_lr: float = 2e-3
-    rts_batch_size: int = 32
 
 
-#: full: benchmarks/aid_cifar.py's settings (RTS on 2,000 fit images, AID on the first 1,024 of them)
+#: full: benchmarks/aid_cifar.py's settings (AID on 1,024 training images, evaluated on 100)
 AID_SCHEDULES: dict[bool, AIDSchedule] = {
-    False: AIDSchedule(fit_n=2000, rts_epochs=15, aid_n=1024, aid_epochs=2, eval_n=100),
-    True: AIDSchedule(fit_n=256, rts_epochs=3, aid_n=128, aid_epochs=1, eval_n=16),
+    False: AIDSchedule(aid_n=1024, aid_epochs=2, eval_n=100),
+    True: AIDSchedule(aid_n=128, aid_epochs=1, eval_n=16),
 }
 
 
 def measure_aid(context: StudyContext) -> dict[str, Any]:
-    """Train RTS and RTS_A (cached in the study folder) and evaluate them like paper 001 Table 10."""
+    """Fine-tune RTS into RTS_A (cached in the study folder) and evaluate both like paper 001 Table 10."""
     from idls.data.datasets import load_images, select_correct
     from idls.defenses.aid import aid_metadata, aid_options, train_aid
     from idls.defenses.aid_evaluation import evaluate_aid
-    from idls.interpreters.rts_training import load_rts, save_rts, train_rts
+    from idls.interpreters.rts_training import load_rts, save_rts
     from idls.models import create_model
+    from idls.reproduce.rts_masker import MASKER_SCHEDULES, ensure_masker
 
     schedule = AID_SCHEDULES[context.quick]
     classifier = create_model(context.model, weights=context.weights)
-    fit = load_images(context.fit_data, input_size=classifier.input_size, n=schedule.fit_n, seed=0,
+    rts_path = context.rts or ensure_masker(context.out, classifier, context.fit_data, quick=context.quick,
+                                            progress=context.progress)
+    rts = load_rts(classifier, rts_path)
+    fit = load_images(context.fit_data, input_size=classifier.input_size, n=schedule.aid_n, seed=0,
                       num_classes=classifier.num_classes)
-    rts_path, aid_path = context.out / "rts.safetensors", context.out / "rts_aid.safetensors"
-    if rts_path.is_file():
-        rts = load_rts(classifier, rts_path)
-    else:
-        rts = train_rts(classifier, fit.images, fit.labels, epochs=schedule.rts_epochs, lr=schedule.rts_lr,
-                        batch_size=schedule.rts_batch_size, augment=True, progress=context.progress,
-                        checkpoint=context.out / "rts.checkpoint.safetensors")
-        save_rts(rts, rts_path)
+    aid_path = context.out / "rts_aid.safetensors"
     options = aid_options(epochs=schedule.aid_epochs)
     if aid_path.is_file():
         aid = load_rts(classifier, aid_path)
     else:
-        aid = train_aid(classifier, rts, fit.images[:schedule.aid_n], fit.labels[:schedule.aid_n], options,
+        aid = train_aid(classifier, rts, fit.images, fit.labels, options,
                         progress=context.progress,
                         checkpoint=context.out / "rts_aid.checkpoint.safetensors")
         save_rts(aid, aid_path, extra=aid_metadata(options))
@@ -102,7 +99,8 @@ def measure_aid(context: StudyContext) -> dict[str, Any]:
     correct = select_correct(classifier, evaluation, schedule.eval_n)
     result = evaluate_aid(classifier, rts, aid, correct.images, correct.labels)
     return {"model": context.model, "data": context.data, "fit_data": context.fit_data,
-            "schedule": schedule.__dict__, "aid_options": options.as_dict(), **result}
+            "schedule": schedule.__dict__, "masker_schedule": MASKER_SCHEDULES[context.quick].__dict__,
+            "aid_options": options.as_dict(), **result}
 
 
 STUDIES: dict[str, Study] = {
