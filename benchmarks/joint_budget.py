@@ -21,7 +21,8 @@ cifar), counted by the engine per sample (``extras['warm_evaluations']``, ``extr
 a sample that stopped early counts only the evaluations it took part in). The one-time target map and the
 final evaluation (a few passes) are not counted. CPU seconds per image (one thread) are recorded too.
 
-Cells (``split|level|interpreter``) are merged into the results JSON as they finish::
+AdvEdge and AdvEdge+ (``--attacks``) are counted with ADV²'s ratios. Cells (``split|attack|level|interpreter``)
+are merged into the results JSON as they finish::
 
     OMP_NUM_THREADS=1 python benchmarks/joint_budget.py --splits tune,test --levels fast,paper,best \\
         --interpreters cam,gradcam,rts,grad
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import sys
 import time
@@ -70,6 +72,7 @@ DEFAULT_OUT = HERE / "results" / "joint_budget.json"
 JOINT_COST = HERE / "results" / "joint_cost.json"
 SPLITS = {"tune": SHARED_DATA / "cifar10" / "train", "test": SHARED_DATA / "cifar10" / "images"}
 INTERPRETERS = ("cam", "gradcam", "rts", "grad")
+ATTACKS = ("adv2", "advedge", "advedge+")  #: their joint iterations cost about the same (edge weights are one product)
 #: training photos per class looked at to find the correctly classified ones of the tuning set
 TRAIN_POOL_FACTOR = 2
 
@@ -104,12 +107,12 @@ def joint_iteration_ratios(path: Path = JOINT_COST) -> dict[str, float]:
     return ratios
 
 
-def run_cell(classifier: Classifier, data: LabeledImages, interpreter_name: str, level: str, options: Mapping,
-             interpreter_options: Mapping, ratio: float, batch_size: int) -> dict:
-    """One (split, level, interpreter) cell: per-image records, their summary and the cost."""
+def run_cell(classifier: Classifier, data: LabeledImages, attack_name: str, interpreter_name: str, level: str,
+             options: Mapping, interpreter_options: Mapping, ratio: float, batch_size: int) -> dict:
+    """One (split, attack, level, interpreter) cell: per-image records, their summary and the cost."""
     interpreter = create_interpreter(interpreter_name, classifier, **interpreter_options)
-    attack = create_attack("adv2", interpreter=interpreter, framework="pgd", target_map="benign", mode="targeted",
-                           seed=0, epsilon=EPSILON, budget=level, **options)
+    attack = create_attack(attack_name, interpreter=interpreter, framework="pgd", target_map="benign",
+                           mode="targeted", seed=0, epsilon=EPSILON, budget=level, **options)
     settings = attack.settings_for(interpreter, classifier.input_size)
     records, passes, warm_evals, joint_evals, cpu = [], [], [], [], 0.0
     for start in range(0, len(data), batch_size):
@@ -168,6 +171,7 @@ def _names(allowed: Sequence[str]):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--splits", type=_names(tuple(SPLITS)), default=["tune", "test"])
+    parser.add_argument("--attacks", type=_names(ATTACKS), default=["adv2"])
     parser.add_argument("--levels", type=_names(BUDGETS), default=list(BUDGETS))
     parser.add_argument("--interpreters", type=_names(INTERPRETERS), default=list(INTERPRETERS))
     parser.add_argument("--n", type=int, default=100, help="images per split")
@@ -199,19 +203,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios = joint_iteration_ratios()
         for split in args.splits:
             data = load_split(classifier, split, args.n)
-            for level in args.levels:
-                for name in args.interpreters:
-                    options = interpreter_options_for(name, {}, args.rts_checkpoint)
-                    entry = run_cell(classifier, data, name, level, args.attack_options, options, ratios[name],
-                                     args.batch_size)
-                    label = f"{level}+{args.tag}" if args.tag else level
-                    entry.update(split=split, level=label, interpreter=name, data=str(SPLITS[split]),
-                                 image_ids_first=data.ids[:3], interpreter_options=rts_identity(options))
-                    merge_cells(args.out, {f"{split}|{label}|{name}": entry})
-                    print(f"{split} {level} {name}: n={entry['n']} success={entry['success']:.2f} "
-                          f"L1={entry['map_l1']:.4f} IoU={entry['map_iou']:.3f} passes={entry['passes_per_image']:.0f} "
-                          f"(max {entry['passes_max']:.0f}, stopped {entry['stopped_early']:.2f}) "
-                          f"cpu={entry['cpu_seconds_per_image']:.2f} s/img", flush=True)
+            for attack, level, name in itertools.product(args.attacks, args.levels, args.interpreters):
+                options = interpreter_options_for(name, {}, args.rts_checkpoint)
+                entry = run_cell(classifier, data, attack, name, level, args.attack_options, options, ratios[name],
+                                 args.batch_size)
+                label = f"{level}+{args.tag}" if args.tag else level
+                entry.update(split=split, attack=attack, level=label, interpreter=name, data=str(SPLITS[split]),
+                             image_ids_first=data.ids[:3], interpreter_options=rts_identity(options))
+                merge_cells(args.out, {f"{split}|{attack}|{label}|{name}": entry})
+                print(f"{split} {attack} {label} {name}: n={entry['n']} success={entry['success']:.2f} "
+                      f"L1={entry['map_l1']:.4f} IoU={entry['map_iou']:.3f} passes={entry['passes_per_image']:.0f} "
+                      f"(max {entry['passes_max']:.0f}, stopped {entry['stopped_early']:.2f}) "
+                      f"cpu={entry['cpu_seconds_per_image']:.2f} s/img", flush=True)
         results = load_results(args.out)
         results["method"] = __doc__.split("\n\n", 1)[1].split("\n\nCells")[0]
         results["joint_iteration_ratios"] = ratios

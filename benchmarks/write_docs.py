@@ -284,8 +284,13 @@ def budget_section(results_dir: Path) -> list[str]:
         keys = [key for key in cells if key.split("|")[0] == split]
         if not keys:
             continue
-        keys.sort(key=lambda key: (order(key.split("|")[1].split("+")[0], BUDGET_LEVELS), key.split("|")[1],
-                                   order(key.split("|")[2], BUDGET_INTERPRETERS)))
+
+        def sort_key(key: str) -> tuple:
+            _, attack, level, interpreter = key.split("|")
+            return (order(attack, ATTACKS), order(level.split("+")[0], BUDGET_LEVELS), level,
+                    order(interpreter, BUDGET_INTERPRETERS))
+
+        keys.sort(key=sort_key)
         first = cells[keys[0]]
         lines += ["", f"**{title}** ({data_source(first.get('data', '?'))}, first {first.get('n')} correctly "
                       "classified, classes interleaved)", ""]
@@ -294,14 +299,14 @@ def budget_section(results_dir: Path) -> list[str]:
             entry = cells[key]
             mark = " \\*" if entry.get("overrides") else ""
             marked = marked or bool(mark)
-            reference = quality.get(f"pgd|adv2|{entry.get('interpreter')}|benign", {}).get("summary")
+            reference = quality.get(f"pgd|{entry.get('attack')}|{entry.get('interpreter')}|benign", {}).get("summary")
             rows.append([
-                entry.get("level", "?") + mark, entry.get("interpreter"), entry.get("n"), fmt(entry.get("success"), 2),
+                entry.get("attack"), entry.get("level", "?") + mark, entry.get("interpreter"), entry.get("n"), fmt(entry.get("success"), 2),
                 fmt(entry.get("map_l1")), fmt(entry.get("map_iou")), fmt(entry.get("passes_per_image"), 0),
                 fmt(entry.get("passes_max"), 0), fmt(entry.get("stopped_early"), 2),
                 fmt_seconds(entry.get("cpu_seconds_per_image")), budget_goal(entry, reference),
             ])
-        lines += table(["level", "interpreter", "n", "ASR", "map L1", "IoU@20%", "passes / image", "max passes",
+        lines += table(["attack", "level", "interpreter", "n", "ASR", "map L1", "IoU@20%", "passes / image", "max passes",
                         "stopped", "CPU s / image", "goal"], rows)
     if marked:
         lines += ["", "\\* run with overrides on top of the level (the cell's `overrides` in the JSON)."]
