@@ -8,6 +8,7 @@ Reads (each optional; a missing file is reported in the page, never guessed):
 * ``joint_quality.json`` (``benchmarks/joint_quality.py``): joint-attack quality per framework,
   interpreter, attack and target map;
 * ``variants/*.json`` (``benchmarks/joint_quality.py --out ...``): the same for non-default variants;
+* ``joint_budget.json`` (``benchmarks/joint_budget.py``): quality and passes of the joint attacks' budget levels;
 * ``joint_cost.json`` (``benchmarks/joint_cost.py``): cost per iteration in forward + backward units;
 * ``pgd_cost.json`` (``benchmarks/pgd_cost.py``): plain PGD's cost per iteration;
 * ``interpreters.json`` (``benchmarks/interpreters.py``): cost of one map per interpreter;
@@ -224,6 +225,91 @@ def variants_section(results_dir: Path) -> list[str]:
         if side.exists():
             lines += ["", f"Comparison table: [{rel(side, results_dir)}](../{rel(side, results_dir)})."]
         lines += quality_tables(results)
+    return lines
+
+
+# ---------------------------------------------------------------------------------
+# Budget levels of the joint attacks (joint_budget.json)
+# ---------------------------------------------------------------------------------
+BUDGET_LEVELS = ("fast", "paper", "best")
+BUDGET_SPLITS = {"tune": "tuning set: training photos", "test": "check: test photos (not tuned on)"}
+BUDGET_INTERPRETERS = ("cam", "gradcam", "rts", "grad")
+#: issue 15's goals for the fast level: (largest map L1, smallest IoU@20%, most passes per image)
+FAST_GOALS = {"cam": (0.038, 0.86, 158.0), "gradcam": (0.038, 0.86, 158.0), "rts": (0.038, 0.86, 158.0),
+              "grad": (0.060, 0.32, 1440.0)}
+PAPER_IOU_SLACK = 0.02  #: the paper level may trail the joint-quality table's IoU@20% by this much
+
+
+def budget_goal(entry: Mapping, reference: Mapping | None) -> str:
+    """PASS/FAIL of the issue's goal for a cell's level (``-`` where it has none)."""
+    level = str(entry.get("level", "")).split("+")[0]
+    interpreter = entry.get("interpreter")
+    if level == "fast" and interpreter in FAST_GOALS:
+        l1, iou, passes = FAST_GOALS[interpreter]
+        ok = entry["map_l1"] <= l1 and entry["map_iou"] >= iou and entry["passes_per_image"] <= passes
+        return f"L1<={l1}, IoU>={iou}, passes<={passes:.0f}: {'PASS' if ok else 'FAIL'}"
+    if level == "paper" and reference is not None and entry.get("split") == "test":
+        bound = reference["map_iou"] - PAPER_IOU_SLACK
+        return f"IoU>={bound:.3f} (table - {PAPER_IOU_SLACK}): {'PASS' if entry['map_iou'] >= bound else 'FAIL'}"
+    return "-"
+
+
+def budget_section(results_dir: Path) -> list[str]:
+    lines = ["## Joint-attack budget levels (`budget=fast|paper|best`)", ""]
+    path = results_dir / "joint_budget.json"
+    if not path.exists():
+        return lines + ["No `joint_budget.json` in benchmarks/results/."]
+    results = load(path)
+    cells: Mapping[str, Mapping] = results.get("cells", {})
+    quality_path = results_dir / "joint_quality.json"
+    quality = load(quality_path).get("cells", {}) if quality_path.exists() else {}
+    ratios = results.get("joint_iteration_ratios", {})
+    lines += [
+        provenance("benchmarks/joint_budget.py", rel(path, results_dir),
+                   f"file updated {results['updated']}" if results.get("updated") else finished_range(cells)),
+        "",
+        "ADV² on the PGD framework, cifar_resnet20, targeted at seeded random wrong classes, ε = 8/255, benign target "
+        "maps; map L1 and IoU@20% of the adversarial map (its predicted class) against the benign map, ASR after the "
+        "attack's final re-check. Passes = forward + backward passes of the classifier per image: warm-start "
+        "evaluations + joint evaluations x the measured cost of one joint iteration ("
+        + ", ".join(f"{name} {fmt(ratios.get(name), 2)}" for name in BUDGET_INTERPRETERS if name in ratios)
+        + ", from `joint_cost.json`), counted per sample, so samples that stopped early count only what they ran; "
+        "the target map and the final evaluation are not counted. stopped = share of images that stopped before "
+        "the last joint iteration. CPU s / image: one thread, this machine. Goals (issue 15): `fast` reaches the "
+        "reference quality at <= 1/10 of the reference's passes; `paper` keeps the joint-quality table's IoU@20% "
+        "within 0.02 on its images (the test split is those images).",
+    ]
+    marked = False
+    for split, title in BUDGET_SPLITS.items():
+        keys = [key for key in cells if key.split("|")[0] == split]
+        if not keys:
+            continue
+
+        def sort_key(key: str) -> tuple:
+            _, attack, level, interpreter = key.split("|")
+            return (order(attack, ATTACKS), order(level.split("+")[0], BUDGET_LEVELS), level,
+                    order(interpreter, BUDGET_INTERPRETERS))
+
+        keys.sort(key=sort_key)
+        first = cells[keys[0]]
+        lines += ["", f"**{title}** ({data_source(first.get('data', '?'))}, first {first.get('n')} correctly "
+                      "classified, classes interleaved)", ""]
+        rows = []
+        for key in keys:
+            entry = cells[key]
+            mark = " \\*" if entry.get("overrides") else ""
+            marked = marked or bool(mark)
+            reference = quality.get(f"pgd|{entry.get('attack')}|{entry.get('interpreter')}|benign", {}).get("summary")
+            rows.append([
+                entry.get("attack"), entry.get("level", "?") + mark, entry.get("interpreter"), entry.get("n"), fmt(entry.get("success"), 2),
+                fmt(entry.get("map_l1")), fmt(entry.get("map_iou")), fmt(entry.get("passes_per_image"), 0),
+                fmt(entry.get("passes_max"), 0), fmt(entry.get("stopped_early"), 2),
+                fmt_seconds(entry.get("cpu_seconds_per_image")), budget_goal(entry, reference),
+            ])
+        lines += table(["attack", "level", "interpreter", "n", "ASR", "map L1", "IoU@20%", "passes / image", "max passes",
+                        "stopped", "CPU s / image", "goal"], rows)
+    if marked:
+        lines += ["", "\\* run with overrides on top of the level (the cell's `overrides` in the JSON)."]
     return lines
 
 
@@ -579,6 +665,7 @@ def render(results_dir: Path = RESULTS) -> str:
     sections = [
         [HEADER],
         quality_section(results_dir) + variants_section(results_dir),
+        budget_section(results_dir),
         joint_cost_section(results_dir),
         interpreters_section(results_dir),
         rts_section(results_dir),

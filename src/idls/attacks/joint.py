@@ -33,6 +33,13 @@ interpreter's map** to m_t. Where the map in the loss is not the real one
 (Grad/IG: surrogate) the real map costs one extra forward + backward, so it is
 evaluated every ``select_every`` joint iterations (and at the last one) on the
 samples that currently succeed; the other iterates are not candidates.
+
+Per-sample stopping (step frameworks, :mod:`idls.attacks.joint_stopping`): every
+``check_every`` joint iterations a sample whose best iterate leads by ``stop_margin``
+logits and whose best map distance improved by at most ``stop_tolerance`` over the
+last ``stop_patience`` checks (or reached ``stop_distance``) leaves the batch with its
+best iterate. ``budget`` (:mod:`idls.attacks.budgets`) picks the level of the
+settings table: ``'fast'``, ``'paper'`` (the table) or ``'best'``.
 """
 
 from __future__ import annotations
@@ -48,14 +55,15 @@ from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, Perturbation, create_attack, list_frameworks
 from idls.attacks.options import AttackOptions, option
 from idls.attacks.cw import classifier_evaluation
-from idls.attacks.defaults import JointDefaults, joint_defaults
+from idls.attacks.budgets import DEFAULT_BUDGET, budget_level
+from idls.attacks.defaults import DEFAULT_CHECK_EVERY, JointDefaults, joint_defaults
 from idls.attacks.joint_mask import joint_mask_attack
 from idls.attacks.joint_objective import (
-    DEFAULT_CHECK_EVERY,
     EVALUATION_CHUNK,
     ExtraTerm,
     JointObjective,
     LambdaSchedule,
+    StopRule,
     combine_first_success,
     joint_pgd,
     map_mse,
@@ -118,8 +126,19 @@ class ADV2Options(AttackOptions):
                                        setting="margin")
     mask_region_weight: float | None = option(None, "(table) MASK: weight of the region contrast term (0: off)",
                                               setting="region_weight")
+    budget: str = option(DEFAULT_BUDGET, "'fast' (fewest passes at reference quality), 'paper' (the defaults "
+                                          "table) or 'best' (twice the iterations, no early stop); the (table) "
+                                          "options below override the level")
     stop_distance: float | None = option(None, "stop a sample once it succeeds with map L1 <= this")
-    check_every: int = option(DEFAULT_CHECK_EVERY, "joint iterations between stop_distance checks")
+    check_every: int | None = option(None, "(table) joint iterations between per-sample stopping checks",
+                                     setting="check_every")
+    stop_patience: int | None = option(None, "(table) a sample stops once its best map L1 improved by at most "
+                                             "stop_tolerance over this many checks (and it leads by stop_margin); "
+                                             "0: no such stop", setting="stop_patience")
+    stop_tolerance: float | None = option(None, "(table) relative improvement below which the map L1 has converged",
+                                          setting="stop_tolerance")
+    stop_margin: float | None = option(None, "(table) logit lead of the target class a sample needs to stop",
+                                       setting="stop_margin")
     framework_options: dict = option(factory=dict, help="options of the framework attack (e.g. MI-FGSM's decay, "
                                                         "C&W's search_steps)")
     interpreter_options: dict = option(factory=dict, help="options when interpreter is a name")
@@ -147,8 +166,7 @@ class ADV2Options(AttackOptions):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UserError(f"{name} must be >= 0, got {value}")
-        if self.check_every < 1:
-            raise UserError(f"check_every must be >= 1, got {self.check_every}")
+        budget_level(self.budget)
         self._set("epsilon", float(DEFAULT_EPSILON if self.epsilon is None else self.epsilon)
                   if framework_class.uses_epsilon else None)
         self._set("step_size", float(DEFAULT_STEP_SIZE if self.step_size is None else self.step_size))
@@ -181,8 +199,8 @@ class ADV2(Attack):
     target_map: str | Path | Tensor
     epsilon: float | None
     step_size: float
+    budget: str
     stop_distance: float | None
-    check_every: int
     framework_options: dict[str, Any]
     interpreter_options: dict[str, Any]
     other_class_pool: tuple[Tensor, Tensor] | None
@@ -199,15 +217,16 @@ class ADV2(Attack):
         return interpreter_for(self.interpreter, classifier, **self.interpreter_options)
 
     def threat(self) -> Threat:
-        """The framework's threat set with this attack's budget."""
+        """The framework's threat set with this attack's epsilon."""
         return self.framework_attack().threat()
 
     def settings_for(self, interpreter: Interpreter, input_size: int) -> JointDefaults:
-        """:func:`joint_defaults` of this interpreter/framework/size with the user's overrides."""
+        """:func:`joint_defaults` of this interpreter/framework/size at the ``budget`` level, with the user's
+        overrides."""
         if interpreter.family is None:
             raise UserError(f"interpreter {interpreter.name!r} declares no joint-attack family, so the joint attacks "
                             "have no settings for it; set its class attribute `family` (grad, cam, rts or mask)")
-        return joint_defaults(interpreter.family, self.framework_class.joint_table, input_size).override(
+        return joint_defaults(interpreter.family, self.framework_class.joint_table, input_size, self.budget).override(
             self.options.table_names(), **self.overrides)
 
     def edge_weights(self, x: Tensor) -> Tensor | None:
@@ -289,12 +308,14 @@ class ADV2(Attack):
         joint_step = self.step_size if settings.joint_step_size is None else settings.joint_step_size
         joint = joint_pgd(
             x, objective, x_init=warm.x_adv, epsilon=self.epsilon, step_size=joint_step, steps=settings.steps,
-            step_weights=joint_weights, stop_distance=self.stop_distance, check_every=self.check_every,
+            step_weights=joint_weights, stop_rule=StopRule.from_settings(settings, self.stop_distance),
             step_rule=step_rule, progress=self.progress, description=f"{self.name} ({self.interpreter_name})",
         )
         joint.iterations_to_success = combine_first_success(warm.iterations_to_success, joint.iterations_to_success,
                                                             settings.warm_start)
         joint.iterations_run += warm.iterations_run
+        joint.extras["warm_evaluations"] = warm.extras.pop("evaluations")
+        joint.extras["joint_evaluations"] = joint.extras.pop("evaluations")
         return joint
 
     def objective(self, view: Interpreter, targets: Tensor, target_maps: Tensor, settings: JointDefaults,
@@ -312,7 +333,7 @@ class ADV2(Attack):
 
     # -- frameworks ----------------------------------------------------------------------
     def framework_attack(self, **extra: Any) -> Attack:
-        """The framework attack (its optimiser runs the joint objective), with the joint attack's budget."""
+        """The framework attack (its optimiser runs the joint objective), with the joint attack's epsilon."""
         options = dict(self.framework_options)
         if self.epsilon is not None:
             options.setdefault("epsilon", self.epsilon)

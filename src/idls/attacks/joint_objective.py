@@ -22,13 +22,12 @@ from torch import Tensor
 
 from idls import metrics
 from idls.attacks.base import Perturbation, prediction_loss
-from idls.attacks.defaults import GRAD_PHASES
+from idls.attacks.defaults import DEFAULT_CHECK_EVERY, GRAD_PHASES
+from idls.attacks.joint_stopping import SampleStopper, StopRule
 from idls.attacks.pgd import Evaluation, Iterate, StepRule, projected_gradient_descent
-from idls.errors import UserError
 from idls.interpreters import Interpreter
 from idls.system import Classifier
 
-DEFAULT_CHECK_EVERY = 10
 EVALUATION_CHUNK = 256
 
 
@@ -207,13 +206,8 @@ class JointObjective:
 
 
 # ---------------------------------------------------------------------------------
-# PGD driver: warm start, joint phase, optional early stop on map distance
+# PGD driver: warm start, joint phase with per-sample stopping
 # ---------------------------------------------------------------------------------
-def _shift(it: Iterate, rows: Tensor, offset: int) -> Iterate:
-    """An iterate of a sub-batch run, in full-batch rows and global iteration numbers."""
-    return Iterate(x=it.x, index=rows[it.index.to(rows.device)], iteration=offset + it.iteration)
-
-
 def joint_pgd(
     x: Tensor,
     objective: JointObjective,
@@ -223,74 +217,27 @@ def joint_pgd(
     step_size: float,
     steps: int,
     step_weights: Tensor | None = None,
-    stop_distance: float | None = None,
-    check_every: int = DEFAULT_CHECK_EVERY,
+    stop_rule: StopRule | None = None,
     step_rule: StepRule | None = None,
     progress: bool = False,
     description: str = "adv2",
 ) -> Perturbation:
-    """Run the joint PGD phase; with ``stop_distance`` stop samples once done.
+    """Run the joint phase: one :func:`projected_gradient_descent` call with per-sample stopping.
 
-    Without ``stop_distance`` this is one :func:`projected_gradient_descent`
-    call. With it, the steps run in chunks of ``check_every``: after each chunk
-    a sample whose best successful iterate has map L1 <= ``stop_distance`` is
-    done (no longer updated), and the loop ends when all are. Chunks continue
-    from each sample's *last* iterate, so the trajectory is the same as without
-    chunks (each chunk re-evaluates its start point once). A stateful ``step_rule``
-    (momentum) is shared by the chunks, in full-batch rows.
+    With a ``stop_rule`` that stops (:class:`~idls.attacks.joint_stopping.StopRule`),
+    a sample that is done leaves the batch: later iterations run forward and
+    backward on the still-running samples only, and the done sample returns its
+    best iterate. The trajectory of a running sample does not depend on the others.
+    A stateful ``step_rule`` (momentum) keeps full-batch rows.
+    ``extras['evaluations']`` (``B`` long) counts the objective evaluations of each sample.
     """
-    if stop_distance is None:
-        return projected_gradient_descent(
-            x, objective.evaluate, success_fn=objective.success, score_fn=objective.score, epsilon=epsilon,
-            step_size=step_size, steps=steps, step_weights=step_weights, x_init=x_init, step_rule=step_rule,
-            progress=progress, description=description,
-        )
-    if check_every < 1:
-        raise UserError(f"check_every must be >= 1, got {check_every}")
-    batch = x.shape[0]
-    current = (x if x_init is None else x_init).detach().clone()
-    best_x = current.clone()
-    best_score = torch.full((batch,), math.inf, device=x.device)
-    first_success = torch.full((batch,), -1, dtype=torch.long, device=x.device)
-    done_steps = 0
-    while True:
-        active = ~(best_score <= stop_distance)
-        if done_steps >= steps and done_steps > 0 or not bool(active.any()):
-            break
-        rows = active.nonzero().flatten()
-        chunk = min(check_every, steps - done_steps)
-        offset = done_steps
-
-        def loss_fn(it: Iterate, rows: Tensor = rows, offset: int = offset, chunk: int = chunk) -> Evaluation:
-            shifted = _shift(it, rows, offset)
-            if it.iteration == chunk:
-                current[shifted.index] = it.x.detach()
-            return objective.evaluate(shifted)
-
-        out = projected_gradient_descent(
-            x[rows], loss_fn,
-            success_fn=lambda it, ev, rows=rows, offset=offset: objective.success(_shift(it, rows, offset), ev),
-            score_fn=lambda it, ev, rows=rows, offset=offset: objective.score(_shift(it, rows, offset), ev),
-            epsilon=epsilon, step_size=step_size, steps=chunk,
-            step_weights=None if step_weights is None else step_weights[rows],
-            x_init=current[rows], progress=progress, description=description,
-            step_rule=None if step_rule is None else (lambda grad, index, rows=rows: step_rule(grad, rows[index])),
-        )
-        improved = out.score < best_score[rows]
-        best_score[rows] = torch.where(improved, out.score, best_score[rows])
-        best_x[rows] = torch.where(improved.view(-1, 1, 1, 1), out.x_adv, best_x[rows])
-        fresh = (first_success[rows] < 0) & (out.iterations_to_success >= 0)
-        first_success[rows] = torch.where(fresh, out.iterations_to_success + offset, first_success[rows])
-        done_steps += chunk
-        if chunk == 0:
-            break
-    succeeded = torch.isfinite(best_score)
-    return Perturbation(
-        x_adv=torch.where(succeeded.view(-1, 1, 1, 1), best_x, current),
-        iterations_to_success=first_success,
-        iterations_run=done_steps,
-        success=succeeded,
-        score=best_score,
+    stopper = None
+    if stop_rule is not None and stop_rule.stops:
+        stopper = SampleStopper(stop_rule, objective.targets)
+    return projected_gradient_descent(
+        x, objective.evaluate, success_fn=objective.success, score_fn=objective.score, epsilon=epsilon,
+        step_size=step_size, steps=steps, step_weights=step_weights, x_init=x_init, step_rule=step_rule,
+        stop_fn=stopper, progress=progress, description=description,
     )
 
 
@@ -333,6 +280,7 @@ __all__ = [
     "ExtraTerm",
     "JointObjective",
     "LambdaSchedule",
+    "StopRule",
     "combine_first_success",
     "joint_pgd",
     "map_mse",

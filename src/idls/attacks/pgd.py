@@ -84,6 +84,9 @@ class Evaluation:
 
 LossFn = Callable[[Iterate], "Tensor | Evaluation"]
 CriterionFn = Callable[[Iterate, Evaluation], Tensor]
+#: ``stop_fn(it, evaluation, succeeded, score) -> B_active`` bool: the active samples that are done after this
+#: evaluation (``succeeded`` and ``score`` are what the engine recorded for them, ``B_active`` each)
+StopFn = Callable[[Iterate, Evaluation, Tensor, Tensor], Tensor]
 #: ``rule(grad, index) -> direction``: the unit step of the active rows ``index`` (``B_active x C x H x W``)
 #: from their loss gradient; ``None`` in the engine means :func:`step_direction` (sign / L2-normalised)
 StepRule = Callable[[Tensor, Tensor], Tensor]
@@ -181,6 +184,7 @@ def projected_gradient_descent(
     patience: int = 0,
     generator: torch.Generator | None = None,
     step_rule: StepRule | None = None,
+    stop_fn: StopFn | None = None,
     progress: bool = False,
     description: str = "pgd",
 ) -> Perturbation:
@@ -225,6 +229,8 @@ def projected_gradient_descent(
         generator: randomness of the random start (CPU generator recommended).
         step_rule: ``rule(grad, index) -> direction`` replacing the plain sign / L2
             direction (e.g. MI-FGSM's momentum, :class:`idls.attacks.mifgsm.Momentum`).
+        stop_fn: ``stop_fn(it, evaluation, succeeded, score) -> B_active`` bool, samples done after this
+            evaluation (see above); called after the best iterate is recorded.
         progress: show a tqdm bar.
         description: the bar's label.
 
@@ -232,7 +238,9 @@ def projected_gradient_descent(
         :class:`~idls.attacks.base.Perturbation` with ``x_adv`` (best or last
         iterates), ``success`` (by ``success_fn`` at the returned iterate),
         ``score`` (``inf`` if never successful), ``iterations_to_success`` (first
-        successful step count, -1 never) and ``iterations_run``.
+        successful step count, -1 never), ``iterations_run`` and ``extras['evaluations']``
+        (``B`` long: the evaluations of ``loss_fn`` each sample took part in, each one forward and, but
+        for a sample's last, one backward pass).
     """
     _check_engine_args(x, epsilon, step_size, steps, norm, step_weights, x_init, patience)
     x = x.detach()
@@ -246,12 +254,14 @@ def projected_gradient_descent(
     tracker = BestIterate(x_adv)
     stale = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    evaluations = torch.zeros(batch, dtype=torch.long, device=device)
+    freeze = early_stop or stop_fn is not None
     everyone = torch.arange(batch, device=device)
     iterations_run = 0
 
     with flush_denormal(), tqdm(total=steps, desc=description, disable=not progress, leave=False) as bar:
         for t in range(steps + 1):
-            index = (~done).nonzero().flatten() if early_stop else everyone
+            index = (~done).nonzero().flatten() if freeze else everyone
             whole = index.numel() == batch
             x_act = (x_adv if whole else x_adv[index]).detach().requires_grad_(True)
             it = Iterate(x=x_act, index=index, iteration=t)
@@ -266,12 +276,17 @@ def projected_gradient_descent(
             succeeded = success_fn(it, evaluation).detach().to(device=device, dtype=torch.bool)
             score = (score_fn(it, evaluation) if score_fn is not None else evaluation.loss).detach().to(device).float()
             with torch.no_grad():
+                evaluations[index] += 1
                 improved = tracker.update(index, StepOutcome(evaluation.loss, x_act, succeeded, score), t)
                 stale[index] = torch.where(improved, torch.zeros_like(index), stale[index] + 1)
-                done[index] = (tracker.first_success[index] >= 0) & (stale[index] >= patience)
+                if early_stop:
+                    done[index] = (tracker.first_success[index] >= 0) & (stale[index] >= patience)
+                if stop_fn is not None:
+                    stopped = stop_fn(it, evaluation, succeeded, score)
+                    done[index] |= stopped.detach().to(device=device, dtype=torch.bool)
             if progress:
                 bar.set_postfix(success=f"{float((tracker.first_success >= 0).float().mean()):.2f}", refresh=False)
-            if t == steps or (early_stop and bool(done.all())):
+            if t == steps or (freeze and bool(done.all())):
                 break
             (grad,) = torch.autograd.grad(evaluation.loss.sum(), x_act)
             with torch.no_grad():
@@ -280,7 +295,7 @@ def projected_gradient_descent(
                 if step_weights is not None:
                     step = step * step_weights.to(x_act)[index]
                 x_new = project(x_act.detach() - step, x[index], _per_sample(epsilon, index, x_act), norm)
-                if early_stop:  # samples that became done at this evaluation keep their iterate
+                if freeze:  # samples that became done at this evaluation keep their iterate
                     x_new = torch.where(done[index].view(-1, 1, 1, 1), x_act.detach(), x_new)
                 if whole:
                     x_adv = x_new
@@ -289,7 +304,7 @@ def projected_gradient_descent(
             iterations_run = t + 1
             bar.update(1)
 
-    return tracker.perturbation(iterations_run)
+    return tracker.perturbation(iterations_run, {"evaluations": evaluations})
 
 
 def _as_broadcast(value: float | Tensor, like: Tensor) -> float | Tensor:
@@ -398,6 +413,7 @@ class PGD(Attack):
 
 __all__ = [
     "StepRule",
+    "StopFn",
     "DEFAULT_EPSILON",
     "DEFAULT_STEPS",
     "Evaluation",
