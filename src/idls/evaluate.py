@@ -84,6 +84,12 @@ def map_fields(pair: MapPair, ks: Sequence[float] = DEFAULT_IOU_KS) -> list[dict
     return out
 
 
+#: why a field of :func:`summarize` can be NaN (tables show "-" and this reason, see :mod:`idls.report.cells`)
+MISSING_REASONS: dict[str, str] = {
+    "confidence": "no successful image (the confidence is the target-class probability over successes)",
+    "iterations_to_success": "no successful image",
+}
+
 MEAN_FIELDS = ("confidence", "linf", "l2", "noise_rate", "seconds", "map_l1", "map_l2", "map_iou", "kendall_tau")
 
 
