@@ -778,6 +778,8 @@ def _print_summary(per_attack) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from idls.report.cells import format_cell, missing_notes
+
     table = Table(title="summary")
     cols = ("attack", "interpreter", "n", "success", "confidence", "map_l1", "map_iou", "noise_rate", "seconds")
     summaries = [s for by_int in per_attack.values() for s in by_int.values()]
@@ -788,7 +790,8 @@ def _print_summary(per_attack) -> None:
         table.add_column(col.replace("detector.", "").replace(".flagged", " detected").replace(".evaded", " evaded"))
     for a, by_int in per_attack.items():
         for i, s in by_int.items():
-            table.add_row(a, i, *[f"{s.get(c, float('nan')):.3f}" if isinstance(s.get(c), float) else str(s.get(c)) for c in cols[2:]])
+            table.add_row(a, i, *[format_cell(s.get(c)) for c in cols[2:]])
+    table.caption = "\n".join(missing_notes(summaries, cols[2:])) or None
     Console(width=max(Console().width, 130)).print(table)  # full column names even in a narrow pipe
 
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from idls.evaluate import group_summaries
+from idls.report.cells import format_cell, missing_notes
 from idls.report.run_report import write_run_report
 from idls.runner import attack_needs_interpreter, build_interpreters, showcases_from_store, write_json, write_records
 from idls.validity import interpreter_validity
@@ -198,32 +199,39 @@ def _print_validity(console: Console, validity: dict) -> None:
     table = Table(title="interpreter validity (top-20% IoU with the object, pointing game)")
     for col in ("interpreter", "IoU", "random IoU", "pointing", "random pointing"):
         table.add_column(col, justify="right")
+    keys = ("localization_iou", "random_iou", "pointing_game", "random_pointing")
     for name, v in validity.items():
-        table.add_row(name, f"{v['localization_iou']:.3f}", f"{v['random_iou']:.3f}", f"{v['pointing_game']:.3f}", f"{v['random_pointing']:.3f}")
+        table.add_row(name, *(format_cell(v.get(k)) for k in keys))
+    table.caption = "\n".join(missing_notes(validity.values(), keys)) or None
     console.print(table)
 
 
 def _print_universal(console: Console, universal: dict) -> None:
     """Fooling ratio and CAM map distances per universal attack."""
     table = Table(title="universal perturbations (one pattern for every image; CAM maps vs benign)")
+    keys = ("fooling_ratio", "map_l1", "map_iou", "noise_rate")
     for col in ("attack", "fooling ratio", "map L1", "IoU@20%", "noise rate"):
         table.add_column(col, justify="right")
+    rows = []
     for attack, by_int in universal.items():
-        s = by_int.get("cam", next(iter(by_int.values())))
-        table.add_row(attack, *(f"{s.get(k, float('nan')):.3f}" for k in ("fooling_ratio", "map_l1", "map_iou",
-                                                                          "noise_rate")))
+        rows.append(by_int.get("cam", next(iter(by_int.values()))))
+        table.add_row(attack, *(format_cell(rows[-1].get(k)) for k in keys))
+    table.caption = "\n".join(missing_notes(rows, keys)) or None
     console.print(table)
 
 
 def _print_attacks(console: Console, per_attack: dict) -> None:
     """One block per interpreter: its rows for PGD and each joint attack, side by side."""
     table = Table(title="attacks side by side (targeted, 8/255; map distances to the benign map)")
+    keys = ("attack_success_rate", "confidence", "map_l1", "map_iou", "noise_rate", "seconds")
     for col in ("interpreter", "attack", "success", "confidence", "map L1", "IoU@20%", "noise rate", "s/image"):
         table.add_column(col, justify="right")
     interpreters = list(dict.fromkeys(name for by_int in per_attack.values() for name in by_int))
     for name in interpreters:
         rows = [(attack, by_int[name]) for attack, by_int in per_attack.items() if name in by_int]
         for i, (attack, s) in enumerate(rows):
-            keys = ("attack_success_rate", "confidence", "map_l1", "map_iou", "noise_rate", "seconds")
-            table.add_row(name if i == 0 else "", attack, *(f"{s[k]:.3f}" for k in keys), end_section=i == len(rows) - 1)
+            table.add_row(name if i == 0 else "", attack, *(format_cell(s.get(k)) for k in keys),
+                          end_section=i == len(rows) - 1)
+    summaries = [s for by_int in per_attack.values() for s in by_int.values()]
+    table.caption = "\n".join(missing_notes(summaries, keys)) or None
     console.print(table)

@@ -94,6 +94,14 @@ def rerun_fields(benign: Tensor, rerun: Tensor) -> list[dict]:
     return [{"benign_rerun_iou": float(iou[i]), "benign_rerun_l1": float(l1[i])} for i in range(benign.shape[0])]
 
 
+#: why a field of :func:`summarize` can be NaN (tables show "-" and this reason, see :mod:`idls.report.cells`)
+MISSING_REASONS: dict[str, str] = {
+    "confidence": "no successful image (the confidence is the target-class probability over successes)",
+    "iterations_to_success": "no successful image",
+    "benign_rerun_iou": "the interpreter is not seeded: two runs give the same map",
+    "benign_rerun_l1": "the interpreter is not seeded: two runs give the same map",
+}
+
 MEAN_FIELDS = ("confidence", "linf", "l2", "noise_rate", "seconds", "map_l1", "map_l2", "map_iou", "kendall_tau")
 #: averaged only where records carry them (seeded interpreters: :func:`rerun_fields`)
 OPTIONAL_MEAN_FIELDS = ("benign_rerun_iou", "benign_rerun_l1")

@@ -10,9 +10,11 @@ images of a store back for the reports' side-by-side figures.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -207,8 +209,23 @@ def write_records(path: Path, records: Sequence[Mapping]) -> None:
             handle.write(json.dumps(record) + "\n")
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite number as ``None``, tuples as lists and other scalars (tensor or
+    numpy numbers) as floats: what strict JSON readers accept (``NaN`` is not JSON; browsers reject it)."""
+    if isinstance(value, Mapping):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 def write_json(path: Path, payload: Mapping) -> None:
+    """Write ``payload`` as strict JSON (an empty value, e.g. the confidence of an attack without a success, is
+    ``null``; the tables show it as "-" with the reason, see :mod:`idls.report.cells`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.write_text(json.dumps(strict_json(payload), indent=2, allow_nan=False))
     tmp.replace(path)

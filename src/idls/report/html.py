@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
+
+from idls.report.cells import format_cell, is_missing, missing_notes
 
 
 @dataclass
@@ -27,13 +28,9 @@ class Section:
 
 
 def _fmt(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    return html.escape(str(value))
+    if isinstance(value, float) and not is_missing(value) and abs(value) >= 1000:
+        return f"{value:.0f}"
+    return html.escape(format_cell(value))
 
 
 def table_html(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
@@ -43,7 +40,8 @@ def table_html(rows: Sequence[Mapping], columns: Sequence[str] | None = None) ->
     columns = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in missing_notes(rows, columns))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
 
 def render_report(path: Path, title: str, sections: Sequence[Section], meta: Mapping[str, str] | None = None) -> Path:

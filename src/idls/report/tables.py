@@ -32,6 +32,7 @@ from idls.analysis.groups import (
     varying_keys,
 )
 from idls.analysis.transfer import Matrix, ScopedMatrix, interpreter_transfer_matrices, model_transfer_matrix
+from idls.report.cells import MISSING, is_missing, missing_notes
 
 PIVOT_ROW_KEYS: tuple[str, ...] = ("framework", "model", "target", "attack")
 SUMMARY_VALUE_COLUMNS: tuple[str, ...] = (
@@ -315,6 +316,8 @@ def print_summary_table(records: Sequence[Mapping], console=None, title: str = "
     for column in (*keys, *TERMINAL_COLUMNS):
         rich_table.add_column(column, justify="left" if column in keys else "right")
     for row in table.rows:
-        rich_table.add_row(*(format_number(row.get(c)) for c in (*keys, *TERMINAL_COLUMNS)))
+        rich_table.add_row(*(MISSING if is_missing(row.get(c)) else format_number(row.get(c))
+                             for c in (*keys, *TERMINAL_COLUMNS)))
+    rich_table.caption = "\n".join(missing_notes(table.rows, TERMINAL_COLUMNS)) or None
     console = console or Console(width=max(Console().width, 140))
     console.print(rich_table)
