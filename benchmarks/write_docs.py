@@ -234,24 +234,42 @@ def variants_section(results_dir: Path) -> list[str]:
 BUDGET_LEVELS = ("fast", "paper", "best")
 BUDGET_SPLITS = {"tune": "tuning set: training photos", "test": "check: test photos (not tuned on)"}
 BUDGET_INTERPRETERS = ("cam", "gradcam", "rts", "grad")
-#: issue 15's goals for the fast level: (largest map L1, smallest IoU@20%, most passes per image)
-FAST_GOALS = {"cam": (0.038, 0.86, 158.0), "gradcam": (0.038, 0.86, 158.0), "rts": (0.038, 0.86, 158.0),
+#: issue 15's goals for the fast level: (largest map L1, smallest IoU@20% or None, most passes per image); the
+#: issue states CAM's reference quality for the CAM-like maps and RTS, and names no reference IoU for RTS
+FAST_GOALS = {"cam": (0.038, 0.86, 158.0), "gradcam": (0.038, 0.86, 158.0), "rts": (0.038, None, 158.0),
               "grad": (0.060, 0.32, 1440.0)}
 PAPER_IOU_SLACK = 0.02  #: the paper level may trail the joint-quality table's IoU@20% by this much
 
 
-def budget_goal(entry: Mapping, reference: Mapping | None) -> str:
-    """PASS/FAIL of the issue's goal for a cell's level (``-`` where it has none)."""
-    level = str(entry.get("level", "")).split("+")[0]
+def budget_goal(entry: Mapping, reference: tuple[str, float] | None) -> str:
+    """PASS/FAIL of the issue's goal for a cell's level (``-`` where it has none); ``reference`` is the
+    (source, IoU@20%) the paper level must stay within :data:`PAPER_IOU_SLACK` of."""
+    level = str(entry.get("level", ""))
     interpreter = entry.get("interpreter")
-    if level == "fast" and interpreter in FAST_GOALS:
+    if level == "fast" and entry.get("attack") == "adv2" and interpreter in FAST_GOALS:
         l1, iou, passes = FAST_GOALS[interpreter]
-        ok = entry["map_l1"] <= l1 and entry["map_iou"] >= iou and entry["passes_per_image"] <= passes
-        return f"L1<={l1}, IoU>={iou}, passes<={passes:.0f}: {'PASS' if ok else 'FAIL'}"
-    if level == "paper" and reference is not None and entry.get("split") == "test":
-        bound = reference["map_iou"] - PAPER_IOU_SLACK
-        return f"IoU>={bound:.3f} (table - {PAPER_IOU_SLACK}): {'PASS' if entry['map_iou'] >= bound else 'FAIL'}"
+        ok = entry["map_l1"] <= l1 and (iou is None or entry["map_iou"] >= iou) and entry["passes_per_image"] <= passes
+        iou_text = "" if iou is None else f", IoU>={iou}"
+        return f"L1<={l1}{iou_text}, passes<={passes:.0f}: {'PASS' if ok else 'FAIL'}"
+    if level == "paper" and reference is not None:
+        source, value = reference
+        bound = value - PAPER_IOU_SLACK
+        return f"IoU>={bound:.3f} ({source} - {PAPER_IOU_SLACK}): {'PASS' if entry['map_iou'] >= bound else 'FAIL'}"
     return "-"
+
+
+def paper_reference(cells: Mapping[str, Mapping], quality: Mapping[str, Mapping], entry: Mapping
+                    ) -> tuple[str, float] | None:
+    """What a paper-level cell is compared with: the same level without stopping on the same images
+    (``paper+nostop``), else the joint-quality table's cell (test photos only), else ``None``."""
+    split, attack, interpreter = entry.get("split"), entry.get("attack"), entry.get("interpreter")
+    nostop = cells.get(f"{split}|{attack}|paper+nostop|{interpreter}")
+    if nostop is not None:
+        return "no-stop run", nostop["map_iou"]
+    table_cell = quality.get(f"pgd|{attack}|{interpreter}|benign")
+    if split == "test" and table_cell is not None:
+        return "table", table_cell["summary"]["map_iou"]
+    return None
 
 
 def budget_section(results_dir: Path) -> list[str]:
@@ -276,8 +294,10 @@ def budget_section(results_dir: Path) -> list[str]:
         + ", from `joint_cost.json`), counted per sample, so samples that stopped early count only what they ran; "
         "the target map and the final evaluation are not counted. stopped = share of images that stopped before "
         "the last joint iteration. CPU s / image: one thread, this machine. Goals (issue 15): `fast` reaches the "
-        "reference quality at <= 1/10 of the reference's passes; `paper` keeps the joint-quality table's IoU@20% "
-        "within 0.02 on its images (the test split is those images).",
+        "reference quality at <= 1/10 of the reference's passes (CAM's reference quality for CAM and Grad-CAM; RTS: "
+        "no reference IoU is stated, so only L1 and passes are checked); `paper` keeps IoU@20% within 0.02 of the "
+        "same run without per-sample stopping on the same images (`paper+nostop`, with overrides) where one was "
+        "measured, else of the joint-quality table above (whose images are the test split).",
     ]
     marked = False
     for split, title in BUDGET_SPLITS.items():
@@ -299,7 +319,7 @@ def budget_section(results_dir: Path) -> list[str]:
             entry = cells[key]
             mark = " \\*" if entry.get("overrides") else ""
             marked = marked or bool(mark)
-            reference = quality.get(f"pgd|{entry.get('attack')}|{entry.get('interpreter')}|benign", {}).get("summary")
+            reference = paper_reference(cells, quality, entry)
             rows.append([
                 entry.get("attack"), entry.get("level", "?") + mark, entry.get("interpreter"), entry.get("n"), fmt(entry.get("success"), 2),
                 fmt(entry.get("map_l1")), fmt(entry.get("map_iou")), fmt(entry.get("passes_per_image"), 0),
