@@ -62,19 +62,38 @@ def test_synthetic_masks_are_whole_objects_inside_the_image(synthetic):
 
 
 def test_synthetic_masks_mark_the_visible_object(synthetic):
-    """Inside the (eroded) mask the colour is nearly uniform and differs from the surrounding ring."""
+    """Inside the (eroded) mask the hue is nearly uniform (the texture is grey-level: the colour minus its
+    grey level barely varies) and the colour differs from the surrounding ring."""
     m = synthetic.masks[:, None].float()
     inner = -F.max_pool2d(-m, 5, 1, 2)  # erosion by 2 px
     ring = F.max_pool2d(m, 7, 1, 3) - F.max_pool2d(m, 3, 1, 1)  # a band just outside the object
     keep = inner.sum((1, 2, 3)) > 10
     x = synthetic.images[keep]
     inner, ring = inner[keep], ring[keep]
+
+    def spread(values: torch.Tensor) -> torch.Tensor:
+        mean = (values * inner).sum((2, 3)) / inner.sum((2, 3))
+        return (((values - mean[..., None, None]) ** 2 * inner).sum((2, 3)) / inner.sum((2, 3))).sqrt().max(1).values
+
+    assert float(spread(x - x.mean(1, keepdim=True)).median()) < 0.04  # hue
+    assert float(spread(x).median()) > 0.05  # but a textured surface, not a flat one
     inner_mean = (x * inner).sum((2, 3)) / inner.sum((2, 3))
-    inner_std = (((x - inner_mean[..., None, None]) ** 2 * inner).sum((2, 3)) / inner.sum((2, 3))).sqrt()
     ring_mean = (x * ring).sum((2, 3)) / ring.sum((2, 3))
-    assert float(inner_std.max(1).values.median()) < 0.06
     contrast = (inner_mean - ring_mean).norm(dim=1)
     assert float((contrast > 0.2).float().mean()) > 0.9
+
+
+def test_synthetic_surfaces_have_edges_like_photos(synthetic):
+    """The grey image has edges throughout, object included, as a photo has: AdvEdge+'s Sobel weights pass
+    its threshold on a large share of every image's pixels (flat surfaces left it almost none)."""
+    from idls.attacks.edge import DEFAULT_THRESHOLD, sobel_edges
+
+    edges = sobel_edges(synthetic.images) > DEFAULT_THRESHOLD
+    share = edges.flatten(1).float().mean(1)
+    masks = synthetic.masks[:, None]
+    on_object = (edges & masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
+    assert float(share.mean()) > 0.35 and float(share.quantile(0.05)) > 0.15
+    assert float(on_object.mean()) > 0.3 and float(on_object.quantile(0.05)) > 0.1
 
 
 def _compactness(masks: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,15 @@ no class shape, sometimes in the object's colour) so that neither colour nor
 "the only thing in the picture" gives the answer away. Ground-truth object masks
 come with the images, so explanations can be scored against them.
 
+Like a photo, every surface has texture: background and object each carry a
+value-noise grey-level texture (octaves of 8 and 16 lattice cells per side, the
+same spectrum on both, with a random amplitude per image), and the object's colour
+differs from the background in grey level too. So the grey image has edges
+throughout, about as densely as a CIFAR-10 photo's (AdvEdge's Sobel weights,
+:mod:`idls.attacks.edge`, exceed its 0.1 threshold on a comparable share of
+pixels); smooth, flat surfaces would leave the edge-weighted attacks almost no
+pixels to change.
+
 Rendering is batched: all random parameters of a chunk of :data:`CHUNK` images
 are drawn at once from a generator seeded by ``(seed, chunk index)`` and the
 chunk is rasterised with whole-batch tensor ops (2x supersampling for smooth
@@ -34,10 +43,18 @@ CHUNK = 240
 TRAIN_SEED = 1_000
 TEST_SEED = 7_777_777
 #: bump when the rendering changes, so cached models trained on older data are retrained
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _SUPERSAMPLE = 2
 _MAX_DISTRACTORS = 4
+#: lattice cells per image side of the value-noise octaves of the surface texture, and their weights; the
+#: background and the object share this spectrum, so texture scale is no cue to what is object
+_TEXTURE_CELLS = (8, 16)
+_TEXTURE_WEIGHTS = (0.5, 0.5)
+#: ranges of the texture's amplitude (grey level, added to R, G and B alike) on the background and the object
+_BG_TEXTURE = (0.5, 1.0)
+_OBJECT_TEXTURE = (0.4, 0.8)
+_GREY_WEIGHT = 2.0  # weight of the grey level in the object colour's distance to the background colours
 _OBJECT_RADIUS = (0.17, 0.30)  # bounding-circle radius as a fraction of the image side
 _MARGIN = 1.06  # every shape lies inside 1.06 x its bounding radius
 
@@ -134,10 +151,18 @@ class _ChunkParams:
     d_angle: Tensor  # C x D
     d_rgb: Tensor  # C x D x 3
     pixel_noise: Tensor  # C
+    bg_texture: tuple[Tensor, ...]  # per octave of _TEXTURE_CELLS: C x 1 x k x k lattice values
+    object_texture: tuple[Tensor, ...]  # the same for the object's surface
+    texture_amplitude: Tensor  # C x 2: background, object
 
     def head(self, count: int, device: torch.device) -> "_ChunkParams":
         """The parameters of the first ``count`` images, on ``device``."""
-        return _ChunkParams(**{f.name: getattr(self, f.name)[:count].to(device) for f in fields(self)})
+        def cut(value: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+            if isinstance(value, tuple):
+                return tuple(v[:count].to(device) for v in value)
+            return value[:count].to(device)
+
+        return _ChunkParams(**{f.name: cut(getattr(self, f.name)) for f in fields(self)})
 
 
 def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> Tensor:
@@ -147,9 +172,15 @@ def _uniform(g: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -
 def _farthest_colour(candidates: Tensor, palette: Tensor) -> Tensor:
     """Per sample, the candidate colour farthest from its nearest palette colour.
 
+    Distances count the grey level (the mean of R, G, B) :data:`_GREY_WEIGHT` times on top of RGB, so
+    the object's outline is also an edge of the grey image, as an object's outline is in a photo.
+
     candidates: ``C x K x 3``; palette: ``C x P x 3`` -> ``C x 3``.
     """
-    gap = torch.cdist(candidates, palette).min(dim=2).values  # C x K
+    def lift(rgb: Tensor) -> Tensor:
+        return torch.cat([rgb, _GREY_WEIGHT * rgb.mean(dim=-1, keepdim=True)], dim=-1)
+
+    gap = torch.cdist(lift(candidates), lift(palette)).min(dim=2).values  # C x K
     best = gap.argmax(dim=1)
     return candidates[torch.arange(candidates.shape[0]), best]
 
@@ -199,6 +230,9 @@ def _draw_params(seed: int, chunk_index: int) -> _ChunkParams:
         d_angle=_uniform(g, (c, d), 0, 2 * math.pi),
         d_rgb=d_rgb,
         pixel_noise=_uniform(g, (c,), 0.0, 0.04),
+        bg_texture=tuple(torch.rand((c, 1, k, k), generator=g) for k in _TEXTURE_CELLS),
+        object_texture=tuple(torch.rand((c, 1, k, k), generator=g) for k in _TEXTURE_CELLS),
+        texture_amplitude=torch.stack([_uniform(g, (c,), *_BG_TEXTURE), _uniform(g, (c,), *_OBJECT_TEXTURE)], dim=1),
     )
 
 
@@ -265,6 +299,14 @@ def _object_alpha(p: _ChunkParams, size: int) -> Tensor:
     return _paste(coverage, flat, size)
 
 
+def _texture(lattices: tuple[Tensor, ...], size: int) -> Tensor:
+    """Zero-mean value-noise texture ``C x 1 x S x S`` (within [-0.5, 0.5] but for bicubic overshoot) from the
+    per-octave lattices ``C x 1 x k x k`` of :data:`_TEXTURE_CELLS`."""
+    field = sum(w * F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)
+                for w, z in zip(_TEXTURE_WEIGHTS, lattices))
+    return field - field.mean(dim=(2, 3), keepdim=True)
+
+
 def _background(p: _ChunkParams, size: int) -> Tensor:
     """Backgrounds ``C x 3 x S x S``: a two-colour blend driven by one texture field."""
     x, y = _grid(size, p.labels.device)
@@ -283,7 +325,8 @@ def _background(p: _ChunkParams, size: int) -> Tensor:
     kind = p.bg_kind[:, None, None]
     field = torch.where(kind == 0, noise, torch.where(kind == 1, stripes, ramp))[:, None]  # C x 1 x S x S
     a, b = p.bg_rgb[:, 0, :, None, None], p.bg_rgb[:, 1, :, None, None]
-    return a + (b - a) * field
+    texture = _texture(p.bg_texture, size) * p.texture_amplitude[:, 0, None, None, None]
+    return (a + (b - a) * field + texture).clamp(0, 1)
 
 
 def _composite_distractors(canvas: Tensor, p: _ChunkParams, size: int) -> Tensor:
@@ -313,7 +356,8 @@ def _render_chunk(p: _ChunkParams, size: int, noise: Tensor) -> tuple[Tensor, Te
     alpha = _object_alpha(p, size)[:, None]
     x, y = _grid(size, canvas.device)
     shading = p.shade[:, 0, None, None] * (x - 0.5) + p.shade[:, 1, None, None] * (y - 0.5)
-    colour = (p.object_rgb[:, :, None, None] + shading[:, None]).clamp(0, 1)
+    texture = _texture(p.object_texture, size) * p.texture_amplitude[:, 1, None, None, None]
+    colour = (p.object_rgb[:, :, None, None] + shading[:, None] + texture).clamp(0, 1)
     canvas = torch.lerp(canvas, colour, alpha) + noise * p.pixel_noise[:, None, None, None]
     return canvas.clamp(0, 1), alpha[:, 0] >= 0.5
 
