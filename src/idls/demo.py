@@ -34,6 +34,7 @@ STORE_DIR = "store"  #: the demo's experiment store inside its output folder (re
 UNIVERSAL_STORE_DIR = "universal-store"  #: the universal section's store
 #: the universal section: the pattern floor, a plain universal perturbation and JUAP against CAM
 UNIVERSAL_ATTACKS = ("random-sign", "chessboard", "sgd-uap", "juap")
+DEMO_THREADS = 1  #: torch threads of the demo (see :func:`run_demo`)
 #: the embedded CNN shrugs off 10/255 patterns (random signs fool almost none), so the section uses 16/255
 UNIVERSAL_EPSILON = 16 / 255
 
@@ -124,7 +125,19 @@ def run_attacks(out: Path, settings: dict, *, seed: int, device: str) -> list[di
 
 
 def run_demo(out: Path, *, quick: bool = False, n: int | None = None, device: torch.device | str = "cpu", seed: int = 0) -> dict:
-    """Run the demo and write ``results.jsonl``, ``summary.json`` and ``report.html`` into ``out``."""
+    """Run the demo and write ``results.jsonl``, ``summary.json`` and ``report.html`` into ``out``.
+
+    Single-threaded (:data:`DEMO_THREADS`), like the embedded trainings (:mod:`idls.threads`): its batches are
+    a few 64 px images, too small to gain from more threads, and on a machine whose cores are busy with
+    other work, OpenMP threads that wait for each other made the quick demo several times slower.
+    """
+    from idls.threads import torch_threads
+
+    with torch_threads(DEMO_THREADS):
+        return _run_demo(out, quick=quick, n=n, device=device, seed=seed)
+
+
+def _run_demo(out: Path, *, quick: bool, n: int | None, device: torch.device | str, seed: int) -> dict:
     from idls.data.datasets import load_images, select_correct
     from idls.embedded import embedded_metrics
     from idls.models import create_model

@@ -54,6 +54,8 @@ _TEXTURE_WEIGHTS = (0.5, 0.5)
 #: ranges of the texture's amplitude (grey level, added to R, G and B alike) on the background and the object
 _BG_TEXTURE = (0.5, 1.0)
 _OBJECT_TEXTURE = (0.4, 0.8)
+#: channel range of the object's colour: the headroom keeps its texture from being clipped flat at 0 or 1
+_OBJECT_COLOUR_RANGE = (0.1, 0.9)
 _GREY_WEIGHT = 2.0  # weight of the grey level in the object colour's distance to the background colours
 _OBJECT_RADIUS = (0.17, 0.30)  # bounding-circle radius as a fraction of the image side
 _MARGIN = 1.06  # every shape lies inside 1.06 x its bounding radius
@@ -194,7 +196,7 @@ def _draw_params(seed: int, chunk_index: int) -> _ChunkParams:
     centre = reach[:, None] + torch.rand((c, 2), generator=g) * (1 - 2 * reach[:, None])
     bg_rgb = torch.rand((c, 2, 3), generator=g)
     # Object colour: of 6 random candidates, the one farthest from both background colours.
-    object_rgb = _farthest_colour(torch.rand((c, 6, 3), generator=g), bg_rgb)
+    object_rgb = _farthest_colour(_uniform(g, (c, 6, 3), *_OBJECT_COLOUR_RANGE), bg_rgb)
     d_rgb = torch.rand((c, d, 3), generator=g)
     same_colour = torch.rand((c, d, 1), generator=g) < 0.35
     d_rgb = torch.where(same_colour, object_rgb[:, None, :].expand(-1, d, -1), d_rgb)
