@@ -55,7 +55,7 @@ def tiny_masker(resnet20, lossless):
 # ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("model", "size", "batch"),
-    [("cifar_resnet20", 32, 3), ("embedded_cnn", 64, 3), ("resnet18", 224, 1)],
+    [("cifar_resnet20", 32, 3), ("embedded_cnn", 64, 3), ("resnet18", 224, 1), ("densenet121", 64, 1)],
 )
 def test_masks_are_input_over_4_in_unit_range_and_encoder_is_the_classifier(model, size, batch):
     torch.manual_seed(0)
@@ -90,11 +90,11 @@ def test_mask_depends_on_the_explained_class(random_resnet20):
 
 def test_unsupported_model_raises_user_error():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
-    info = ModelInfo(name="densenet121", num_classes=3, input_size=32)
+    info = ModelInfo(name="vgg16", num_classes=3, input_size=32)
     classifier = Classifier(net, body=lambda n, z: n(z), head=lambda n, a: a.mean(dim=(2, 3))[:, :3], info=info)
-    with pytest.raises(UserError, match="'densenet121' exposes no feature pyramid, so RTS has no encoder"):
+    with pytest.raises(UserError, match="'vgg16' exposes no feature pyramid, so RTS has no encoder"):
         RTSMasker(classifier)
-    with pytest.raises(UserError, match="densenet121"):
+    with pytest.raises(UserError, match="vgg16"):
         create_interpreter("rts", classifier)
 
 

@@ -72,6 +72,17 @@ def _torchvision_resnet_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
     return levels
 
 
+def _torchvision_densenet_pyramid(net: nn.Module, z: Tensor) -> list[Tensor]:
+    """torchvision DenseNet: denseblock1 (stride 4), 2, 3 and the final features after ReLU (stride 32)."""
+    levels = []
+    for name, module in net.features.named_children():
+        z = module(z)
+        if name in ("denseblock1", "denseblock2", "denseblock3"):
+            levels.append(z)
+    levels.append(net.final_relu(z))
+    return levels
+
+
 def _build_cifar(depth: int, weights: str | None) -> Classifier:
     net = CifarResNet(depth)
     name = f"cifar_resnet{depth}"
@@ -132,8 +143,8 @@ _TORCHVISION = {
     "resnet18": (_resnet_body, _resnet_head, lambda n: n.fc, _torchvision_resnet_pyramid, "ResNet-18"),
     "resnet50": (_resnet_body, _resnet_head, lambda n: n.fc, _torchvision_resnet_pyramid, "ResNet-50"),
     "wide_resnet50_2": (_resnet_body, _resnet_head, lambda n: n.fc, _torchvision_resnet_pyramid, "Wide ResNet-50-2"),
-    "densenet121": (_densenet_body, _densenet_head, lambda n: n.classifier, None, "DenseNet-121"),
-    "densenet169": (_densenet_body, _densenet_head, lambda n: n.classifier, None, "DenseNet-169"),
+    "densenet121": (_densenet_body, _densenet_head, lambda n: n.classifier, _torchvision_densenet_pyramid, "DenseNet-121"),
+    "densenet169": (_densenet_body, _densenet_head, lambda n: n.classifier, _torchvision_densenet_pyramid, "DenseNet-169"),
     "vgg16": (_vgg_body, _vgg_head, None, None, "VGG-16 (no GAP head: Grad-CAM, not CAM)"),
 }
 
