@@ -15,7 +15,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: the shared real data beside the checkout (``IDLS_SHARED_DATA`` overrides), as in tests/conftest.py
 SHARED_DATA = Path(os.environ.get("IDLS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 #: benchmark settings: key -> (model name, input side, batch size)
-CONFIGS: dict[str, tuple[str, int, int]] = {"cifar": ("cifar_resnet20", 32, 64), "imagenet": ("resnet50", 224, 8)}
+CONFIGS: dict[str, tuple[str, int, int]] = {
+    "cifar": ("cifar_resnet20", 32, 64),
+    "imagenet": ("resnet50", 224, 8),
+    "imagenet_densenet": ("densenet169", 224, 8),  # paper 000 Table III's second ImageNet model
+}
 
 
 def seconds(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:

@@ -62,8 +62,8 @@ IMAGES = {32: SHARED_DATA / "cifar10" / "images", 224: SHARED_DATA / "imagenet-s
 CAM_FAMILY_TARGET = 1.3  # PGD, ADV²-CAM (issue 3); by the same argument CAM-like rows and plain C&W / StAdv
 GRAD_TARGET = 4.0
 NO_RESETS = 10**9  # reset_every that never triggers inside a timing run
-MIN_SPAN = {"cifar": 4, "imagenet": 2}  # iterations per timing run (rounded up to a multiple of the period)
-MASK_PROBE_STEPS = {"cifar": 10, "imagenet": 2}  # MASK steps timed to price one reset
+MIN_SPAN = {"cifar": 4, "imagenet": 2, "imagenet_densenet": 2}  # iterations per timing run (rounded up to a multiple of the period)
+MASK_PROBE_STEPS = {"cifar": 10, "imagenet": 2, "imagenet_densenet": 2}  # MASK steps timed to price one reset
 
 
 # ---------------------------------------------------------------------------------

@@ -50,3 +50,18 @@ def test_rendering_is_deterministic_and_machine_independent() -> None:
     page = write_docs.render(RESULTS)
     assert page == write_docs.render(RESULTS)
     assert "/work/" not in page and str(ROOT) not in page
+
+
+def test_imagenet_cost_rows_convert_seconds_to_passes_and_sit_beside_table_iii() -> None:
+    """Passes / image = seconds per image over one forward + backward per image; Table III by framework, model,
+    attack and interpreter (none for plain attacks or rows the paper did not time)."""
+    config = {"model": "densenet169", "batch": 8}
+    row = {"attack": "advedge+", "interpreter": "rts", "framework": "pgd", "seconds_per_image": 30.0,
+           "denominator_ms": {"classifier": 2000.0}, "ratio": 1.0, "default_iterations": {"warm_start": 1, "main": 2}}
+    assert write_docs.passes_per_image(config, row) == 30.0 / (2.0 / 8)
+    assert write_docs.paper_seconds(config, row) == 16.73
+    assert write_docs.paper_seconds(config, {**row, "framework": "cw", "attack": "adv2", "interpreter": "grad"}) == 173.70
+    assert write_docs.paper_seconds(config, {**row, "interpreter": "gradcam"}) is None
+    assert write_docs.paper_seconds(config, {**row, "attack": "pgd", "interpreter": None}) is None
+    lines = write_docs.imagenet_cost_section({"imagenet_densenet": {**config, "rows": {"advedge+-rts": row}}})
+    assert "| densenet169 | advedge+-rts | PGD | rts | 1.00 | 1 + 2 | 120 | 30.0 | 16.7 |" in lines
