@@ -180,7 +180,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="JSON overrides on top of the level (tuning), recorded per cell")
     parser.add_argument("--tag", default="", help="cells are keyed split|level+TAG|interpreter (a variant of a "
                                                    "level beside it, e.g. 'nostop' with stop_patience 0)")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--model", default=MODEL, help="a CIFAR model of the shared data (cells of another model than "
+                                                     f"{MODEL} are keyed SPLIT@MODEL: a check on a model not tuned on)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="the model's checkpoint (default: its file in the shared data)")
     parser.add_argument("--rts-checkpoint", type=Path, default=DEFAULT_RTS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -188,7 +191,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--n and --batch-size must be positive")
     if not isinstance(args.attack_options, dict):
         parser.error("--attack-options must be a JSON object")
+    if args.weights is None:
+        args.weights = DEFAULT_WEIGHTS if args.model == MODEL else shared_checkpoint(args.model)
+        if args.weights is None:
+            parser.error(f"no checkpoint of {args.model} in the shared data; pass --weights FILE")
     return args
+
+
+def shared_checkpoint(model: str) -> Path | None:
+    """The shared data's checkpoint of a CIFAR ResNet (``cifar_resnet32`` -> ``resnet32-*.th``), if present."""
+    found = sorted(DEFAULT_WEIGHTS.parent.glob(f"{model.removeprefix('cifar_')}-*.th"))
+    return found[0] if found else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "rts" in args.interpreters and not args.rts_checkpoint.is_file():
             raise UserError(f"no RTS checkpoint at {args.rts_checkpoint}; train it with `OMP_NUM_THREADS=1 python "
                             "benchmarks/train_rts_cifar.py` or pass --rts-checkpoint FILE")
-        classifier = create_model(MODEL, weights=str(args.weights))
+        classifier = create_model(args.model, weights=str(args.weights))
         ratios = joint_iteration_ratios()
         for split in args.splits:
             data = load_split(classifier, split, args.n)
@@ -208,10 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 entry = run_cell(classifier, data, attack, name, level, args.attack_options, options, ratios[name],
                                  args.batch_size)
                 label = f"{level}+{args.tag}" if args.tag else level
-                entry.update(split=split, attack=attack, level=label, interpreter=name, data=str(SPLITS[split]),
+                split_key = split if args.model == MODEL else f"{split}@{args.model}"
+                entry.update(split=split_key, attack=attack, level=label, interpreter=name, data=str(SPLITS[split]),
+                             model=args.model,
                              image_ids_first=data.ids[:3], interpreter_options=rts_identity(options))
-                merge_cells(args.out, {f"{split}|{attack}|{label}|{name}": entry})
-                print(f"{split} {attack} {label} {name}: n={entry['n']} success={entry['success']:.2f} "
+                merge_cells(args.out, {f"{split_key}|{attack}|{label}|{name}": entry})
+                print(f"{split_key} {attack} {label} {name}: n={entry['n']} success={entry['success']:.2f} "
                       f"L1={entry['map_l1']:.4f} IoU={entry['map_iou']:.3f} passes={entry['passes_per_image']:.0f} "
                       f"(max {entry['passes_max']:.0f}, stopped {entry['stopped_early']:.2f}) "
                       f"cpu={entry['cpu_seconds_per_image']:.2f} s/img", flush=True)

@@ -297,10 +297,15 @@ def budget_section(results_dir: Path) -> list[str]:
         "reference quality at <= 1/10 of the reference's passes (CAM's reference quality for CAM and Grad-CAM; RTS: "
         "no reference IoU is stated, so only L1 and passes are checked); `paper` keeps IoU@20% within 0.02 of the "
         "same run without per-sample stopping on the same images (`paper+nostop`, with overrides) where one was "
-        "measured, else of the joint-quality table above (whose images are the test split).",
+        "measured, else of the joint-quality table above (whose images are the test split). Cells of another "
+        "model count its passes with ResNet-20's per-iteration costs (the same architecture family).",
     ]
     marked = False
-    for split, title in BUDGET_SPLITS.items():
+    other_models = sorted({key.split("|")[0] for key in cells} - set(BUDGET_SPLITS))
+    photos = {"tune": "training photos", "test": "test photos"}
+    titles = {**BUDGET_SPLITS, **{split: f"check on a second pretrained model, {split.split('@')[1]} (nothing tuned "
+                                         f"on it): {photos.get(split.split('@')[0], split)}" for split in other_models}}
+    for split, title in titles.items():
         keys = [key for key in cells if key.split("|")[0] == split]
         if not keys:
             continue
