@@ -124,6 +124,38 @@ def test_smoothing_term_vanishes_without_squeezer_effect_and_pulls_through_the_s
     assert float(grads["pool"].abs().max()) > 0
 
 
+def test_amortised_smoothing_term_is_exact_every_kth_iteration_and_first_order_in_between(colour_model, batch):
+    """squeeze_every = 2: at even iterations value and gradient equal the exact term's; at odd ones the value and
+    gradient are those of the sample's last exact evaluation (the term's first-order model), without a pass on psi."""
+    x = batch[0][:3]
+    exact, amortised = SqueezedAgreement(colour_model, AveragePool(), 2.0), \
+        SqueezedAgreement(colour_model, AveragePool(), 2.0, every=2, batch=3)
+
+    def value_and_gradient(term, z, iteration, index):
+        z = z.clone().requires_grad_(True)
+        loss = term.loss(Iterate(z, index, iteration), colour_model(z), {})
+        (gradient,) = torch.autograd.grad(loss.sum(), z)
+        return loss.detach(), gradient
+
+    index = torch.arange(3)
+    want = value_and_gradient(exact, x, 0, index)
+    got = value_and_gradient(amortised, x, 0, index)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    moved = (x + 0.02 * torch.randn_like(x)).clamp(0, 1)
+    calls = []
+    handle = colour_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        stale = value_and_gradient(amortised, moved[1:], 1, index[1:])  # samples 1 and 2 only, a skipped iteration
+    finally:
+        handle.remove()
+    torch.testing.assert_close(stale[0], want[0][1:])
+    torch.testing.assert_close(stale[1], want[1][1:])
+    assert len(calls) == 1  # the prediction's forward of this test only: none on psi(x)
+    fresh = value_and_gradient(amortised, moved, 2, index)
+    torch.testing.assert_close(fresh[0], value_and_gradient(exact, moved, 2, index)[0])
+
+
 def test_dispatch_is_by_capability():
     assert quantises(BitDepth(3)) and not quantises(AveragePool())
 

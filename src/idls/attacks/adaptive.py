@@ -99,6 +99,8 @@ class AdaptiveADV2Options(ADV2Options):
     squeeze_steps: int = option(DEFAULT_SQUEEZE_STEPS, "quantising squeezers: PGD steps of stage (i) on the grid")
     squeeze_start: bool = option(True, "quantising squeezers, step frameworks: stage (ii) starts at the point of the ball that "
                                        "squeezes to x+ (false: at x0, as the paper)")
+    squeeze_every: int = option(1, "smoothing squeezers: evaluate the squeezing term exactly every this many iterations "
+                                   "and use its first-order model in between (1: every iteration)")
 
     def check(self) -> None:
         super().check()
@@ -109,6 +111,8 @@ class AdaptiveADV2Options(ADV2Options):
             raise UserError(f"squeeze_weight must be >= 0, got {self.squeeze_weight}")
         if self.squeeze_steps < 0:
             raise UserError(f"squeeze_steps must be >= 0, got {self.squeeze_steps}")
+        if self.squeeze_every < 1:
+            raise UserError(f"squeeze_every must be >= 1, got {self.squeeze_every}")
 
     def transform(self) -> InputTransform:
         """The squeezer ``psi`` as a transform (parsed from its spec, or the one given)."""
@@ -141,6 +145,7 @@ class AdaptiveADV2(ADV2):
     squeeze_weight: float
     squeeze_steps: int
     squeeze_start: bool
+    squeeze_every: int
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -153,7 +158,9 @@ class AdaptiveADV2(ADV2):
         return optimised_map_reason(cls.name, interpreter)
 
     def variant(self) -> str:
-        return self.psi.describe()
+        """The squeezer, e.g. ``'median(3x3)'``; with ``', every 2'`` where the smoothing term is amortised."""
+        every = f", every {self.squeeze_every}" if self.squeeze_every > 1 and not quantises(self.psi) else ""
+        return self.psi.describe() + every
 
     def extra_term(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
                    targets: Tensor, settings: JointDefaults) -> ExtraTerm | None:
@@ -162,7 +169,8 @@ class AdaptiveADV2(ADV2):
             return None
         squeezer = self.psi.to(x.device)
         if not quantises(squeezer):
-            return SqueezedAgreement(classifier, squeezer, self.squeeze_weight)
+            return SqueezedAgreement(classifier, squeezer, self.squeeze_weight, every=self.squeeze_every,
+                                     batch=x.shape[0])
         # StAdv bounds a flow, not the pixels: its stage (i) searches the whole grid (squeeze_steps levels at most)
         radius = 1.0 if self.epsilon is None else self.epsilon
         stage = squeezed_space_pgd(classifier, squeezer, x, targets, epsilon=radius, steps=self.squeeze_steps)

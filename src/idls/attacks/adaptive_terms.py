@@ -137,25 +137,65 @@ class SqueezedAgreement:
     towards the unsqueezed one rather than the other way round (which would fight the
     prediction loss). The gradient reaches ``x`` through ``psi``'s ``forward`` (the
     transform's own gradient, or BPDA's identity for non-differentiable ones). Cost:
-    one forward + backward of the classifier on ``psi(x)`` per evaluation.
+    one forward + backward of the classifier on ``psi(x)`` per exact evaluation.
+
+    With ``every = k > 1`` the term is evaluated exactly at every ``k``-th iteration
+    only; in between, each sample's term is its first-order model around the last
+    exact evaluation: the stored value, with the stored gradient ``g`` (``<g, x>`` in
+    the graph, so the step still feels the squeezer at the cost of one product).
+    That spreads the extra pass over ``k`` steps (per-iteration cost ``1 + 1/k``
+    classifier passes on top of ADV²'s).
     """
 
     start: Tensor | None = None
 
-    def __init__(self, classifier: Classifier, squeezer: InputTransform, weight: float) -> None:
+    def __init__(self, classifier: Classifier, squeezer: InputTransform, weight: float, *, every: int = 1,
+                 batch: int | None = None) -> None:
         self.classifier = classifier
         self.squeezer = squeezer
         self.weight = float(weight)
+        self.every = int(every)
+        self.batch = batch
+        self._gradient: Tensor | None = None  # B x C x H x W, the term's gradient at each sample's last exact evaluation
+        self._value: Tensor | None = None  # B, the term's value there
+        self._known: Tensor | None = None  # B bool, samples with an exact evaluation
 
     def loss(self, it: Iterate, logits: Tensor, extras: dict[str, Tensor]) -> Tensor:
+        amortised = self.every > 1 and self.batch is not None and torch.is_grad_enabled() and it.x.requires_grad
+        if amortised and it.iteration % self.every != 0 and self._known is not None \
+                and bool(self._known[it.index.to(self._known.device)].all()):
+            index = it.index.to(self._value.device)
+            value, gradient = self._value[index], self._gradient[index]
+            extras["squeeze_agreement"] = value / self.weight if self.weight else value
+            return _first_order(it.x, gradient, value)
         squeezed = self.classifier(self.squeezer(it.x))
         target = logits.detach().softmax(1)
         cross_entropy = -(target * squeezed.log_softmax(1)).sum(1)
         extras["squeeze_agreement"] = cross_entropy.detach()
-        return self.weight * cross_entropy
+        term = self.weight * cross_entropy
+        if not amortised:
+            return term
+        (gradient,) = torch.autograd.grad(term.sum(), it.x)
+        self._remember(it.index, term.detach(), gradient.detach(), it.x)
+        return _first_order(it.x, gradient.detach(), term.detach())
+
+    def _remember(self, index: Tensor, value: Tensor, gradient: Tensor, like: Tensor) -> None:
+        """Store the exact value ``B_active`` and gradient ``B_active x C x H x W`` of the samples ``index``."""
+        if self._gradient is None:
+            self._gradient = torch.zeros((self.batch, *like.shape[1:]), dtype=like.dtype, device=like.device)
+            self._value = torch.zeros(self.batch, dtype=value.dtype, device=like.device)
+            self._known = torch.zeros(self.batch, dtype=torch.bool, device=like.device)
+        rows = index.to(like.device)
+        self._gradient[rows], self._value[rows], self._known[rows] = gradient, value, True
 
     def score(self, it: Iterate, evaluation: Evaluation, base: Tensor) -> Tensor:
         return base
+
+
+def _first_order(x: Tensor, gradient: Tensor, value: Tensor) -> Tensor:
+    """``B`` values ``value`` whose gradient w.r.t. ``x`` ``B x C x H x W`` is ``gradient``: ``<g, x>`` moved to ``value``."""
+    linear = (gradient * x).flatten(1).sum(1)
+    return linear + (value - linear).detach()
 
 
 # ---------------------------------------------------------------------------------
