@@ -215,13 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = create_model(args.model, weights=str(args.weights))
         ratios = joint_iteration_ratios()
         for split in args.splits:
+            split_key = split if args.model == MODEL else f"{split}@{args.model}"
             data = load_split(classifier, split, args.n)
             for attack, level, name in itertools.product(args.attacks, args.levels, args.interpreters):
                 options = interpreter_options_for(name, {}, args.rts_checkpoint)
                 entry = run_cell(classifier, data, attack, name, level, args.attack_options, options, ratios[name],
                                  args.batch_size)
                 label = f"{level}+{args.tag}" if args.tag else level
-                split_key = split if args.model == MODEL else f"{split}@{args.model}"
                 entry.update(split=split_key, attack=attack, level=label, interpreter=name, data=str(SPLITS[split]),
                              model=args.model,
                              image_ids_first=data.ids[:3], interpreter_options=rts_identity(options))

@@ -62,8 +62,8 @@ IMAGES = {32: SHARED_DATA / "cifar10" / "images", 224: SHARED_DATA / "imagenet-s
 CAM_FAMILY_TARGET = 1.3  # PGD, ADV²-CAM (issue 3); by the same argument CAM-like rows and plain C&W / StAdv
 GRAD_TARGET = 4.0
 NO_RESETS = 10**9  # reset_every that never triggers inside a timing run
-MIN_SPAN = {"cifar": 4, "imagenet": 2, "imagenet_densenet": 2}  # iterations per timing run (rounded up to a multiple of the period)
-MASK_PROBE_STEPS = {"cifar": 10, "imagenet": 2, "imagenet_densenet": 2}  # MASK steps timed to price one reset
+MIN_SPAN = {32: 4, 224: 2}  # by input side: iterations per timing run (rounded up to a multiple of the period)
+MASK_PROBE_STEPS = {32: 10, 224: 2}  # by input side: MASK steps timed to price one reset
 
 
 # ---------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class RowRunner:
         return self.settings.select_every if self.settings is not None and not self.row.is_mask else 1
 
     def span(self) -> int:
-        minimum = 1 if self.row.is_mask else MIN_SPAN[self.setting.key]
+        minimum = 1 if self.row.is_mask else MIN_SPAN[self.setting.size]
         return self.period * math.ceil(minimum / self.period)
 
     def denominators(self) -> dict[str, Callable[[], None]]:
@@ -340,7 +340,7 @@ def mask_reset_cost(setting: Setting, denominator: Callable[[], None], repeats: 
     def run(n: int) -> None:
         build_interpreter("mask", setting.classifier, iterations=n).attribute(setting.x, setting.targets)
 
-    return differenced(run, MASK_PROBE_STEPS[setting.key], {"classifier": denominator}, repeats, timer), full
+    return differenced(run, MASK_PROBE_STEPS[setting.size], {"classifier": denominator}, repeats, timer), full
 
 
 # ---------------------------------------------------------------------------------

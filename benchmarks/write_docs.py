@@ -303,8 +303,10 @@ def budget_section(results_dir: Path) -> list[str]:
     marked = False
     other_models = sorted({key.split("|")[0] for key in cells} - set(BUDGET_SPLITS))
     photos = {"tune": "training photos", "test": "test photos"}
-    titles = {**BUDGET_SPLITS, **{split: f"check on a second pretrained model, {split.split('@')[1]} (nothing tuned "
-                                         f"on it): {photos.get(split.split('@')[0], split)}" for split in other_models}}
+    titles = dict(BUDGET_SPLITS)
+    for split in other_models:
+        base, _, model = split.partition("@")
+        titles[split] = f"check on a second pretrained model, {model} (nothing tuned on it): {photos.get(base, split)}"
     for split, title in titles.items():
         keys = [key for key in cells if key.split("|")[0] == split]
         if not keys:
@@ -439,7 +441,7 @@ def passes_per_image(config: Mapping, row: Mapping) -> float | None:
 
 def imagenet_cost_section(results: Mapping) -> list[str]:
     """Every joint attack at 224 px (ResNet-50, DenseNet-169) in forward + backward units, beside Table III."""
-    configs = [key for key in ("imagenet", "imagenet_densenet") if isinstance(results.get(key), Mapping)]
+    configs = [key for key in CONFIGS if key != "cifar" and isinstance(results.get(key), Mapping)]
     if not configs:
         return []
     lines = ["", "### ImageNet scale: cost per image at the default schedule, beside paper 000 Table III", "",

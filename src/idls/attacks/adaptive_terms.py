@@ -157,17 +157,16 @@ class SqueezedAgreement:
         self.every = int(every)
         self.batch = batch
         self._gradient: Tensor | None = None  # B x C x H x W, the term's gradient at each sample's last exact evaluation
-        self._value: Tensor | None = None  # B, the term's value there
+        self._cross_entropy: Tensor | None = None  # B, the unweighted term there
         self._known: Tensor | None = None  # B bool, samples with an exact evaluation
 
     def loss(self, it: Iterate, logits: Tensor, extras: dict[str, Tensor]) -> Tensor:
         amortised = self.every > 1 and self.batch is not None and torch.is_grad_enabled() and it.x.requires_grad
         if amortised and it.iteration % self.every != 0 and self._known is not None \
                 and bool(self._known[it.index.to(self._known.device)].all()):
-            index = it.index.to(self._value.device)
-            value, gradient = self._value[index], self._gradient[index]
-            extras["squeeze_agreement"] = value / self.weight if self.weight else value
-            return _first_order(it.x, gradient, value)
+            index = it.index.to(self._known.device)
+            extras["squeeze_agreement"] = self._cross_entropy[index]
+            return _first_order(it.x, self._gradient[index], self.weight * self._cross_entropy[index])
         squeezed = self.classifier(self.squeezer(it.x))
         target = logits.detach().softmax(1)
         cross_entropy = -(target * squeezed.log_softmax(1)).sum(1)
@@ -176,17 +175,17 @@ class SqueezedAgreement:
         if not amortised:
             return term
         (gradient,) = torch.autograd.grad(term.sum(), it.x)
-        self._remember(it.index, term.detach(), gradient.detach(), it.x)
-        return _first_order(it.x, gradient.detach(), term.detach())
+        self._remember(it.index, cross_entropy.detach(), gradient)
+        return _first_order(it.x, gradient, term.detach())
 
-    def _remember(self, index: Tensor, value: Tensor, gradient: Tensor, like: Tensor) -> None:
-        """Store the exact value ``B_active`` and gradient ``B_active x C x H x W`` of the samples ``index``."""
+    def _remember(self, index: Tensor, cross_entropy: Tensor, gradient: Tensor) -> None:
+        """Store the exact unweighted term ``B_active`` and the weighted term's gradient ``B_active x C x H x W``."""
         if self._gradient is None:
-            self._gradient = torch.zeros((self.batch, *like.shape[1:]), dtype=like.dtype, device=like.device)
-            self._value = torch.zeros(self.batch, dtype=value.dtype, device=like.device)
-            self._known = torch.zeros(self.batch, dtype=torch.bool, device=like.device)
-        rows = index.to(like.device)
-        self._gradient[rows], self._value[rows], self._known[rows] = gradient, value, True
+            self._gradient = gradient.new_zeros((self.batch, *gradient.shape[1:]))
+            self._cross_entropy = cross_entropy.new_zeros(self.batch)
+            self._known = torch.zeros(self.batch, dtype=torch.bool, device=gradient.device)
+        rows = index.to(gradient.device)
+        self._gradient[rows], self._cross_entropy[rows], self._known[rows] = gradient, cross_entropy, True
 
     def score(self, it: Iterate, evaluation: Evaluation, base: Tensor) -> Tensor:
         return base
