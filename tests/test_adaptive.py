@@ -195,6 +195,7 @@ def test_ensemble_lowers_a_differentiable_detector_score(colour_model, batch):
     ("adaptive-adv2", {"squeezer": 3}, "squeezer must be"),
     ("adaptive-adv2", {"squeeze_weight": -1.0}, "squeeze_weight"),
     ("adaptive-adv2", {"squeeze_steps": -1}, "squeeze_steps"),
+    ("adaptive-adv2", {"squeeze_every": 0}, "squeeze_every must be >= 1"),
     ("adaptive-adv2", {"interpreter": "mask"}, "mask"),
     ("ensemble-adv2", {"interpreters": ["cam", "mask"]}, "mask"),
     ("ensemble-adv2", {"interpreters": [3]}, "interpreters must be"),
