@@ -14,6 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "idls"
 #: package -> packages it must never import (anything above it)
 FORBIDDEN = {
     "errors": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli", "defenses"},
+    "progress": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli",
+                 "defenses", "core", "optim", "system"},
     "registry": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli"},
     "core": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli", "defenses"},
     "transforms": {"attacks", "interpreters", "models", "experiments", "report", "reproduce", "analysis", "cli",
