@@ -73,15 +73,22 @@ def noise_fooling(classifier: Classifier, perturbation: UniversalPerturbation, i
 
 
 def record_progress(module, monkeypatch) -> list[dict]:
-    """Replace ``module.tqdm`` by a bar that records every ``set_postfix``; the list fills as the fit runs."""
+    """Wrap ``module.progress_bar`` so its bars record every ``set_postfix``; the list fills as the fit runs."""
     postfixes: list[dict] = []
+    make_bar = module.progress_bar
 
-    class RecordingBar(module.tqdm):
-        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-            postfixes.append(dict(kwargs))
-            return super().set_postfix(ordered_dict, refresh, **kwargs)
+    def recording_bar(*args, **kwargs):
+        bar = make_bar(*args, **kwargs)
+        set_postfix = bar.set_postfix
 
-    monkeypatch.setattr(module, "tqdm", RecordingBar)
+        def record(ordered_dict=None, refresh=True, **values):
+            postfixes.append(dict(values))
+            return set_postfix(ordered_dict, refresh, **values)
+
+        bar.set_postfix = record
+        return bar
+
+    monkeypatch.setattr(module, "progress_bar", recording_bar)
     return postfixes
 
 

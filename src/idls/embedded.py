@@ -143,9 +143,10 @@ def _train_embedded(config: TrainConfig, *, progress: bool) -> tuple[dict[str, T
 
 
 def _progress_bar(total: int, *, enabled: bool):
-    from tqdm.auto import tqdm
+    from idls.progress import progress_bar
 
-    return tqdm(total=total, desc="training embedded_cnn (once, then cached)", unit="batch", disable=None if enabled else True, leave=False)
+    return progress_bar(total=total, desc="training embedded_cnn (once, then cached)", unit="batch",
+                        disable=None if enabled else True, leave=False)
 
 
 # ---------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS, Attack
 from idls.optim import BestIterate, LoopResult, PerSampleAdam, Perturbation, StepOutcome, adam_descent, flush_denormal
@@ -53,6 +52,7 @@ from idls.attacks.options import AttackOptions, check_non_negative, check_positi
 from idls.attacks.pgd import Evaluation, Iterate
 from idls.attacks.threats import LpBall, Threat
 from idls.errors import UserError
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 EvaluateFn = Callable[[Iterate], Evaluation]
@@ -272,8 +272,8 @@ def carlini_wagner_l2(
         score = score_fn(it, evaluation) if score_fn is not None else distance.detach().sqrt()
         return StepOutcome(loss=loss, x_adv=x_adv.detach(), succeeded=succeeded, score=score.detach())
 
-    with flush_denormal(), tqdm(total=steps * o.search_steps, desc=description, disable=not o.progress,
-                                leave=False) as bar:
+    with flush_denormal(), progress_bar(total=steps * o.search_steps, desc=description,
+                                        disable=not o.progress, leave=False) as bar:
         for _ in range(o.search_steps):
             result = adam_descent(
                 w_start,

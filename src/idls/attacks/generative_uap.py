@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS
 from idls.attacks.fit_checkpoint import (
@@ -58,6 +57,7 @@ from idls.attacks.universal import (
 from idls.errors import UserError
 from idls.interpreters import Interpreter, interpreter_for
 from idls.optim import flush_denormal
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 #: the paper's Adam learning rate
@@ -179,8 +179,8 @@ class GenerativeUAP(UniversalAttack):
         target = None if self.target_class is None else torch.tensor(self.target_class, device=device)
         batches = math.ceil(count / self.batch_size)
         history: list[dict[str, float]] = []
-        with flush_denormal(), tqdm(total=self.epochs * batches, initial=start * batches, desc=self.name,
-                                    disable=not progress, leave=False) as bar:
+        with flush_denormal(), progress_bar(total=self.epochs * batches, initial=start * batches,
+                                            desc=self.name, disable=not progress, leave=False) as bar:
             for epoch in range(start, self.epochs):
                 fooled = seen = 0
                 shift_sum = 0.0

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS, Attack
 from idls.attacks.generators import GENERATOR_KINDS, build_generator, scale_to_budget
@@ -43,6 +42,7 @@ from idls.attacks.universal import default_epsilon
 from idls.errors import UserError
 from idls.interpreters import Interpreter, interpreter_for
 from idls.optim import BestIterate, Perturbation, StepOutcome, flush_denormal
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 
@@ -138,7 +138,7 @@ class JAP(Attack):
         optimizer = torch.optim.Adam(generators.parameters(), lr=self.lr)
         best = BestIterate(x)
         rows = torch.arange(batch, device=x.device)
-        with flush_denormal(), tqdm(total=self.steps, desc=self.name, disable=not self.progress, leave=False) as bar:
+        with flush_denormal(), progress_bar(total=self.steps, desc=self.name, disable=not self.progress, leave=False) as bar:
             for step in range(self.steps):
                 delta = scale_to_budget(generators(noise).view(batch, *size), self.epsilon, self.norm)
                 x_hat = (x + delta).clamp(0.0, 1.0)

@@ -53,7 +53,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls import metrics
 from idls.attacks.base import Perturbation, flush_denormal
@@ -63,6 +62,7 @@ from idls.attacks.joint_objective import LambdaSchedule, combine_first_success, 
 from idls.attacks.pgd import Evaluation, Iterate, StepRule, project
 from idls.interpreters import Interpreter
 from idls.interpreters.mask import MaskConfig, MaskOptimizer, gaussian_blur, perturb, unrolled_mask_steps
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 
@@ -262,8 +262,8 @@ def joint_mask_attack(
     inner = interpreter.optimize(x_adv, targets)
     record(0, x_adv, inner.m)
     iterations = 0
-    with flush_denormal(), tqdm(total=settings.steps, desc=f"{attack.name} (mask)", disable=not attack.progress,
-                                leave=False) as bar:
+    with flush_denormal(), progress_bar(total=settings.steps, desc=f"{attack.name} (mask)",
+                                        disable=not attack.progress, leave=False) as bar:
         for t in range(1, settings.steps + 1):
             frozen = done.view(-1, 1, 1, 1)
             # 1. prediction step

@@ -33,7 +33,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, prediction_loss
@@ -41,6 +40,7 @@ from idls.optim import BestIterate, Perturbation, StepOutcome, flush_denormal
 from idls.attacks.options import AttackOptions, check_non_negative, option
 from idls.attacks.threats import LpBall
 from idls.errors import UserError
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 Norm = Literal["linf", "l2"]
@@ -231,7 +231,7 @@ def projected_gradient_descent(
             direction (e.g. MI-FGSM's momentum, :class:`idls.attacks.mifgsm.Momentum`).
         stop_fn: ``stop_fn(it, evaluation, succeeded, score) -> B_active`` bool, samples done after this
             evaluation (see above); called after the best iterate is recorded.
-        progress: show a tqdm bar.
+        progress: show a progress bar.
         description: the bar's label.
 
     Returns:
@@ -259,7 +259,7 @@ def projected_gradient_descent(
     everyone = torch.arange(batch, device=device)
     iterations_run = 0
 
-    with flush_denormal(), tqdm(total=steps, desc=description, disable=not progress, leave=False) as bar:
+    with flush_denormal(), progress_bar(total=steps, desc=description, disable=not progress, leave=False) as bar:
         for t in range(steps + 1):
             index = (~done).nonzero().flatten() if freeze else everyone
             whole = index.numel() == batch

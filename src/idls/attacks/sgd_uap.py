@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS
 from idls.attacks.fit_checkpoint import FitCheckpoint
@@ -36,6 +35,7 @@ from idls.attacks.universal import (
 )
 from idls.errors import UserError
 from idls.optim import flush_denormal
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 
@@ -88,8 +88,8 @@ class SGDUAP(UniversalAttack):
         if state is not None:
             delta, start = state.tensors["delta"].to(device), state.epochs_done
         batches = math.ceil(count / self.batch_size)
-        with flush_denormal(), tqdm(total=self.epochs * batches, initial=start * batches, desc=self.name,
-                                    disable=not progress, leave=False) as bar:
+        with flush_denormal(), progress_bar(total=self.epochs * batches, initial=start * batches,
+                                            desc=self.name, disable=not progress, leave=False) as bar:
             for epoch in range(start, self.epochs):
                 fooled = seen = 0
                 for index in epoch_order(count, epoch, self.seed).split(self.batch_size):

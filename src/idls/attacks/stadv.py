@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS, Attack, Perturbation, flush_denormal, prediction_loss
 from idls.attacks.cw import (
@@ -54,6 +53,7 @@ from idls.attacks.cw import (
 from idls.attacks.options import AttackOptions, check_non_negative, check_positive, option
 from idls.attacks.pgd import Iterate
 from idls.errors import UserError
+from idls.progress import progress_bar
 from idls.system import Classifier
 
 AdversarialLoss = Literal["margin", "ce"]
@@ -213,7 +213,7 @@ def spatial_transform_attack(
                            aux=applied.detach())
 
     tracker = BestIterate(x, aux=flow_start if weights is None else flow_start * weights)
-    with flush_denormal(), tqdm(total=steps, desc=description, disable=not o.progress, leave=False) as bar:
+    with flush_denormal(), progress_bar(total=steps, desc=description, disable=not o.progress, leave=False) as bar:
         result = adam_descent(
             flow_start, step_fn, tracker, steps=steps, lr=o.lr, patience=o.patience if o.early_stop else None, bar=bar
         )

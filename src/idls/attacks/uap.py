@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls.attacks.base import ATTACKS
 from idls.attacks.fit_checkpoint import FitCheckpoint
@@ -40,7 +39,11 @@ from idls.attacks.universal import (
 )
 from idls.errors import UserError
 from idls.optim import flush_denormal
+from idls.progress import progress_bar
 from idls.system import Classifier
+
+if TYPE_CHECKING:
+    from tqdm.std import tqdm
 
 #: how the DeepFool perturbations of one minibatch update the universal delta
 UPDATES = ("sequential", "mean", "sum")
@@ -246,8 +249,8 @@ class DeepFoolUAP(UniversalAttack):
             fooling = float(state.counters.get("fooling", 0.0))
         passes = start
         batches = math.ceil(count / self.batch_size)
-        with flush_denormal(), tqdm(total=self.max_passes * batches, initial=start * batches, desc=self.name,
-                                    disable=not progress, leave=False) as bar:
+        with flush_denormal(), progress_bar(total=self.max_passes * batches, initial=start * batches,
+                                            desc=self.name, disable=not progress, leave=False) as bar:
             for pass_ in range(start, self.max_passes):
                 if fooling >= self.target_fooling:
                     break

@@ -91,12 +91,12 @@ def adversarial_fit_images(classifier: Classifier, attack: Attack, images: Tenso
 
     Batches carry the images' positions as ``indices``, so seeded targets do not depend on the batch size.
     """
-    from tqdm.auto import tqdm
+    from idls.progress import progress_bar
 
     kept = []
     device = classifier.device
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=f"adversarial fit images for {label}",
-                      unit="batch"):
+    for start in progress_bar(range(0, images.shape[0], batch_size), desc=f"adversarial fit images for {label}",
+                              unit="batch"):
         stop = min(start + batch_size, images.shape[0])
         result = attack.run(classifier, images[start:stop].to(device), labels[start:stop].to(device),
                             indices=torch.arange(start, stop))

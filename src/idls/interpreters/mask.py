@@ -393,9 +393,9 @@ class MaskOptimizer:
         history = []
         loop = range(iterations)
         if progress:
-            from tqdm.auto import tqdm
+            from idls.progress import progress_bar
 
-            loop = tqdm(loop, desc="MASK", leave=False)
+            loop = progress_bar(loop, desc="MASK", leave=False)
         with torch.enable_grad(), flush_denormal():
             for _ in loop:
                 m = self.m.requires_grad_(True)

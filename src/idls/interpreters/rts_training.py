@@ -448,9 +448,9 @@ def _check_training_data(classifier: Classifier, images: Tensor, labels: Tensor)
 def _progress(batches, enabled: bool, description: str):
     if not enabled:
         return batches
-    from tqdm import tqdm
+    from idls.progress import progress_bar
 
-    return tqdm(batches, desc=description, leave=False, file=sys.stderr)
+    return progress_bar(batches, desc=description, leave=False, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from idls.optim.tracking import BestIterate, StepFn
+
+if TYPE_CHECKING:  # the bars themselves come from idls.progress.progress_bar
+    from tqdm.std import tqdm
 
 _STALL_TOLERANCE = 1e-4  # abort early: relative loss decrease below this over a window
 

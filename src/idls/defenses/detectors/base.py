@@ -237,13 +237,13 @@ class Detector:
                 raise UserError(f"detector {self.name!r} has no differentiable score; attack it through BPDA "
                                 "or leave it out of the loss")
             return self._score(x)
-        from tqdm.auto import tqdm
+        from idls.progress import progress_bar
 
         outputs = []
         starts = range(0, x.shape[0], self.options.batch_size)
         with torch.no_grad():
-            for start in tqdm(starts, desc=f"scoring with {self.name}", unit="batch", disable=not progress,
-                              leave=False):
+            for start in progress_bar(starts, desc=f"scoring with {self.name}", unit="batch",
+                                      disable=not progress, leave=False):
                 outputs.append(self._score(x[start:start + self.options.batch_size]).detach().float())
         return torch.cat(outputs) if outputs else x.new_zeros(0)
 

@@ -285,9 +285,10 @@ def _fit_logistic_regression(features: np.ndarray, labels: np.ndarray) -> dict[s
 
 
 def _progress(batches: list, enabled: bool):
-    from tqdm.auto import tqdm
+    from idls.progress import progress_bar
 
-    return tqdm(batches, desc="lid: minibatch features", unit="batch", disable=None if enabled else True, leave=False)
+    return progress_bar(batches, desc="lid: minibatch features", unit="batch", disable=None if enabled else True,
+                        leave=False)
 
 
 __all__ = ["MAX_LID", "LIDDetector", "LIDOptions", "lid_features", "lid_mle", "same_image_mask"]

@@ -164,7 +164,7 @@ def _epoch(classifier: Classifier, images: Tensor, labels: Tensor, objective: Tr
            options: TrainingOptions, optimizer: torch.optim.Optimizer, epoch: int, steps_per_epoch: int,
            total: int, device: torch.device) -> dict[str, Any]:
     """One pass over the data; returns the epoch's mean statistics."""
-    from tqdm.auto import tqdm
+    from idls.progress import progress_bar
 
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
     order = torch.randperm(len(images), generator=generator)
@@ -173,8 +173,8 @@ def _epoch(classifier: Classifier, images: Tensor, labels: Tensor, objective: Tr
     started = time.perf_counter()
     classifier.train()
     batches = order.split(options.batch_size)
-    with tqdm(batches, desc=f"{objective.name} epoch {epoch + 1}/{options.epochs}", disable=not options.progress,
-              leave=False) as bar:
+    with progress_bar(batches, desc=f"{objective.name} epoch {epoch + 1}/{options.epochs}",
+                      disable=not options.progress, leave=False) as bar:
         for step, index in enumerate(bar):
             global_step = epoch * steps_per_epoch + step
             lr = _learning_rate(options, global_step, total)
