@@ -99,8 +99,9 @@ class AdaptiveADV2Options(ADV2Options):
     squeeze_steps: int = option(DEFAULT_SQUEEZE_STEPS, "quantising squeezers: PGD steps of stage (i) on the grid")
     squeeze_start: bool = option(True, "quantising squeezers, step frameworks: stage (ii) starts at the point of the ball that "
                                        "squeezes to x+ (false: at x0, as the paper)")
-    squeeze_every: int = option(1, "smoothing squeezers: evaluate the squeezing term exactly every this many iterations "
-                                   "and use its first-order model in between (1: every iteration)")
+    squeeze_every: int = option(2, "smoothing squeezers: evaluate the squeezing term exactly every this many iterations "
+                                   "and use its first-order model in between (1: every iteration, the paper's "
+                                   "algorithm at one more classifier pass per iteration)")
 
     def check(self) -> None:
         super().check()
