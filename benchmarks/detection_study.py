@@ -15,8 +15,13 @@ images made from them (8/255, 10 steps, untargeted): the multi-interpreter detec
 on the ``2 x fit-n`` maps (maps included, and the boosting fit alone), LID, and feature squeezing's
 classifier forwards per scored image (counted with a forward hook) next to its squeezers' count.
 
+``--fpr``: feature squeezing's false-positive rate, per squeezer setting of ``squeezing_cifar.yaml``, at the
+5% threshold set on ``--fit-n`` benign training photos (a seeded shuffle of the folder), measured on 4,000
+other training photos, on all the test photos and on the correctly classified ones alone (the images the
+experiments attack, so the benign column of their tables), each with its binomial standard deviation at 5%.
+
     OMP_NUM_THREADS=1 python benchmarks/detection_study.py --stores runs/squeezing_cifar runs/detector_cifar \
-        runs/ensemble_cifar --cost [--fit-n 2000]
+        runs/ensemble_cifar --cost --fpr [--fit-n 2000]
 """
 
 from __future__ import annotations
@@ -129,11 +134,58 @@ def cost(fit_n: int) -> dict[str, Any]:
     return out
 
 
+#: the squeezer settings of experiments/squeezing_cifar.yaml (None: the joint detector's defaults)
+FPR_SETTINGS: dict[str, list[str] | None] = {
+    "fs-bits2": ["bit-depth:bits=2"], "fs-bits3": ["bit-depth:bits=3"], "fs-median3": ["median:size=3"],
+    "fs-nlm": ["non-local-means:search=11,patch=3,strength=4"], "fs-joint": None}
+HELD_OUT_N = 4000
+
+
+def squeezing_fpr(fit_n: int, target: float = 0.05) -> dict[str, Any]:
+    """Feature squeezing's false-positive rates at a ``target`` threshold (see the module docstring)."""
+    import math
+
+    import torch
+
+    from idls.data.datasets import load_images
+    from idls.defenses.detectors import create_detector
+    from idls.models import create_model
+
+    classifier = create_model("cifar_resnet20", weights=str(PRETRAINED))
+    pool = load_images(str(FIT_IMAGES), input_size=32, num_classes=10)
+    order = torch.randperm(len(pool.images), generator=torch.Generator().manual_seed(0))
+    fit = pool.images[order[:fit_n]]
+    held = pool.images[order[fit_n:fit_n + HELD_OUT_N]]
+    test = load_images(str(TEST_IMAGES), input_size=32, num_classes=10)
+    with torch.no_grad():
+        correct = classifier(test.images).argmax(1) == test.labels
+    sd = lambda n: math.sqrt(target * (1 - target) / n)  # noqa: E731
+    rows: dict[str, Any] = {}
+    for label, squeezers in FPR_SETTINGS.items():
+        detector = create_detector("feature-squeezing", fpr=target, **({"squeezers": squeezers} if squeezers else {}))
+        detector.fit(classifier, fit)
+        flagged = lambda x: float((detector.score(x) > detector.threshold).float().mean())  # noqa: E731
+        test_flags = detector.score(test.images) > detector.threshold
+        rows[label] = {"threshold": detector.threshold, "fit": flagged(fit), "held_out_train": flagged(held),
+                       "test_all": float(test_flags.float().mean()),
+                       "test_correct": float(test_flags[correct].float().mean()),
+                       "test_misclassified": float(test_flags[~correct].float().mean()) if bool((~correct).any())
+                       else None}
+        print(label, rows[label], flush=True)
+    return {"target": target, "fit_n": fit_n, "held_out_n": int(held.shape[0]), "test_n": int(test.images.shape[0]),
+            "test_correct_n": int(correct.sum()),
+            "sd": {"held_out_train": sd(held.shape[0]), "test_all": sd(test.images.shape[0]),
+                   "test_correct": sd(int(correct.sum()))},
+            "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stores", nargs="*", type=Path, default=[], help="stores of the detection experiments")
     parser.add_argument("--cost", action="store_true", help="measure fitting and scoring costs")
-    parser.add_argument("--fit-n", type=int, default=2000, help="--cost: benign fit photos (as many PGD images)")
+    parser.add_argument("--fpr", action="store_true", help="measure feature squeezing's false-positive rates")
+    parser.add_argument("--fit-n", type=int, default=2000,
+                        help="--cost: benign fit photos (as many PGD images); --fpr: threshold photos")
     args = parser.parse_args(argv)
     path = RESULTS / "detection_study.json"
     payload = json.loads(path.read_text())["study"] if path.exists() else {}
@@ -146,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         payload["cost"] = cost(args.fit_n)
         print(json.dumps(payload["cost"], indent=2))
+    if args.fpr:
+        payload["squeezing_fpr"] = squeezing_fpr(args.fit_n)
     payload["written"] = time.strftime("%Y-%m-%d")
     write("detection_study", {"study": json_safe(payload)})
     return 0

@@ -697,6 +697,30 @@ def detection_section(results_dir: Path) -> list[str]:
             lines += table(["detector", "detection", "FPR", "ROC-AUC", "accuracy"],
                            [[name, fmt(r.get("detection_rate")), fmt(r.get("false_positive_rate")), fmt(r.get("auc")),
                              fmt(r.get("accuracy"))] for name, r in held.items()])
+    lines += squeezing_fpr_lines(study.get("squeezing_fpr"))
+    return lines
+
+
+def squeezing_fpr_lines(fpr: Mapping | None) -> list[str]:
+    """The table of feature squeezing's false-positive rates (detection_study.py --fpr)."""
+    if not fpr:
+        return []
+    sd = fpr.get("sd", {})
+    target = fpr.get("target", 0.05)
+    lines = ["", "### Feature squeezing's false-positive rate", "",
+             f"Threshold at {fmt(target, 2)} false positives on {fpr.get('fit_n')} benign training photos; the rate "
+             f"reached on {fpr.get('held_out_n')} other training photos, on all {fpr.get('test_n')} test photos and on "
+             f"the {fpr.get('test_correct_n')} correctly classified ones (the benign images of the experiments' "
+             "tables above). Binomial standard deviation at the target: "
+             f"{fmt(sd.get('held_out_train'))}, {fmt(sd.get('test_all'))} and {fmt(sd.get('test_correct'))}.", ""]
+    lines += table(["detector", "threshold", "fit photos", "held-out training photos", "all test photos",
+                    "correctly classified test photos", "misclassified test photos"],
+                   [[label, fmt(r.get("threshold"), 4), fmt(r.get("fit")), fmt(r.get("held_out_train")),
+                     fmt(r.get("test_all")), fmt(r.get("test_correct")), fmt(r.get("test_misclassified"))]
+                    for label, r in fpr.get("rows", {}).items()])
+    lines += ["", "The experiments' benign column counts the correctly classified photos only (the attacks start "
+              "from them); a deployed detector sees every benign input, misclassified ones included, so the "
+              "'all test photos' column is its false-positive rate."]
     return lines
 
 
