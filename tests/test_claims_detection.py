@@ -85,3 +85,12 @@ def test_claims_skip_experiments_whose_cells_the_detector_did_not_score():
     guarded = cell("pgd", detectors=fs(0.9)) + cell("adv2", "cam", detectors=fs(0.85))
     unguarded = [{**r, "experiment": "other"} for r in cell("pgd", detectors={}) + cell("adv2", "cam", detectors={})]
     assert verdicts("001-obs3", guarded + unguarded) == [True]
+
+
+def test_obs4_matches_an_amortised_smoothing_attack_to_its_squeezer_detector():
+    """adaptive-adv2 against median names itself 'median(3x3), every 2' (squeeze_every's default): still matched."""
+    median = {"fs-m3": ("feature-squeezing", "feature-squeezing(median(3x3))", 0.9)}
+    records = (cell("adv2", "cam", detectors=median)
+               + cell("adaptive-adv2", "cam", "median(3x3), every 2",
+                      detectors={"fs-m3": ("feature-squeezing", "feature-squeezing(median(3x3))", 0.1)}))
+    assert verdicts("001-obs4", records) == [True]

@@ -129,6 +129,16 @@ class AdaptiveADV2Options(ADV2Options):
         return squeezer
 
 
+#: what :meth:`AdaptiveADV2.variant` appends where the smoothing squeezers' term is amortised over k iterations
+EVERY_SUFFIX = ", every {}"
+
+
+def adapted_squeezer(variant: str) -> str:
+    """The squeezer's ``describe()`` in an ``adaptive-adv2`` variant, e.g. ``'median(3x3)'`` of
+    ``'median(3x3), every 2'``: what a feature-squeezing detector's description is matched against."""
+    return variant.split(EVERY_SUFFIX.format(""), 1)[0]
+
+
 @ATTACKS.register("adaptive-adv2")
 class AdaptiveADV2(ADV2):
     """ADV² that also evades feature squeezing with one squeezer (module docstring; paper 001 Algorithm 2).
@@ -160,7 +170,7 @@ class AdaptiveADV2(ADV2):
 
     def variant(self) -> str:
         """The squeezer, e.g. ``'median(3x3)'``; with ``', every 2'`` where the smoothing term is amortised."""
-        every = f", every {self.squeeze_every}" if self.squeeze_every > 1 and not quantises(self.psi) else ""
+        every = EVERY_SUFFIX.format(self.squeeze_every) if self.squeeze_every > 1 and not quantises(self.psi) else ""
         return self.psi.describe() + every
 
     def extra_term(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
@@ -300,4 +310,5 @@ class EnsembleADV2(ADV2):
         return outcome
 
 
-__all__ = ["AdaptiveADV2", "AdaptiveADV2Options", "EnsembleADV2", "EnsembleADV2Options", "quantises"]
+__all__ = ["EVERY_SUFFIX", "AdaptiveADV2", "AdaptiveADV2Options", "EnsembleADV2", "EnsembleADV2Options", "adapted_squeezer",
+           "quantises"]

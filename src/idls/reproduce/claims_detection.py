@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from idls.analysis.groups import NONE, group_records, own_records, summary
+from idls.attacks.adaptive import adapted_squeezer
 from idls.evaluate import detector_summary
 from idls.interpreters import list_interpreters
 from idls.report.detection_tables import one_record_per_image
@@ -90,7 +91,8 @@ def measure_obs3(records) -> list[Check]:
 
 def _squeezer_detector(variant: str, squeezers: Mapping[str, str]) -> str | None:
     """The feature-squeezing detector (label) whose setting is the squeezer an adaptive attack adapted to."""
-    matches = [label for label, describe in squeezers.items() if variant and variant in describe
+    squeezer = adapted_squeezer(variant)
+    matches = [label for label, describe in squeezers.items() if squeezer and squeezer in describe
                and "," not in describe]  # a single-squeezer detector, not the joint one
     return matches[0] if matches else None
 
