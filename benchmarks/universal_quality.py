@@ -54,6 +54,10 @@ ROWS: dict[str, tuple[str, dict]] = {
     "juap-cam-lam0": ("juap", {"interpreter": "cam", "lam": 0.0}),
     "juap-gradcam": ("juap", {"interpreter": "gradcam"}),
     "ujuap-cam": ("juap", {"interpreter": "cam", "generator": "unet"}),
+    # the ResNet generator at full resolution (levels 0) instead of two down- and upsamplings
+    "gap-levels0": ("gap", {"levels": 0}),
+    "juap-cam-levels0": ("juap", {"interpreter": "cam", "levels": 0}),
+    "juap-gradcam-levels0": ("juap", {"interpreter": "gradcam", "levels": 0}),
 }
 
 

@@ -293,3 +293,28 @@ def test_experiments_skip_the_interpreters_a_generator_attack_cannot_differentia
     cells = expand_cells(experiment, notes=notes)
     assert {(c.attack, c.attacked_interpreter) for c in cells} == {("juap", "cam"), ("adv2", "cam"), ("adv2", "mask")}
     assert len(notes) == 1 and "skipping juap against mask" in notes[0]
+
+
+@pytest.mark.parametrize("kind, levels, side", [("resnet", 0, 32), ("resnet", 1, 32), ("unet", 2, 32), ("unet", 1, 8)])
+def test_generator_levels_keep_the_image_shape(kind, levels, side):
+    """``levels`` sets the stride-2 levels; the output has the noise's shape (0 = full resolution for resnet)."""
+    generator = build_generator(kind, (3, side, side), width=4, levels=levels)
+    strided = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == levels
+    assert generator(torch.rand(1, 3, side, side)).shape == (1, 3, side, side)
+
+
+def test_generator_levels_are_recorded_and_rebuilt(colour_model, fit):
+    perturbation = create_attack("gap", **{**FAST, "epochs": 1}, levels=0).fit(colour_model, fit)
+    generator, noise = generator_from(perturbation)
+    with torch.no_grad():
+        rebuilt = scale_to_budget(generator(noise), 10 / 255, "linf")
+    assert torch.allclose(rebuilt, perturbation.delta, atol=1e-6)
+    assert "levels0" in create_attack("gap", levels=0).variant()
+
+
+def test_bad_generator_levels_are_refused():
+    with pytest.raises(UserError, match="levels must be >= 0"):
+        create_attack("gap", levels=-1)
+    with pytest.raises(UserError, match="needs levels >= 1"):
+        build_generator("unet", (3, 32, 32), levels=0)

@@ -76,6 +76,8 @@ class GenerativeOptions(BudgetOptions):
     batch_size: int = option(32, "images per Adam step")
     lr: float = option(PAPER_LR, "Adam learning rate of the generator (the paper's 2e-4)")
     width: int | None = option(None, "generator width (default: 32 up to 64 px, 64 above)")
+    levels: int | None = option(None, "generator's stride-2 levels (default: resnet 2, unet min(5, log2(side) - 2)); "
+                                      "resnet with 0 keeps the full resolution")
 
     def check(self) -> None:
         super().check()
@@ -92,6 +94,8 @@ class GenerativeOptions(BudgetOptions):
             raise UserError(f"lr must be a positive number, got {self.lr}")
         if self.width is not None and self.width < 4:
             raise UserError(f"width must be >= 4, got {self.width}")
+        if self.levels is not None and self.levels < 0:
+            raise UserError(f"levels must be >= 0, got {self.levels}")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -133,10 +137,12 @@ class GenerativeUAP(UniversalAttack):
     batch_size: int
     lr: float
     width: int | None
+    levels: int | None
 
     def variant(self) -> str:
-        """Generator, loss, norm and target class, e.g. ``'resnet-cmin-linf'``."""
-        return f"{self.generator}-{self.loss}-{super().variant()}"
+        """Generator (with ``-levels<k>`` when set), loss, norm and target class, e.g. ``'resnet-cmin-linf'``."""
+        levels = "" if self.levels is None else f"-levels{self.levels}"
+        return f"{self.generator}{levels}-{self.loss}-{super().variant()}"
 
     def _interpreter(self, classifier: Classifier) -> Interpreter | None:
         """The real interpreter whose benign maps the objective keeps, or ``None``."""
@@ -152,7 +158,7 @@ class GenerativeUAP(UniversalAttack):
         """A fresh generator for images ``C x H x W``, its weights seeded with the attack's seed."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return build_generator(self.generator, image_size, width=self.width)
+            return build_generator(self.generator, image_size, width=self.width, levels=self.levels)
 
     def noise(self, image_size: tuple[int, int, int]) -> Tensor:
         """The fixed noise input ``1 x C x H x W``, uniform in [0, 1) (Eq. 5), seeded."""
@@ -207,7 +213,7 @@ class GenerativeUAP(UniversalAttack):
         self._fitted = {**{f"generator.{k}": v.detach().cpu() for k, v in generator.state_dict().items()},
                         "noise": noise.cpu()}
         return delta, {"fit_fooling_ratio": fooling, "lam": lam, "history": history,
-                       "generator": self.generator, "generator_width": self.width}
+                       "generator": self.generator, "generator_width": self.width, "generator_levels": self.levels}
 
     def _fitted_tensors(self) -> dict[str, Tensor]:
         """The generator's weights (``generator.*``) and its noise (``noise``), saved with the perturbation."""
@@ -219,7 +225,8 @@ def generator_from(perturbation: UniversalPerturbation) -> tuple[nn.Module, Tens
     if "noise" not in perturbation.tensors:
         raise UserError("this universal perturbation holds no generator (it was not fitted by gap or juap)")
     generator = build_generator(perturbation.metadata.get("generator", "resnet"), perturbation.image_size,
-                                width=perturbation.metadata.get("generator_width"))
+                                width=perturbation.metadata.get("generator_width"),
+                                levels=perturbation.metadata.get("generator_levels"))
     generator.load_state_dict({k[len("generator."):]: v for k, v in perturbation.tensors.items()
                                if k.startswith("generator.")})
     return generator.eval(), perturbation.tensors["noise"]

@@ -31,6 +31,8 @@ from idls.errors import UserError
 
 #: generator kinds, by the name the attacks' ``generator`` option takes
 GENERATOR_KINDS = ("resnet", "unet")
+#: the ResNet generator's default stride-2 levels (GAP's image-to-image network)
+RESNET_LEVELS = 2
 
 
 def _norm(channels: int) -> nn.Module:
@@ -53,24 +55,27 @@ class _ResidualBlock(nn.Module):
 
 
 class ResNetGenerator(nn.Module):
-    """Residual image-to-image generator: ``1 x G*C x H x W`` -> same shape (``H``, ``W`` divisible by 4).
+    """Residual image-to-image generator: ``1 x G*C x H x W`` -> same shape (``H``, ``W`` divisible by ``2**downsamplings``).
 
     Args:
         channels: image channels ``C``.
-        width: channels of the stem (doubled at each of the two downsamplings).
+        width: channels of the stem (doubled at each downsampling).
         blocks: residual blocks at the lowest resolution.
         groups: independent generators ``G`` in the module.
+        downsamplings: stride-2 downsamplings (and as many upsamplings); 0 keeps the full
+            resolution. ``H`` and ``W`` must be divisible by ``2**downsamplings``.
     """
 
-    def __init__(self, channels: int = 3, width: int = 32, blocks: int = 6, groups: int = 1) -> None:
+    def __init__(self, channels: int = 3, width: int = 32, blocks: int = 6, groups: int = 1,
+                 downsamplings: int = RESNET_LEVELS) -> None:
         super().__init__()
         w = width
         layers: list[nn.Module] = [_conv(channels, w, groups, kernel=7), _norm(w * groups), nn.ReLU(inplace=True)]
-        for _ in range(2):
+        for _ in range(downsamplings):
             layers += [_conv(w, 2 * w, groups, stride=2), _norm(2 * w * groups), nn.ReLU(inplace=True)]
             w *= 2
         layers += [_ResidualBlock(w, groups) for _ in range(blocks)]
-        for _ in range(2):
+        for _ in range(downsamplings):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), _conv(w, w // 2, groups),
                        _norm(w // 2 * groups), nn.ReLU(inplace=True)]
             w //= 2
@@ -131,22 +136,28 @@ def unet_levels(side: int) -> int:
 
 
 def build_generator(kind: str, image_size: tuple[int, int, int], *, groups: int = 1,
-                    width: int | None = None) -> nn.Module:
+                    width: int | None = None, levels: int | None = None) -> nn.Module:
     """A generator of ``kind`` ('resnet' or 'unet') sized for images ``C x H x W``.
 
-    Raises :class:`UserError` when the image size does not suit the architecture.
+    ``levels``: its stride-2 levels (default: :data:`RESNET_LEVELS` for ``resnet``,
+    :func:`unet_levels` for ``unet``); ``resnet`` also takes 0 (full resolution throughout).
+    Raises :class:`UserError` when the image size or ``levels`` does not suit the architecture.
     """
     channels, height, width_px = image_size
     side = min(height, width_px)
     small = side <= 64
     chosen = width or (32 if small else 64)
-    builders: dict[str, Callable[[], nn.Module]] = {
-        "resnet": lambda: ResNetGenerator(channels, chosen, blocks=6 if small else 9, groups=groups),
-        "unet": lambda: UNetGenerator(channels, chosen, levels=unet_levels(side), groups=groups),
-    }
-    if kind not in builders:
+    if kind not in GENERATOR_KINDS:
         raise UserError(f"unknown generator {kind!r}; choose one of: {', '.join(GENERATOR_KINDS)}")
-    stride = 4 if kind == "resnet" else 2 ** unet_levels(side)
+    depth = levels if levels is not None else (RESNET_LEVELS if kind == "resnet" else unet_levels(side))
+    if depth < (0 if kind == "resnet" else 1):
+        raise UserError(f"a {kind} generator needs levels >= {0 if kind == 'resnet' else 1}, got {depth}")
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "resnet": lambda: ResNetGenerator(channels, chosen, blocks=6 if small else 9, groups=groups,
+                                          downsamplings=depth),
+        "unet": lambda: UNetGenerator(channels, chosen, levels=depth, groups=groups),
+    }
+    stride = 2 ** depth
     if height % stride or width_px % stride:
         raise UserError(f"a {kind} generator needs image sides divisible by {stride}, got {height} x {width_px}; "
                         f"resize the images (e.g. to 32 or 224 px)")
@@ -161,4 +172,4 @@ def scale_to_budget(raw: Tensor, epsilon: float, norm: str) -> Tensor:
     return raw * factor.view(-1, *([1] * (raw.dim() - 1)))
 
 
-__all__ = ["GENERATOR_KINDS", "ResNetGenerator", "UNetGenerator", "build_generator", "scale_to_budget", "unet_levels"]
+__all__ = ["GENERATOR_KINDS", "RESNET_LEVELS", "ResNetGenerator", "UNetGenerator", "build_generator", "scale_to_budget", "unet_levels"]
