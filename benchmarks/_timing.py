@@ -113,3 +113,9 @@ def write(name: str, payload: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def shared_checkpoint(model: str) -> Path | None:
+    """The shared data's checkpoint of a CIFAR ResNet (``cifar_resnet32`` -> ``cifar10/models/resnet32-*.th``), if any."""
+    found = sorted((SHARED_DATA / "cifar10" / "models").glob(f"{model.removeprefix('cifar_')}-*.th"))
+    return found[0] if found else None

@@ -134,11 +134,18 @@ def cost(fit_n: int) -> dict[str, Any]:
     return out
 
 
-#: the squeezer settings of experiments/squeezing_cifar.yaml (None: the joint detector's defaults)
-FPR_SETTINGS: dict[str, list[str] | None] = {
-    "fs-bits2": ["bit-depth:bits=2"], "fs-bits3": ["bit-depth:bits=3"], "fs-median3": ["median:size=3"],
-    "fs-nlm": ["non-local-means:search=11,patch=3,strength=4"], "fs-joint": None}
+#: the experiment whose feature-squeezing detectors ``--fpr`` measures
+SQUEEZING_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "squeezing_cifar.yaml"
 HELD_OUT_N = 4000
+
+
+def squeezing_detectors() -> dict[str, dict[str, Any]]:
+    """``label -> options`` of the feature-squeezing detectors of :data:`SQUEEZING_EXPERIMENT`."""
+    import yaml
+
+    entries = yaml.safe_load(SQUEEZING_EXPERIMENT.read_text())["detectors"]
+    return {entry["label"]: dict(entry.get("options") or {}) for entry in entries
+            if isinstance(entry, dict) and entry.get("name") == "feature-squeezing"}
 
 
 def squeezing_fpr(fit_n: int, target: float = 0.05) -> dict[str, Any]:
@@ -161,8 +168,8 @@ def squeezing_fpr(fit_n: int, target: float = 0.05) -> dict[str, Any]:
         correct = classifier(test.images).argmax(1) == test.labels
     sd = lambda n: math.sqrt(target * (1 - target) / n)  # noqa: E731
     rows: dict[str, Any] = {}
-    for label, squeezers in FPR_SETTINGS.items():
-        detector = create_detector("feature-squeezing", fpr=target, **({"squeezers": squeezers} if squeezers else {}))
+    for label, options in squeezing_detectors().items():
+        detector = create_detector("feature-squeezing", **{**options, "fpr": target})
         detector.fit(classifier, fit)
         flagged = lambda x: float((detector.score(x) > detector.threshold).float().mean())  # noqa: E731
         test_flags = detector.score(test.images) > detector.threshold

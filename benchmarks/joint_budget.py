@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import shared_checkpoint  # noqa: E402
 from joint_quality import (  # noqa: E402
     DEFAULT_RTS,
     DEFAULT_WEIGHTS,
@@ -196,12 +197,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.weights is None:
             parser.error(f"no checkpoint of {args.model} in the shared data; pass --weights FILE")
     return args
-
-
-def shared_checkpoint(model: str) -> Path | None:
-    """The shared data's checkpoint of a CIFAR ResNet (``cifar_resnet32`` -> ``resnet32-*.th``), if present."""
-    found = sorted(DEFAULT_WEIGHTS.parent.glob(f"{model.removeprefix('cifar_')}-*.th"))
-    return found[0] if found else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

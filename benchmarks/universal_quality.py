@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import RESULTS, SHARED_DATA  # noqa: E402
+from _timing import RESULTS, SHARED_DATA, shared_checkpoint  # noqa: E402
 
 from idls import metrics  # noqa: E402
 from idls.attacks import create_attack  # noqa: E402
@@ -95,11 +95,11 @@ def main(argv=None) -> int:
     benign = {name: interp.attribute(x) for name, interp in interpreters.items()}
     receivers = {}
     for depth in (d for d in args.transfer.split(",") if d):
-        checkpoints = sorted((SHARED_DATA / "cifar10/models").glob(f"resnet{depth}-*.th"))
-        if not checkpoints:
+        checkpoint = shared_checkpoint(f"cifar_resnet{depth}")
+        if checkpoint is None:
             print(f"no resnet{depth} checkpoint in the shared data; skipping its transfer column")
             continue
-        model = create_model(f"cifar_resnet{depth}", weights=str(checkpoints[0]))
+        model = create_model(f"cifar_resnet{depth}", weights=str(checkpoint))
         with torch.no_grad():
             own = model(test.images).argmax(1)
         ok = own == test.labels

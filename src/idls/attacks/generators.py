@@ -33,6 +33,8 @@ from idls.errors import UserError
 GENERATOR_KINDS = ("resnet", "unet")
 #: the ResNet generator's default stride-2 levels (GAP's image-to-image network)
 RESNET_LEVELS = 2
+#: fewest stride-2 levels per kind (a U-Net without a level has no skip to make)
+MIN_LEVELS = {"resnet": 0, "unet": 1}
 
 
 def _norm(channels: int) -> nn.Module:
@@ -150,8 +152,8 @@ def build_generator(kind: str, image_size: tuple[int, int, int], *, groups: int 
     if kind not in GENERATOR_KINDS:
         raise UserError(f"unknown generator {kind!r}; choose one of: {', '.join(GENERATOR_KINDS)}")
     depth = levels if levels is not None else (RESNET_LEVELS if kind == "resnet" else unet_levels(side))
-    if depth < (0 if kind == "resnet" else 1):
-        raise UserError(f"a {kind} generator needs levels >= {0 if kind == 'resnet' else 1}, got {depth}")
+    if depth < MIN_LEVELS[kind]:
+        raise UserError(f"a {kind} generator needs levels >= {MIN_LEVELS[kind]}, got {depth}")
     builders: dict[str, Callable[[], nn.Module]] = {
         "resnet": lambda: ResNetGenerator(channels, chosen, blocks=6 if small else 9, groups=groups,
                                           downsamplings=depth),
