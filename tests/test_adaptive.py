@@ -182,11 +182,19 @@ def test_ensemble_lowers_a_differentiable_detector_score(colour_model, batch):
     x, labels, targets = batch
     detector = Brightness()
     plain = create_attack("adv2", interpreter="cam", **SHORT).run(colour_model, x, labels, targets)
-    evasive = create_attack("ensemble-adv2", interpreter="cam", interpreters=[], detector=detector,
-                            detector_weight=50.0, **SHORT).run(colour_model, x, labels, targets)
+    attack = create_attack("ensemble-adv2", interpreter="cam", interpreters=[], detector=detector,
+                           detector_weight=50.0, **SHORT)
+    assert attack.variant() == "vs Brightness"  # what the ensemble-adaptive claim pairs it with (no describe())
+    evasive = attack.run(colour_model, x, labels, targets)
     assert _inside(x, evasive.x_adv)
     assert torch.allclose(evasive.extras["detector_score"], detector.score(evasive.x_adv))
     assert float(evasive.extras["detector_score"].mean()) < float(detector.score(plain.x_adv).mean())
+
+
+def test_ensemble_variant_names_the_detector_it_evades():
+    assert create_attack("ensemble-adv2", interpreter="cam", detector="ens").variant() == "vs ens"
+    assert create_attack("ensemble-adv2", interpreter="cam", detector="ens", detector_weight=0.0).variant() == ""
+    assert create_attack("ensemble-adv2", interpreter="cam").variant() == ""
 
 
 # -- errors ------------------------------------------------------------------------------------------------

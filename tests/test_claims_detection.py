@@ -76,6 +76,21 @@ def test_ensemble_claim_compares_adaptive_and_basic_adv2():
     assert check.passed and check.values["adaptive_seconds"] == 2.0
 
 
+def test_ensemble_claim_checks_the_adaptive_attack_against_the_detector_it_adapted_to():
+    """ensemble-adv2 with detector 'ens' (variant 'vs ens') is not judged by a two-sided detector it never saw."""
+    one_sided = ("interpreter-ensemble", "interpreter-ensemble(cam+grad, l1)")
+    two_sided = ("interpreter-ensemble", "interpreter-ensemble(cam+grad, l1, two-sided)")
+    basic = cell("adv2", "cam", detectors={"ens": (*one_sided, 0.3), "ens-2s": (*two_sided, 0.2)})
+    adaptive = cell("ensemble-adv2", "cam", "vs ens", detectors={"ens": (*one_sided, 0.0), "ens-2s": (*two_sided, 0.5)})
+    [check] = CLAIMS["ensemble-adaptive"].measure(basic + adaptive)
+    assert check.passed and check.values["adaptive_detection"] == 0.0
+    # a variant naming the detector's description is matched too; one naming no detector is checked against all
+    described = [{**r, "variant": "vs " + two_sided[1]} for r in adaptive]
+    assert [c.passed for c in CLAIMS["ensemble-adaptive"].measure(basic + described)] == [False]
+    unnamed = [{**r, "variant": "ensemble-adv2"} for r in adaptive]
+    assert sorted(c.passed for c in CLAIMS["ensemble-adaptive"].measure(basic + unnamed)) == [False, True]
+
+
 def test_interpreter_names_are_read_in_order_and_whole():
     assert interpreters_named("multi-interpreter(gradcam+grad)") == ["gradcam", "grad"]
     assert interpreters_named("multi-interpreter(cam+mask)") == ["cam", "mask"]

@@ -195,6 +195,7 @@ def test_an_attack_naming_a_detector_of_the_experiment_gets_it_fitted(tmp_path):
     workspace = Workspace(experiment)
     workspace.experiment = type(experiment)(**{**experiment.__dict__, "detectors": fit_detectors(workspace, tmp_path)})
     [cell] = expand_cells(workspace.experiment)
+    assert cell.variant == "vs bright"  # recorded with every result: the claims pair the attack with this detector
     attack = workspace.attack(cell)
     assert attack.detector is workspace.detector(0, workspace.experiment.detectors[0])
     assert attack.detector.fitted

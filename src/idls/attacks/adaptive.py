@@ -133,6 +133,16 @@ class AdaptiveADV2Options(ADV2Options):
 EVERY_SUFFIX = ", every {}"
 
 
+#: what :meth:`EnsembleADV2.variant` starts with when the attack also evades a detector
+ADAPTED_DETECTOR_PREFIX = "vs "
+
+
+def adapted_detector(variant: str) -> str | None:
+    """The detector an ``ensemble-adv2`` variant names (an experiment's detector label, or a Detector's
+    ``describe()``), e.g. ``'ensemble'`` of ``'vs ensemble'``; ``None`` when it adapted to none."""
+    return variant[len(ADAPTED_DETECTOR_PREFIX):] if variant.startswith(ADAPTED_DETECTOR_PREFIX) else None
+
+
 def adapted_squeezer(variant: str) -> str:
     """The squeezer's ``describe()`` in an ``adaptive-adv2`` variant, e.g. ``'median(3x3)'`` of
     ``'median(3x3), every 2'``: what a feature-squeezing detector's description is matched against."""
@@ -268,6 +278,16 @@ class EnsembleADV2(ADV2):
     def interpreter_unavailable_reason(cls, interpreter: type) -> str | None:
         return optimised_map_reason(cls.name, interpreter)
 
+    def variant(self) -> str:
+        """The detector it evades, e.g. ``'vs ensemble'`` (an experiment's detector label, or a Detector's
+        ``describe()``): what detection claims pair the attack with; ``''`` without one."""
+        if self.detector is None or self.detector_weight == 0:
+            return ""
+        if isinstance(self.detector, str):
+            return ADAPTED_DETECTOR_PREFIX + self.detector
+        describe = getattr(self.detector, "describe", None)  # any object with a differentiable score is accepted
+        return ADAPTED_DETECTOR_PREFIX + (describe() if callable(describe) else type(self.detector).__name__)
+
     def extra_term(self, classifier: Classifier, interpreter: Interpreter, x: Tensor, labels: Tensor,
                    targets: Tensor, settings: JointDefaults) -> ExtraTerm | None:
         self._primary = interpreter.name
@@ -310,5 +330,5 @@ class EnsembleADV2(ADV2):
         return outcome
 
 
-__all__ = ["EVERY_SUFFIX", "AdaptiveADV2", "AdaptiveADV2Options", "EnsembleADV2", "EnsembleADV2Options", "adapted_squeezer",
-           "quantises"]
+__all__ = ["ADAPTED_DETECTOR_PREFIX", "EVERY_SUFFIX", "AdaptiveADV2", "AdaptiveADV2Options", "EnsembleADV2", "EnsembleADV2Options", "adapted_detector",
+           "adapted_squeezer", "quantises"]

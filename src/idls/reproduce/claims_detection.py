@@ -5,8 +5,9 @@ Records of experiments with ``detectors:`` carry ``detector.LABEL.*`` fields per
 ``describe()`` label (e.g. ``feature-squeezing(bit-depth(2))``). Rates are computed per attack
 cell over its images (each image once), so comparisons pair cells of the same experiment, data,
 model and epsilon. Adaptive attacks name what they adapted to in their ``variant`` (the
-squeezer's ``describe()``); a feature-squeezing detector whose label contains that text is the
-one the adaptive attack is checked against.
+squeezer's ``describe()``, or ``vs LABEL`` for the detector ``ensemble-adv2`` evades); a detector
+whose description contains that text (or whose label it names) is the one the adaptive attack is
+checked against.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from idls.analysis.groups import NONE, group_records, own_records, summary
-from idls.attacks.adaptive import adapted_squeezer
+from idls.attacks.adaptive import adapted_detector, adapted_squeezer
 from idls.evaluate import detector_summary
 from idls.interpreters import list_interpreters
 from idls.report.detection_tables import one_record_per_image
@@ -172,13 +173,16 @@ def measure_ensemble(records) -> list[Check]:
     checks = []
     detectors = detectors_of(records, ENSEMBLE)
     for context, cells in _cells(records).items():
-        for (attack, attacked, _), rows in cells.items():
+        for (attack, attacked, variant), rows in cells.items():
             if attack != ADAPTIVE_ENSEMBLE:
                 continue
             basic = next((r for (a, i, _), r in cells.items() if a == "adv2" and i == attacked), None)
             if basic is None:
                 continue
+            adapted = adapted_detector(str(variant))
             for label, describe in detectors.items():
+                if adapted is not None and adapted not in (label, describe):
+                    continue  # checked against the detector it adapted to, not another one
                 if not (_guards(rows, label) and _guards(basic, label)):
                     continue
                 d_adaptive, d_basic = _rate(rows, label), _rate(basic, label)
@@ -223,7 +227,8 @@ DETECTION_CLAIMS: tuple[Claim, ...] = (
         "ensemble-adaptive", "000", "000 §VIII: an attacker who knows the interpreter ensemble adapts to it",
         "proposed as a countermeasure, with the adaptive attack that optimises every interpreter's loss named as "
         "its limit (no numbers; also future work in 001)",
-        "the ensemble-adaptive ADV² is detected less often than basic ADV² by the interpreter-ensemble detector",
+        "the ensemble-adaptive ADV² is detected less often than basic ADV² by the interpreter-ensemble detector it "
+        "adapted to (every ensemble detector when it names none)",
         measure_ensemble,
     ),
 )
