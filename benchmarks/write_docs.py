@@ -13,6 +13,7 @@ Reads (each optional; a missing file is reported in the page, never guessed):
 * ``pgd_cost.json`` (``benchmarks/pgd_cost.py``): plain PGD's cost per iteration;
 * ``interpreters.json`` (``benchmarks/interpreters.py``): cost of one map per interpreter;
 * ``rts_cifar/*.json`` (``benchmarks/train_rts_cifar.py``): RTS training on CIFAR and its sidecar;
+* ``mask_stability.json`` (``benchmarks/mask_stability.py``): how far MASK's own map moves without an attack;
 * ``universal_quality.json`` (``benchmarks/universal_quality.py``) and ``uap_vs_art.json``
   (``benchmarks/uap_vs_art.py``): universal perturbations (paper 004).
 
@@ -512,6 +513,22 @@ def interpreters_section(results_dir: Path) -> list[str]:
     return lines + table(["config", "model", "interpreter", "s / image", "forward + backward equivalents", "note"], rows)
 
 
+def mask_stability_section(results_dir: Path) -> list[str]:
+    lines = ["### MASK's own stability", ""]
+    path = results_dir / "mask_stability.json"
+    if not path.exists():
+        return lines + ["No `mask_stability.json` in benchmarks/results/."]
+    results = load(path)
+    lines += [provenance("benchmarks/mask_stability.py", rel(path, results_dir), results.get("written")),
+              machine_line(results.get("machine")), "",
+              f"MASK ({results.get('iterations', '?')} iterations) on {results.get('n', '?')} correctly classified "
+              "CIFAR-10 training photos, pretrained cifar_resnet20: IoU@20% of a second map against the benign map "
+              "of the same photo and class, with nothing adversarial done (noise rows: the photos whose prediction "
+              "the noise left unchanged). The ceiling for an attack that must keep MASK's map (ADV²-MASK above).", ""]
+    rows = [[row.get("second map"), row.get("n"), fmt(row.get("iou@20"))] for row in results.get("rows", [])]
+    return lines + table(["second map", "photos", "IoU@20%"], rows)
+
+
 # ---------------------------------------------------------------------------------
 # RTS training (rts_cifar/*.json)
 # ---------------------------------------------------------------------------------
@@ -786,7 +803,7 @@ def render(results_dir: Path = RESULTS) -> str:
         quality_section(results_dir) + variants_section(results_dir),
         budget_section(results_dir),
         joint_cost_section(results_dir),
-        interpreters_section(results_dir),
+        interpreters_section(results_dir) + [""] + mask_stability_section(results_dir),
         rts_section(results_dir),
         universal_section(results_dir),
         detection_section(results_dir),
