@@ -91,6 +91,17 @@ def test_ensemble_claim_checks_the_adaptive_attack_against_the_detector_it_adapt
     assert sorted(c.passed for c in CLAIMS["ensemble-adaptive"].measure(basic + unnamed)) == [False, True]
 
 
+def test_ensemble_claim_reads_the_scores_when_neither_attack_is_flagged():
+    """On a few images both rates can be 0: the adaptive attack still passes when the detector scores it lower."""
+    ensemble = {"ens": ("interpreter-ensemble", "interpreter-ensemble(cam+grad, l1)", 0.0)}
+    basic = cell("adv2", "cam", detectors=ensemble)
+    lower = [{**r, "detector.ens.score": -1.0} for r in cell("ensemble-adv2", "cam", "vs ens", detectors=ensemble)]
+    [check] = CLAIMS["ensemble-adaptive"].measure(basic + lower)
+    assert check.passed and check.values["adaptive_auc"] < check.values["basic_auc"]
+    same = cell("ensemble-adv2", "cam", "vs ens", detectors=ensemble)
+    assert [c.passed for c in CLAIMS["ensemble-adaptive"].measure(basic + same)] == [False]
+
+
 def test_interpreter_names_are_read_in_order_and_whole():
     assert interpreters_named("multi-interpreter(gradcam+grad)") == ["gradcam", "grad"]
     assert interpreters_named("multi-interpreter(cam+mask)") == ["cam", "mask"]

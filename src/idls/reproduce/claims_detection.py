@@ -187,15 +187,20 @@ def measure_ensemble(records) -> list[Check]:
                     continue
                 d_adaptive, d_basic = _rate(rows, label), _rate(basic, label)
                 e_adaptive, e_basic = _rate(rows, label, "evaded"), _rate(basic, label, "evaded")
+                auc_adaptive, auc_basic = _rate(rows, label, "auc"), _rate(basic, label, "auc")
                 seconds_adaptive = summary(rows)["seconds"]
                 seconds_basic = summary(basic)["seconds"]
-                text = (f"detected: adaptive {_f(d_adaptive)} vs ADV² {_f(d_basic)}; evaded {_f(e_adaptive)} vs "
-                        f"{_f(e_basic)}; {seconds_adaptive:.1f} vs {seconds_basic:.1f} s/image")
+                text = (f"detected: adaptive {_f(d_adaptive)} vs ADV² {_f(d_basic)} (ROC-AUC {_f(auc_adaptive)} vs "
+                        f"{_f(auc_basic)}); evaded {_f(e_adaptive)} vs {_f(e_basic)}; {seconds_adaptive:.1f} vs "
+                        f"{seconds_basic:.1f} s/image")
+                # the rate alone ties at 0 vs 0 on a few images; the scores still show who the detector ranks lower
+                passed = d_adaptive <= d_basic and auc_adaptive < auc_basic
                 checks.append(Check(parts([context[0], context[2], attacked, describe]),
                                     {"adaptive_detection": d_adaptive, "basic_detection": d_basic,
+                                     "adaptive_auc": auc_adaptive, "basic_auc": auc_basic,
                                      "adaptive_evaded": e_adaptive, "basic_evaded": e_basic,
                                      "adaptive_seconds": seconds_adaptive, "basic_seconds": seconds_basic},
-                                    text, d_adaptive < d_basic, len(rows) + len(basic)))
+                                    text, passed, len(rows) + len(basic)))
     return checks
 
 
@@ -227,8 +232,8 @@ DETECTION_CLAIMS: tuple[Claim, ...] = (
         "ensemble-adaptive", "000", "000 §VIII: an attacker who knows the interpreter ensemble adapts to it",
         "proposed as a countermeasure, with the adaptive attack that optimises every interpreter's loss named as "
         "its limit (no numbers; also future work in 001)",
-        "the ensemble-adaptive ADV² is detected less often than basic ADV² by the interpreter-ensemble detector it "
-        "adapted to (every ensemble detector when it names none)",
+        "the interpreter-ensemble detector the ensemble-adaptive ADV² adapted to (every ensemble detector when it "
+        "names none) flags it no more often than basic ADV² and ranks it lower (ROC-AUC against benign images)",
         measure_ensemble,
     ),
 )
