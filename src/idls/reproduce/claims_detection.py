@@ -180,16 +180,17 @@ def measure_ensemble(records) -> list[Check]:
             if basic is None:
                 continue
             adapted = adapted_detector(str(variant))
+            scores_adaptive, scores_basic = detector_summary(rows), detector_summary(basic)  # every label at once
+            seconds_adaptive, seconds_basic = summary(rows)["seconds"], summary(basic)["seconds"]
             for label, describe in detectors.items():
                 if adapted is not None and adapted not in (label, describe):
                     continue  # checked against the detector it adapted to, not another one
                 if not (_guards(rows, label) and _guards(basic, label)):
                     continue
-                d_adaptive, d_basic = _rate(rows, label), _rate(basic, label)
-                e_adaptive, e_basic = _rate(rows, label, "evaded"), _rate(basic, label, "evaded")
-                auc_adaptive, auc_basic = _rate(rows, label, "auc"), _rate(basic, label, "auc")
-                seconds_adaptive = summary(rows)["seconds"]
-                seconds_basic = summary(basic)["seconds"]
+                prefix = f"detector.{label}."
+                d_adaptive, d_basic = scores_adaptive[prefix + "flagged"], scores_basic[prefix + "flagged"]
+                e_adaptive, e_basic = scores_adaptive[prefix + "evaded"], scores_basic[prefix + "evaded"]
+                auc_adaptive, auc_basic = float(scores_adaptive[prefix + "auc"]), float(scores_basic[prefix + "auc"])
                 text = (f"detected: adaptive {_f(d_adaptive)} vs ADV² {_f(d_basic)} (ROC-AUC {_f(auc_adaptive)} vs "
                         f"{_f(auc_basic)}); evaded {_f(e_adaptive)} vs {_f(e_basic)}; {seconds_adaptive:.1f} vs "
                         f"{seconds_basic:.1f} s/image")
