@@ -145,7 +145,7 @@ def test_reproduce_writes_scorecard_and_report(tmp_path, monkeypatch):
     html = (out / "report.html").read_text()
     assert "scorecard" in html.lower()
     run = json.loads((out / "reproduce.json").read_text())
-    assert run["system"] == "embedded_cnn" and run["claims"] == len(scorecard)
+    assert run["system"] == "embedded_cnn" and run["claims"] == len(scorecard) and run["invocations"] == 1
 
 
 def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
@@ -178,3 +178,21 @@ def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
                           fit_data=str(tmp_path / "images"))
     with pytest.raises(UserError, match="--fit-data /no/train is not a folder"):
         plan_reproduction(directory, weights=checkpoint, fit_data="/no/train")
+
+
+def test_run_file_keeps_the_time_of_earlier_invocations():
+    """A reproduction resumed or extended with --only adds its wall time to the earlier invocations' instead of
+    overwriting it; a file of the other schedule (quick vs full) is replaced, never summed with it."""
+    from idls.reproduce.run import merged_run_file
+
+    def invocation(experiments: dict[str, float], quick: bool = False) -> dict:
+        return {"system": "cifar_resnet20", "quick": quick, "experiments": list(experiments),
+                "seconds": sum(experiments.values()) + 1.0, "seconds_per_experiment": dict(experiments)}
+
+    first = merged_run_file(None, invocation({"adv2_cifar": 100.0}))
+    second = merged_run_file(first, invocation({"adv2_cifar": 50.0, "jap_cifar": 20.0}))
+    assert second["seconds_per_experiment"] == {"adv2_cifar": 150.0, "jap_cifar": 20.0}
+    assert second["experiments"] == ["adv2_cifar", "jap_cifar"]
+    assert second["seconds"] == 101.0 + 71.0 and second["invocations"] == 2
+    quick = merged_run_file(second, invocation({"jap_cifar": 5.0}, quick=True))
+    assert quick["seconds_per_experiment"] == {"jap_cifar": 5.0} and quick["invocations"] == 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,35 @@ class ReproduceSummary:
     @property
     def failed(self) -> int:
         return sum(1 for row in self.scorecard if row.get("pass") is False)
+
+
+def read_run_file(path: Path) -> dict | None:
+    """An earlier invocation's ``reproduce.json`` in the same folder, or ``None`` (none, or unreadable)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return earlier if isinstance(earlier, dict) else None
+
+
+def merged_run_file(earlier: Mapping | None, now: dict) -> dict:
+    """``now``'s run file with the time an earlier invocation into the same folder spent kept.
+
+    A reproduction is resumed and extended (``--only``) across invocations; each one used to overwrite the
+    file, so the wall time of the experiments it did not run was lost. Here ``seconds`` and
+    ``seconds_per_experiment`` add up over every invocation of the same schedule (quick or full),
+    ``experiments`` is every experiment any of them ran, and ``invocations`` counts them. An earlier file of
+    the other schedule is replaced.
+    """
+    if not earlier or earlier.get("quick") != now["quick"] or earlier.get("system") != now["system"]:
+        return {**now, "invocations": 1}
+    timings = {name: float(seconds) for name, seconds in (earlier.get("seconds_per_experiment") or {}).items()}
+    for name, seconds in now["seconds_per_experiment"].items():
+        timings[name] = timings.get(name, 0.0) + seconds
+    experiments = [*(earlier.get("experiments") or [])]
+    experiments += [name for name in now["experiments"] if name not in experiments]
+    return {**now, "experiments": experiments, "seconds": float(earlier.get("seconds") or 0.0) + now["seconds"],
+            "seconds_per_experiment": timings, "invocations": int(earlier.get("invocations") or 1) + 1}
 
 
 def bundled_experiments_dir() -> Path:
@@ -288,12 +317,13 @@ def reproduce(
     summary = ReproduceSummary(system=system, experiments=[f.stem for f in files], scorecard=scorecard,
                                seconds=time.perf_counter() - started, report=report,
                                seconds_per_experiment=timings)
-    (out / RUN_FILE).write_text(json.dumps({
+    run_file = merged_run_file(read_run_file(out / RUN_FILE), {
         "system": system, "quick": quick, "backend": backend, "experiments": summary.experiments,
         "fit_data": None if fit_data is None else str(Path(fit_data).resolve()),
         "seconds": summary.seconds, "seconds_per_experiment": timings,
         "passed": summary.passed, "failed": summary.failed, "claims": len(scorecard),
-    }, indent=2))
+    })
+    (out / RUN_FILE).write_text(json.dumps(run_file, indent=2))
     console.print(f"{summary.passed} PASS, {summary.failed} FAIL, "
                   f"{len(scorecard) - summary.passed - summary.failed} not run; {summary.seconds:.0f} s; report: {report}")
     return summary
