@@ -15,7 +15,8 @@ Reads (each optional; a missing file is reported in the page, never guessed):
 * ``rts_cifar/*.json`` (``benchmarks/train_rts_cifar.py``): RTS training on CIFAR and its sidecar;
 * ``mask_stability.json`` (``benchmarks/mask_stability.py``): how far MASK's own map moves without an attack;
 * ``universal_quality.json`` (``benchmarks/universal_quality.py``) and ``uap_vs_art.json``
-  (``benchmarks/uap_vs_art.py``): universal perturbations (paper 004).
+  (``benchmarks/uap_vs_art.py``): universal perturbations (paper 004);
+* ``quick_vs_full.json`` (``benchmarks/quick_vs_full.py``): the quick and the full reproduction's verdicts.
 
 The output depends on the JSON content only (no clock, no absolute paths, sorted keys), so the
 same JSON always gives the same Markdown; ``tests/test_benchmark_docs.py`` checks that the
@@ -796,6 +797,44 @@ def robust_training_section(results_dir: Path) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------------
+# Quick vs full reproduction (quick_vs_full.json)
+# ---------------------------------------------------------------------------------
+def failing_text(side: Mapping) -> str:
+    """The rows a run fails on, or ``-`` (``not run``: nothing to list)."""
+    return "; ".join(side.get("failing") or []) or "-"
+
+
+def quick_vs_full_section(results_dir: Path) -> list[str]:
+    lines = ["## Quick vs full reproduction (`idls reproduce --quick` vs `idls reproduce`)", ""]
+    path = results_dir / "quick_vs_full.json"
+    if not path.exists():
+        return lines + ["No `quick_vs_full.json` in benchmarks/results/."]
+    run = load(path)
+    claims = run.get("claims", [])
+    measured = [row for row in claims if row.get("agree") is not None]
+    lines += [provenance("benchmarks/quick_vs_full.py", rel(path, results_dir), run.get("written")), "",
+              f"The verdicts of both scorecards on {run.get('system', '?')}: {sum(bool(r['agree']) for r in measured)} "
+              f"of the {len(measured)} claims both runs measured agree; claims only one of them measured: "
+              f"{len(claims) - len(measured)} (a full run that has not reached their experiment yet resumes where it "
+              "stopped). In brackets: the images behind the verdict (each row counts its own).", ""]
+    lines += table(["claim", "quick", "full", "same verdict", "quick fails on", "full fails on"],
+                   [[row["id"], f"{row['quick']['verdict']} ({row['quick']['n']})",
+                     f"{row['full']['verdict']} ({row['full']['n']})",
+                     {True: "yes", False: "**no**", None: "-"}[row.get("agree")],
+                     failing_text(row["quick"]), failing_text(row["full"])] for row in claims])
+    quick, full = run.get("quick", {}), run.get("full", {})
+    names = list(dict.fromkeys([*quick.get("seconds_per_experiment", {}), *full.get("seconds_per_experiment", {})]))
+    lines += ["", "Wall time per experiment (seconds, summed over the invocations that resumed it; one CPU thread, "
+              "other work on the machine at the same time):", ""]
+    lines += table(["experiment", "quick s", "full s"],
+                   [[name, fmt_seconds(quick.get("seconds_per_experiment", {}).get(name)),
+                     fmt_seconds(full.get("seconds_per_experiment", {}).get(name))] for name in names]
+                   + [["total (with scorecard and report)", fmt_seconds(quick.get("seconds")),
+                       fmt_seconds(full.get("seconds"))]])
+    return lines
+
+
 def render(results_dir: Path = RESULTS) -> str:
     """The Markdown page for the results in ``results_dir``."""
     sections = [
@@ -808,6 +847,7 @@ def render(results_dir: Path = RESULTS) -> str:
         universal_section(results_dir),
         detection_section(results_dir),
         robust_training_section(results_dir),
+        quick_vs_full_section(results_dir),
         [NOTES],
     ]
     text = "\n\n".join("\n".join(section) for section in sections if section)
