@@ -806,7 +806,9 @@ def failing_text(side: Mapping) -> str:
 
 
 def quick_vs_full_section(results_dir: Path) -> list[str]:
-    lines = ["## Quick vs full reproduction (`idls reproduce --quick` vs `idls reproduce`)", ""]
+    lines = ["## Quick vs full reproduction", "",
+             "`idls reproduce --quick` against `idls reproduce`: the same model and image folders; quick takes fewer "
+             "images and shorter schedules (each experiment file's `quick:` settings).", ""]
     path = results_dir / "quick_vs_full.json"
     if not path.exists():
         return lines + ["No `quick_vs_full.json` in benchmarks/results/."]
