@@ -309,6 +309,30 @@ def test_adv2_grad_beats_pgd_with_the_default_settings(resnet20, cifar16, thread
     assert adv2["iou"] >= 1.4 * pgd["iou"]
 
 
+@pytest.mark.slow
+def test_adv2_stadv_grad_fools_every_photo_with_the_default_settings(resnet20, cifar_lossless_dir, threads):
+    """The StAdv row for GRAD starts from a short plain StAdv run: from the clean image the joint run left some
+    photos unfooled (training photos; the test photos are for measuring only)."""
+    from idls.data.datasets import load_images, select_correct
+
+    train = cifar_lossless_dir.parents[0] / "train"
+    if not train.is_dir():
+        pytest.skip(f"no CIFAR-10 training photos at {train}")
+    photos = select_correct(resnet20, load_images(str(train), input_size=32, n=40, seed=11, num_classes=10), 16)
+    x, labels = photos.images, photos.labels
+    targets = (labels + 1 + torch.arange(len(labels)) % 9) % 10
+    grad = create_interpreter("grad", resnet20)
+    benign = grad.attribute(x, labels).detach()
+    adv2 = create_attack("adv2", framework="stadv", interpreter=grad).run(resnet20, x, labels, targets)
+    stadv = create_attack("stadv").run(resnet20, x, labels, targets)
+    assert adv2.success.float().mean() >= 0.95 and stadv.success.float().mean() >= 0.95
+
+    def l1(images):
+        return (grad.attribute(images, targets).detach() - benign).abs().mean().item()
+
+    assert l1(adv2.x_adv) <= 0.6 * l1(stadv.x_adv)
+
+
 # -- target maps, early stop, frameworks ----------------------------------------------------------
 def test_patch_target_moves_the_map_towards_the_patch(resnet20, cifar16, threads):
     x, labels = cifar16[0][:8], cifar16[1][:8]
