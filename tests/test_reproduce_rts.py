@@ -86,3 +86,21 @@ def test_without_training_images_rts_is_left_out_and_says_so(cifar_system, tmp_p
     assert "RTS is left out: no training images" in capsys.readouterr().out
     assert not (out / rts_masker.MASKER_DIR).exists()
     assert _interpreters(out / "adv2_cifar") == {"cam"}
+
+
+def test_a_degenerate_masker_is_named_with_its_area(tmp_path):
+    """A masker that keeps nearly the whole image (too short a training) gets a warning saying so and what to do;
+    a trained one (last decoder epoch near 40%) and one without a sidecar get none."""
+    from idls.reproduce.rts_masker import DEGENERATE_AREA, degenerate_masker_warning
+
+    def masker(name: str, areas: list[float]) -> Path:
+        history = [{"phase": "selector", "epoch": 1, "total": 1.0}]
+        history += [{"phase": "decoder", "epoch": i + 1, "area": area} for i, area in enumerate(areas)]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"history": history}))
+        return tmp_path / f"{name}.safetensors"
+
+    warning = degenerate_masker_warning(masker("short", [0.99, 0.97]))
+    assert warning is not None and "keeps 97% of each image" in warning and "more images or epochs" in warning
+    assert degenerate_masker_warning(masker("trained", [0.95, 0.52, 0.41])) is None
+    assert degenerate_masker_warning(masker("edge", [DEGENERATE_AREA])) is None
+    assert degenerate_masker_warning(tmp_path / "no_sidecar.safetensors") is None

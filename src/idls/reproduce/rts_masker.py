@@ -25,11 +25,15 @@ class MaskerSchedule:
     batch_size: int = 32
 
 
-#: full: RTS on 2,000 training images for 15 epochs (benchmarks/aid_cifar.py's recipe); quick: a short one
+#: full: RTS on 2,000 training images for 15 epochs (benchmarks/aid_cifar.py's recipe); quick: 4 epochs at a
+#: higher rate. Shorter ones stay degenerate: a mask over almost the whole image, whose maps an attack cannot move,
+#: so every RTS row of a quick run would disagree with the full run (docs/notes/measured.md).
 MASKER_SCHEDULES: dict[bool, MaskerSchedule] = {
     False: MaskerSchedule(fit_n=2000, epochs=15),
-    True: MaskerSchedule(fit_n=256, epochs=3),
+    True: MaskerSchedule(fit_n=2000, epochs=4, lr=5e-3),
 }
+#: a trained masker whose last epoch kept more than this share of the image explains nothing (see above)
+DEGENERATE_AREA = 0.85
 
 
 def ensure_masker(out: Path, classifier, fit_data: str, *, quick: bool, progress: bool = True) -> Path:
@@ -61,4 +65,26 @@ def ensure_masker(out: Path, classifier, fit_data: str, *, quick: bool, progress
     return save_rts(masker, path, extra={"reproduce_schedule": asdict(schedule), "fit_data": fit_data})
 
 
-__all__ = ["MASKER_DIR", "MASKER_SCHEDULES", "MaskerSchedule", "ensure_masker"]
+def masker_area(path: Path) -> float | None:
+    """The mean mask area of the saved masker's last decoder epoch (from its sidecar), or ``None``."""
+    import json
+
+    try:
+        history = json.loads(Path(path).with_suffix(".json").read_text()).get("history", [])
+    except (OSError, ValueError):
+        return None
+    areas = [record["area"] for record in history if record.get("phase") == "decoder" and "area" in record]
+    return float(areas[-1]) if areas else None
+
+
+def degenerate_masker_warning(path: Path) -> str | None:
+    """A one-line warning when the masker at ``path`` keeps nearly the whole image (its maps cannot move)."""
+    area = masker_area(path)
+    if area is None or area <= DEGENERATE_AREA:
+        return None
+    return (f"the RTS masker {path} keeps {area:.0%} of each image on average (a trained one keeps about 40%): "
+            "RTS maps will hardly move under any attack; delete its folder and train it on more images or epochs")
+
+
+__all__ = ["DEGENERATE_AREA", "MASKER_DIR", "MASKER_SCHEDULES", "MaskerSchedule", "degenerate_masker_warning",
+           "ensure_masker", "masker_area"]

@@ -201,7 +201,7 @@ def prepare_rts_masker(out: Path, system: str, *, quick: bool, weights: Path | N
                        console) -> Path | None:
     """Train (or reuse) the CIFAR model's RTS masker in ``out``; ``None`` where there are no training images."""
     from idls.models import create_model
-    from idls.reproduce.rts_masker import MASKER_DIR, ensure_masker
+    from idls.reproduce.rts_masker import MASKER_DIR, degenerate_masker_warning, ensure_masker
 
     checkpoint, _, train = cifar_files(weights, shared, data, fit_data, experiments_dir)
     if not Path(train).is_dir():
@@ -209,7 +209,11 @@ def prepare_rts_masker(out: Path, system: str, *, quick: bool, weights: Path | N
                       "or a trained masker with --rts FILE")
         return None
     console.print(f"RTS masker: {out / MASKER_DIR} (trained on {train} the first time)")
-    return ensure_masker(out, create_model(system, weights=checkpoint), train, quick=quick, progress=progress)
+    path = ensure_masker(out, create_model(system, weights=checkpoint), train, quick=quick, progress=progress)
+    warning = degenerate_masker_warning(path)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    return path
 
 
 def declares_fit_source(path: Path) -> bool:
