@@ -55,9 +55,29 @@ def compare(quick: Sequence[Mapping], full: Sequence[Mapping]) -> list[dict]:
     return rows
 
 
-def timing(run: Mapping) -> dict:
+def attack_seconds(folder: Path) -> dict[str, float]:
+    """Per experiment store in ``folder``: the attack time its records hold (seconds per attacked image, each
+    image of a cell counted once however many interpreters explain it). Unlike ``reproduce.json``'s wall
+    time it survives a killed invocation, but it leaves out maps, evaluation and fitting."""
+    totals = {}
+    for records in sorted(folder.glob("*/records.jsonl")):
+        seen: dict[tuple, float] = {}
+        for line in records.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn last line of a killed run
+                continue
+            if isinstance(record.get("seconds"), (int, float)):
+                seen[(record.get("cell"), record.get("batch"), record.get("image_id"))] = record["seconds"]
+        if seen:
+            totals[records.parent.name] = sum(seen.values())
+    return totals
+
+
+def timing(run: Mapping, folder: Path) -> dict:
     return {"seconds": run.get("seconds"), "invocations": run.get("invocations", 1 if run else None),
-            "seconds_per_experiment": dict(run.get("seconds_per_experiment") or {})}
+            "seconds_per_experiment": dict(run.get("seconds_per_experiment") or {}),
+            "attack_seconds_per_experiment": attack_seconds(folder)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%d"), "system": full_run.get("system") or quick_run.get("system"),
-        "quick": timing(quick_run), "full": timing(full_run), "claims": claims}, indent=2))
+        "quick": timing(quick_run, args.quick), "full": timing(full_run, args.full), "claims": claims}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

@@ -826,14 +826,18 @@ def quick_vs_full_section(results_dir: Path) -> list[str]:
                      {True: "yes", False: "**no**", None: "-"}[row.get("agree")],
                      failing_text(row["quick"]), failing_text(row["full"])] for row in claims])
     quick, full = run.get("quick", {}), run.get("full", {})
-    names = list(dict.fromkeys([*quick.get("seconds_per_experiment", {}), *full.get("seconds_per_experiment", {})]))
-    lines += ["", "Wall time per experiment (seconds, summed over the invocations that resumed it; one CPU thread, "
-              "other work on the machine at the same time):", ""]
-    lines += table(["experiment", "quick s", "full s"],
-                   [[name, fmt_seconds(quick.get("seconds_per_experiment", {}).get(name)),
-                     fmt_seconds(full.get("seconds_per_experiment", {}).get(name))] for name in names]
+    wall = {name: run.get("seconds_per_experiment", {}) for name, run in (("quick", quick), ("full", full))}
+    attack = {name: run.get("attack_seconds_per_experiment", {}) for name, run in (("quick", quick), ("full", full))}
+    names = list(dict.fromkeys([*wall["quick"], *wall["full"], *attack["quick"], *attack["full"]]))
+    lines += ["", "Time per experiment, in seconds: wall time summed over the invocations that ran it (`reproduce.json`;"
+              " an invocation killed before its end records none), and the attack time its records hold (seconds "
+              "per attacked image; without maps, evaluation and fitting). One CPU thread, other work on the machine "
+              "at the same time.", ""]
+    lines += table(["experiment", "quick wall s", "full wall s", "quick attack s", "full attack s"],
+                   [[name, *(fmt_seconds(wall[run].get(name)) for run in ("quick", "full")),
+                     *(fmt_seconds(attack[run].get(name)) for run in ("quick", "full"))] for name in names]
                    + [["total (with scorecard and report)", fmt_seconds(quick.get("seconds")),
-                       fmt_seconds(full.get("seconds"))]])
+                       fmt_seconds(full.get("seconds")), "", ""]])
     return lines
 
 

@@ -22,6 +22,10 @@ def _module(name: str):
 
 def _reproduction(folder: Path, quick: bool, verdicts: dict, seconds: dict) -> Path:
     folder.mkdir(parents=True)
+    (folder / "adv2_cifar").mkdir()
+    records = [{"cell": "c1", "batch": 0, "image_id": image, "interpreter": interpreter, "seconds": 2.0}
+               for image in ("a", "b") for interpreter in ("cam", "grad")]  # one attack per image, two maps
+    (folder / "adv2_cifar" / "records.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n{torn")
     rows = [{"id": claim, "claim": f"claim {claim}", "pass": verdict, "n": 0 if verdict is None else 8,
              "details": [] if verdict is None else [{"group": "grad", "pass": verdict}, {"group": "cam", "pass": True}]}
             for claim, verdict in verdicts.items()]
@@ -48,7 +52,9 @@ def test_verdicts_side_by_side_and_rendered(tmp_path):
     page = "\n".join(write_docs.quick_vs_full_section(out.parent))
     assert "2 of the 3 claims both runs measured agree; claims only one of them measured: 1 " in page
     assert "| c | PASS (8) | FAIL (8) | **no** | - | grad |" in page
-    assert "| jap_cifar | - | 700 |" in page and "| total (with scorecard and report) | 102 | 5702 |" in page
+    assert result["full"]["attack_seconds_per_experiment"] == {"adv2_cifar": 4.0}
+    assert "| jap_cifar | - | 700 | - | - |" in page and "| adv2_cifar | 100 | 5000 | 4.00 | 4.00 |" in page
+    assert "| total (with scorecard and report) | 102 | 5702 |  |  |" in page
 
 
 def test_refuses_swapped_or_missing_runs(tmp_path):
