@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", type=Path, required=True, help="output folder of `idls reproduce --quick`")
     parser.add_argument("--full", type=Path, required=True, help="output folder of `idls reproduce`")
     parser.add_argument("--out", type=Path, default=RESULTS / "quick_vs_full.json")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a remark on the runs kept with the result (repeat), e.g. which full experiments are partial")
     args = parser.parse_args(argv)
     quick_rows, quick_run = read_reproduction(args.quick)
     full_rows, full_run = read_reproduction(args.full)
@@ -100,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "written": time.strftime("%Y-%m-%d"), "system": full_run.get("system") or quick_run.get("system"),
-        "quick": timing(quick_run, args.quick), "full": timing(full_run, args.full), "claims": claims}, indent=2))
+        "quick": timing(quick_run, args.quick), "full": timing(full_run, args.full), "notes": args.note,
+        "claims": claims}, indent=2))
     print(f"wrote {args.out}")
     return 0
 

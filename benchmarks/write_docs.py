@@ -820,6 +820,8 @@ def quick_vs_full_section(results_dir: Path) -> list[str]:
               f"of the {len(measured)} claims both runs measured agree; claims only one of them measured: "
               f"{len(claims) - len(measured)} (a full run that has not reached their experiment yet resumes where it "
               "stopped). In brackets: the images behind the verdict (each row counts its own).", ""]
+    if run.get("notes"):
+        lines += [f"- {note}" for note in run["notes"]] + [""]
     lines += table(["claim", "quick", "full", "same verdict", "quick fails on", "full fails on"],
                    [[row["id"], f"{row['quick']['verdict']} ({row['quick']['n']})",
                      f"{row['full']['verdict']} ({row['full']['n']})",

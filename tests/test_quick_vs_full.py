@@ -43,7 +43,8 @@ def test_verdicts_side_by_side_and_rendered(tmp_path):
     full = _reproduction(tmp_path / "full", False, {"a": True, "b": False, "c": False, "d": None},
                          {"adv2_cifar": 5000.0, "jap_cifar": 700.0})
     out = tmp_path / "results" / "quick_vs_full.json"
-    assert quick_vs_full.main(["--quick", str(quick), "--full", str(full), "--out", str(out)]) == 0
+    assert quick_vs_full.main(["--quick", str(quick), "--full", str(full), "--out", str(out),
+                               "--note", "full targets_cifar: 25 of 100 images"]) == 0
     result = json.loads(out.read_text())
     agree = {row["id"]: row["agree"] for row in result["claims"]}
     assert agree == {"a": True, "b": True, "c": False, "d": None}  # 'd': the full run has not measured it
@@ -51,7 +52,7 @@ def test_verdicts_side_by_side_and_rendered(tmp_path):
     assert c["quick"]["failing"] == [] and c["full"]["failing"] == ["grad"]
     page = "\n".join(write_docs.quick_vs_full_section(out.parent))
     assert "2 of the 3 claims both runs measured agree; claims only one of them measured: 1 " in page
-    assert "| c | PASS (8) | FAIL (8) | **no** | - | grad |" in page
+    assert "| c | PASS (8) | FAIL (8) | **no** | - | grad |" in page and "- full targets_cifar: 25 of 100 images" in page
     assert result["full"]["attack_seconds_per_experiment"] == {"adv2_cifar": 4.0}
     assert "| jap_cifar | - | 700 | - | - |" in page and "| adv2_cifar | 100 | 5000 | 4.00 | 4.00 |" in page
     assert "| total (with scorecard and report) | 102 | 5702 |  |  |" in page
