@@ -42,9 +42,8 @@ def side(row: Mapping | None) -> dict:
 
 def compare(quick: Sequence[Mapping], full: Sequence[Mapping]) -> list[dict]:
     """A row per claim (the quick scorecard's order, then claims only the full one has)."""
-    by_id = {row["id"]: row for row in full}
-    order = [row["id"] for row in quick] + [row["id"] for row in full if row["id"] not in {r["id"] for r in quick}]
-    quick_by_id = {row["id"]: row for row in quick}
+    quick_by_id, by_id = {row["id"]: row for row in quick}, {row["id"]: row for row in full}
+    order = [*quick_by_id, *(claim for claim in by_id if claim not in quick_by_id)]
     rows = []
     for claim in order:
         a, b = side(quick_by_id.get(claim)), side(by_id.get(claim))

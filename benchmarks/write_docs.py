@@ -30,7 +30,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,21 @@ def machine_line(machine: Mapping | None) -> str:
 def provenance(script: str, source: str, when: str | None) -> str:
     stamp = when if when else "the file records no date (see its commit in git log)"
     return f"Source: `{source}`, written by `{script}`; measured: {stamp}."
+
+
+def opening(results_dir: Path, name: str, script: str, *, when: Callable[[Mapping], str | None] | None = None,
+            machine: bool = True) -> tuple[list[str], Any]:
+    """A section's source lines and the JSON ``name`` in ``results_dir`` (``None`` when it is missing).
+
+    The lines: provenance (``when(data)`` or the file's ``written``), the machine line (unless ``machine``
+    is false) and a blank line; for a missing file, the line saying so.
+    """
+    path = results_dir / name
+    if not path.exists():
+        return [f"No `{name}` in benchmarks/results/."], None
+    data = load(path)
+    lines = [provenance(script, rel(path, results_dir), when(data) if when else data.get("written"))]
+    return lines + ([machine_line(data.get("machine"))] if machine else []) + [""], data
 
 
 # ---------------------------------------------------------------------------------
@@ -496,13 +511,11 @@ def pgd_cost_section(results_dir: Path) -> list[str]:
 
 
 def interpreters_section(results_dir: Path) -> list[str]:
-    lines = ["## Interpreter cost", ""]
-    path = results_dir / "interpreters.json"
-    if not path.exists():
-        return lines + ["No `interpreters.json` in benchmarks/results/."]
-    results = load(path)
-    lines += [provenance("benchmarks/interpreters.py", rel(path, results_dir), None), machine_line(results.get("machine")), "",
-              "One map per image, in forward + backward equivalents of the same classifier and batch.", ""]
+    head, results = opening(results_dir, "interpreters.json", "benchmarks/interpreters.py", when=lambda _: None)
+    lines = ["## Interpreter cost", "", *head]
+    if results is None:
+        return lines
+    lines += ["One map per image, in forward + backward equivalents of the same classifier and batch.", ""]
     rows = []
     for name in sorted((k for k in results if isinstance(results[k], Mapping) and "interpreters" in results[k]),
                        key=lambda k: order(k, CONFIGS)):
@@ -515,14 +528,11 @@ def interpreters_section(results_dir: Path) -> list[str]:
 
 
 def mask_stability_section(results_dir: Path) -> list[str]:
-    lines = ["### MASK's own stability", ""]
-    path = results_dir / "mask_stability.json"
-    if not path.exists():
-        return lines + ["No `mask_stability.json` in benchmarks/results/."]
-    results = load(path)
-    lines += [provenance("benchmarks/mask_stability.py", rel(path, results_dir), results.get("written")),
-              machine_line(results.get("machine")), "",
-              f"MASK ({results.get('iterations', '?')} iterations) on {results.get('n', '?')} correctly classified "
+    head, results = opening(results_dir, "mask_stability.json", "benchmarks/mask_stability.py")
+    lines = ["### MASK's own stability", "", *head]
+    if results is None:
+        return lines
+    lines += [f"MASK ({results.get('iterations', '?')} iterations) on {results.get('n', '?')} correctly classified "
               "CIFAR-10 training photos, pretrained cifar_resnet20: IoU@20% of a second map against the benign map "
               "of the same photo and class, with nothing adversarial done (noise rows: the photos whose prediction "
               "the noise left unchanged). The ceiling for an attack that must keep MASK's map (ADV²-MASK above).", ""]
@@ -652,15 +662,13 @@ def universal_section(results_dir: Path) -> list[str]:
 
 
 def detection_section(results_dir: Path) -> list[str]:
-    lines = ["## Detection (CIFAR-10 ResNet-20)", ""]
-    path = results_dir / "detection_study.json"
-    if not path.exists():
-        return lines + ["No `detection_study.json` in benchmarks/results/."]
-    run = load(path)
+    head, run = opening(results_dir, "detection_study.json", "benchmarks/detection_study.py",
+                        when=lambda data: data.get("study", {}).get("written"))
+    lines = ["## Detection (CIFAR-10 ResNet-20)", "", *head]
+    if run is None:
+        return lines
     study = run.get("study", {})
-    lines += [provenance("benchmarks/detection_study.py", rel(path, results_dir), study.get("written")),
-              machine_line(run.get("machine")), "",
-              "Detectors fitted on CIFAR-10 training photos (`data.fit_source`), thresholds at their false-positive "
+    lines += ["Detectors fitted on CIFAR-10 training photos (`data.fit_source`), thresholds at their false-positive "
               "rate on benign fit photos (feature squeezing: 5%; the multi-interpreter detector: its own decision at "
               "probability 0.5); evaluated on the test photos of each experiment. Detection = share of the adversarial "
               "images flagged; 'benign FPR' = share of the evaluated benign images flagged."]
@@ -765,14 +773,11 @@ with MASK's jitter noise, and AdvEdge's step-count and AdvEdge+'s edge-stage com
 
 
 def robust_training_section(results_dir: Path) -> list[str]:
-    lines = ["## Training defences (CIFAR-10 ResNet-20, paper 000 Table VII)", ""]
-    path = results_dir / "robust_training.json"
-    if not path.exists():
-        return lines + ["No `robust_training.json` in benchmarks/results/."]
-    run = load(path)
-    lines += [provenance("benchmarks/robust_training.py", rel(path, results_dir), run.get("written")),
-              machine_line(run.get("machine")), "",
-              f"Fine-tuned from the pretrained weights on {run.get('n_train')} training photos for {run.get('epochs')} "
+    head, run = opening(results_dir, "robust_training.json", "benchmarks/robust_training.py")
+    lines = ["## Training defences (CIFAR-10 ResNet-20, paper 000 Table VII)", "", *head]
+    if run is None:
+        return lines
+    lines += [f"Fine-tuned from the pretrained weights on {run.get('n_train')} training photos for {run.get('epochs')} "
               f"epochs (peak lr {run.get('lr')}); evaluated on {run.get('n_eval')} test photos: accuracy under "
               f"untargeted PGD ({run.get('evaluation_steps')} steps of epsilon/4, random start) over all of them, and "
               "Kendall's tau of CAM under the interpretation attack (Eq. 20, label kept) on the correctly classified "
@@ -809,14 +814,13 @@ def quick_vs_full_section(results_dir: Path) -> list[str]:
     lines = ["## Quick vs full reproduction", "",
              "`idls reproduce --quick` against `idls reproduce`: the same model and image folders; quick takes fewer "
              "images and shorter schedules (each experiment file's `quick:` settings).", ""]
-    path = results_dir / "quick_vs_full.json"
-    if not path.exists():
-        return lines + ["No `quick_vs_full.json` in benchmarks/results/."]
-    run = load(path)
+    head, run = opening(results_dir, "quick_vs_full.json", "benchmarks/quick_vs_full.py", machine=False)
+    lines += head
+    if run is None:
+        return lines
     claims = run.get("claims", [])
     measured = [row for row in claims if row.get("agree") is not None]
-    lines += [provenance("benchmarks/quick_vs_full.py", rel(path, results_dir), run.get("written")), "",
-              f"The verdicts of both scorecards on {run.get('system', '?')}: {sum(bool(r['agree']) for r in measured)} "
+    lines += [f"The verdicts of both scorecards on {run.get('system', '?')}: {sum(bool(r['agree']) for r in measured)} "
               f"of the {len(measured)} claims both runs measured agree; claims only one of them measured: "
               f"{len(claims) - len(measured)} (a full run that has not reached their experiment yet resumes where it "
               "stopped). In brackets: the images behind the verdict (each row counts its own).", ""]

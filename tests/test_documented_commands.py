@@ -19,13 +19,26 @@ YAML_COMMENT = re.compile(r"^#\s+idls ([a-z].*?)(?:\s+#.*)?$")
 OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
 
+def _joined_lines(text: str) -> list[tuple[int, str]]:
+    """(number of its first line, text) per logical line: shell continuations (a trailing backslash) joined."""
+    joined: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        start, head = pending if pending else (number, "")
+        if line.endswith("\\"):
+            pending = (start, head + line[:-1] + " ")
+            continue
+        joined.append((start, head + line))
+        pending = None
+    return joined
+
+
 def _command_lines() -> list[tuple[str, str]]:
     """(where, text after 'idls ') for every documented command line, continuation lines joined."""
     found = []
     for path in SOURCES:
-        lines = path.read_text(encoding="utf-8").replace("\\\n", " ").splitlines()
         in_block = False
-        for number, line in enumerate(lines, 1):
+        for number, line in _joined_lines(path.read_text(encoding="utf-8")):
             if line.lstrip().startswith("```"):
                 in_block = not in_block
                 continue

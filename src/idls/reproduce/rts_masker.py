@@ -8,6 +8,7 @@ training checkpoints every epoch), and both the experiments and the AID study us
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,10 +68,10 @@ def ensure_masker(out: Path, classifier, fit_data: str, *, quick: bool, progress
 
 def masker_area(path: Path) -> float | None:
     """The mean mask area of the saved masker's last decoder epoch (from its sidecar), or ``None``."""
-    import json
+    from idls.interpreters.rts_training import sidecar_path
 
     try:
-        history = json.loads(Path(path).with_suffix(".json").read_text()).get("history", [])
+        history = json.loads(sidecar_path(path).read_text()).get("history", [])
     except (OSError, ValueError):
         return None
     areas = [record["area"] for record in history if record.get("phase") == "decoder" and "area" in record]
