@@ -89,6 +89,12 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _experiment_file(tmp: Path) -> Path:
+    import yaml
+
+    return _write(tmp / "experiment.yaml", yaml.safe_dump(_experiment(data={"source": "embedded", "n": 2})))
+
+
 def _nan_model():
     model = _model()
     head = model._head
@@ -240,6 +246,12 @@ CASES: list[Case] = [
          cli=True, fix="add --fit-attack ATTACK (e.g. pgd)"),
     Case("command", "`idls reproduce --weights` of a missing checkpoint",
          lambda t: ["reproduce", "--weights", t / "missing.th"], cli=True),
+    Case("command", "`idls reproduce --cells` without `--only`", lambda t: ["reproduce", "--cells", "interpreter=cam"],
+         cli=True),
+    Case("command", "`--cells` that is not KEY=PATTERN", lambda t: ["run", _experiment_file(t), "--cells", "cam"],
+         cli=True),
+    Case("command", "`--cells` that matches no cell",
+         lambda t: ["run", _experiment_file(t), "--out", t / "out", "--cells", "attack=cw"], cli=True),
     # -- experiment files ------------------------------------------------------------------------------------------
     Case("experiment file", "a misspelt key", lambda t: _load(_experiment(atacks=["pgd"]))),
     Case("experiment file", "no `data:` section",

@@ -2,8 +2,8 @@
 
 ``records.jsonl`` (one JSON object per line), ``done.jsonl`` (one marker per complete unit, written
 after its records), ``tensors/<cell>/batch_<k>.safetensors`` (``x_adv``, ``benign_map/<g>``,
-``adversarial_map/<g>``, one cell per attacked interpreter), ``experiment.yaml`` and
-``environment.json``.
+``adversarial_map/<g>``, one cell per attacked interpreter), ``experiment.yaml``,
+``environment.json`` and ``plan.json`` (the grid: every cell written, plus ``planned`` cells not run).
 """
 
 from __future__ import annotations
@@ -81,8 +81,13 @@ def write_store(
     torn_tail: bool = False,
     config: Mapping | None = None,
     with_tensors: bool = True,
+    planned: Mapping[str, int] | None = None,
+    with_plan: bool = True,
 ) -> Path:
     """Write a store to ``out``: units = (cell, batch); ``incomplete`` units get records but no done marker.
+
+    ``plan.json`` lists each written cell with its batches, and ``planned`` cells (id -> batches) that
+    have no records (not run yet); ``with_plan=False`` leaves it out (a store written before plans existed).
 
     Each record's ``adv_path`` points to its unit's tensor file; the tensors are seeded random images and maps.
     """
@@ -107,6 +112,11 @@ def write_store(
                 done_file.write(json.dumps({"cell": cell, "batch": batch, "n_records": len(unit)}) + "\n")
         if torn_tail:
             rec_file.write('{"kind": "attack", "cell": "torn", "batch": 0, "image_')
+    if with_plan:
+        plan: dict[str, int] = {}
+        for cell, batch in units:
+            plan[cell] = max(plan.get(cell, 0), batch + 1)
+        (out / "plan.json").write_text(json.dumps({"cells": {**plan, **dict(planned or {})}}))
     (out / "experiment.yaml").write_text(yaml.safe_dump(dict(config or {"name": "exp", "models": ["cifar_resnet20"]})))
     (out / "environment.json").write_text(json.dumps({"idls": "0.1.0", "torch": torch.__version__, "python": "3.11"}))
     return out

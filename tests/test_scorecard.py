@@ -188,3 +188,60 @@ def test_nan_values_become_null_in_json(tmp_path):
     saved = by_id(json.loads((tmp_path / "scorecard.json").read_text()))
     assert saved["001-obs2"]["details"][0]["values"]["l1_ratio"] is None
     assert saved["001-obs2"]["pass"] is False  # an undefined ratio is not a pass
+
+
+# ---------------------------------------------------------------------------------
+# Partial reproductions: which verdicts the rest of the run could still change
+# ---------------------------------------------------------------------------------
+def _failing_adv2(cell_suffix=""):
+    adv2 = joint_records()
+    for r in adv2:
+        r["cell"] += cell_suffix
+        if r["interpreter"] == "cam":
+            r["success"] = False  # 001-obs1 fails on cam
+    return adv2
+
+
+def test_a_whole_store_settles_every_measured_verdict(tmp_path):
+    write_store(tmp_path, pgd_records(map_l1=0.2, map_iou=0.3) + _failing_adv2(), with_tensors=False)
+    rows = by_id(scorecard_for_run(tmp_path, show=False))
+    assert rows["001-obs1"]["pass"] is False and rows["001-obs1"]["settled"] is True
+    assert rows["001-obs2"]["settled"] is True
+    assert rows["000-success"]["pass"] is None and rows["000-success"]["settled"] is False
+
+
+def test_a_fail_on_complete_cells_is_settled_a_pass_is_not(tmp_path):
+    records = pgd_records(map_l1=0.2, map_iou=0.3) + _failing_adv2()
+    for r in records:  # 001-obs2 passes on what is there
+        if r["attack"] == "adv2":
+            r["map_l1"], r["map_iou"] = 0.05, 0.8
+    write_store(tmp_path, records, planned={"exp-cifar_resnet20-adv2-pgd-benign-mask": 1}, with_tensors=False)
+    console = Console(record=True, width=200)
+    rows = by_id(scorecard_for_run(tmp_path, console=console))
+    assert rows["001-obs1"]["pass"] is False and rows["001-obs1"]["settled"] is True
+    assert rows["001-obs2"]["pass"] is True and rows["001-obs2"]["settled"] is False
+    saved = by_id(json.loads((tmp_path / "scorecard.json").read_text()))
+    assert saved["001-obs2"]["settled"] is False
+    output = console.export_text()
+    assert "PASS (partial run)" in output and "(4 of 5 cells)" in output  # names the incomplete store
+
+
+def test_a_fail_from_a_half_run_cell_is_not_settled(tmp_path):
+    # the failing cam cell has batch 0 of 2: its second batch could lift its success over the bar
+    adv2 = _failing_adv2()
+    cam_cell = next(r["cell"] for r in adv2 if r["interpreter"] == "cam")
+    write_store(tmp_path, pgd_records() + adv2, planned={cam_cell: 2}, with_tensors=False)
+    rows = by_id(scorecard_for_run(tmp_path, show=False))
+    assert rows["001-obs1"]["pass"] is False and rows["001-obs1"]["settled"] is False
+
+
+def test_stores_without_a_plan_or_missing_expected_ones_settle_only_what_they_must(tmp_path):
+    write_store(tmp_path / "old", pgd_records() + _failing_adv2(), with_plan=False, with_tensors=False)
+    rows = by_id(scorecard_for_run(tmp_path, show=False))
+    assert rows["001-obs1"]["settled"] is False  # completeness unknown: no cell counts as complete
+    write_store(tmp_path / "exp", pgd_records(map_l1=0.2, map_iou=0.3) + joint_records(map_l1=0.05, map_iou=0.8),
+                with_tensors=False)
+    whole = by_id(scorecard_for_run(tmp_path / "exp", show=False))
+    assert whole["001-obs2"] == {**whole["001-obs2"], "pass": True, "settled": True}
+    partial = by_id(scorecard_for_run(tmp_path / "exp", show=False, expected=["exp", "other_experiment"]))
+    assert partial["001-obs2"]["pass"] is True and partial["001-obs2"]["settled"] is False

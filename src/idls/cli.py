@@ -698,6 +698,13 @@ def demo(
 
 BackendOpt = Annotated[str, typer.Option(help="'local' (this process) or 'ray' (a Ray cluster; pip install 'idls\\[ray]')")]
 QuickOpt = Annotated[bool, typer.Option(help="fewer images and iterations (the experiment files' quick: settings)")]
+CellsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--cells", help="run only the cells matching KEY=PATTERN[,KEY=PATTERN] (a cell field such as attack, "
+                                 "framework, interpreter or variant; repeat for several), e.g. "
+                                 "--cells framework=cw,interpreter=cam; the store stays the whole grid's, so the "
+                                 "command without --cells runs the rest"),
+]
 
 
 @app.command("run")
@@ -713,6 +720,7 @@ def run_command(
                                    "--set models.cifar_resnet20.weights=ckpt.th; repeat for several"),
     ] = None,
     report_: Annotated[bool, typer.Option("--report/--no-report", help="write report.html and tables/ at the end")] = True,
+    cells: CellsOpt = None,
 ) -> None:
     """Run (or resume) an experiment grid into an append-only store; then the report and a summary table."""
     from idls.analysis.store_reader import load_store
@@ -723,12 +731,16 @@ def run_command(
     if not experiment.is_file():
         raise UserError(f"experiment file {experiment} does not exist; see experiments/ for examples")
     summary = run_experiment(experiment, out, backend=backend, quick=quick, overrides=parse_overrides(set_ or []),
-                             ray_address=ray_address)
+                             ray_address=ray_address, cells=cells)
     print_summary_table(load_store(out).records)
     if report_:
         typer.echo(f"report: {write_experiment_report(out)}")
     typer.echo(f"{summary.units_run} unit(s) run, {summary.units_skipped} already done; "
                f"{summary.records_total} records in {out} ({summary.seconds:.0f} s)")
+    if summary.cells_selected is not None:
+        left = summary.units - summary.units_run - summary.units_skipped
+        typer.echo(f"--cells ran {summary.cells_selected} of {summary.cells} cells; {left} unit(s) of the others "
+                   "are left: the same command without --cells runs them")
 
 
 @app.command()
@@ -748,12 +760,13 @@ def reproduce(
                                                              "cifar_resnet20)")] = "cifar_resnet20",
     fit_data: Annotated[Optional[str], typer.Option(help="training images for fitted attacks and defences "
                                                          "(never the --data images)")] = None,
+    cells: CellsOpt = None,
 ) -> None:
     """Reproduce the papers' observations: bundled experiments, scorecard.json, report.html."""
     from idls.reproduce.run import reproduce as run_reproduction
 
     run_reproduction(out, quick=quick, weights=weights, shared=shared, rts=rts, data=data, backend=backend,
-                     experiments_dir=experiments, only=only, model=model, fit_data=fit_data)
+                     experiments_dir=experiments, only=only, model=model, fit_data=fit_data, cells=cells)
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 The store contract: ``records.jsonl`` (one JSON object per line, append-only), ``done.jsonl``
 (one ``{"cell", "batch", "n_records"}`` marker per completed unit, written after its records),
-``tensors/<cell>/batch_<k>.safetensors``, ``experiment.yaml`` and ``environment.json``.
+``tensors/<cell>/batch_<k>.safetensors``, ``experiment.yaml``, ``environment.json`` and ``plan.json``
+(the whole grid: ``{"cells": {cell: batches}}``; absent in stores written before it existed).
 A record counts only when its ``(cell, batch)`` unit has a done marker; a torn last line is ignored.
 
 A folder that holds no store itself but has store sub-folders (the output of ``idls reproduce``,
@@ -27,6 +28,7 @@ RECORDS_FILE = "records.jsonl"
 DONE_FILE = "done.jsonl"
 CONFIG_FILE = "experiment.yaml"
 ENVIRONMENT_FILE = "environment.json"
+PLAN_FILE = "plan.json"
 STORE_DIR_FIELD = "_store"  # added to every loaded record: the store folder its adv_path is relative to
 
 ATTACK_KIND = "attack"
@@ -46,6 +48,23 @@ class StorePart:
     records: list[dict]
     model_transfer: list[dict]
     studies: list[dict] = field(default_factory=list)
+    #: the whole grid, cell id -> number of batches (``plan.json``); ``None`` when the store has none
+    plan: dict[str, int] | None = None
+    #: the (cell, batch) units with a done marker
+    done_units: frozenset[tuple[str, int]] = frozenset()
+
+    @property
+    def complete_cells(self) -> set[str]:
+        """Cells of the plan whose every batch is done (none when the store has no plan)."""
+        return complete_cells(self.plan or {}, self.done_units)
+
+    @property
+    def complete(self) -> bool | None:
+        """Whether the whole grid is done: ``None`` when unknown (no plan); a study store is complete once its
+        study record is written (a study writes its one record when it has finished)."""
+        if self.plan is None:
+            return True if self.studies else None
+        return len(self.complete_cells) == len(self.plan)
 
     @property
     def name(self) -> str:
@@ -172,8 +191,37 @@ def load_store_part(path: Path) -> tuple[StorePart, list[str]]:
         records=records,
         model_transfer=transfer,
         studies=studies,
+        plan=_read_plan(path / PLAN_FILE),
+        done_units=frozenset(expected),
     )
     return part, warnings
+
+
+def complete_cells(plan: Mapping[str, int], done_units: Iterable[tuple[str, int]]) -> set[str]:
+    """The cells of ``plan`` (cell -> batches) whose every batch is among ``done_units``."""
+    done = set(done_units)
+    return {cell for cell, batches in plan.items() if all((cell, batch) in done for batch in range(batches))}
+
+
+def store_progress(path: Path) -> dict[str, int] | None:
+    """``{"cells": planned, "complete_cells": done}`` of a store folder, read from ``plan.json`` and
+    ``done.jsonl`` only (no records); ``None`` when it has no plan (a study, or a store older than plans)."""
+    plan = _read_plan(Path(path) / PLAN_FILE)
+    if plan is None:
+        return None
+    markers, _ = read_jsonl(Path(path) / DONE_FILE)
+    return {"cells": len(plan), "complete_cells": len(complete_cells(plan, (_unit(m) for m in markers)))}
+
+
+def _read_plan(path: Path) -> dict[str, int] | None:
+    """``plan.json``'s cells (id -> batches), or ``None`` when absent or unreadable (completeness unknown)."""
+    try:
+        cells = json.loads(path.read_text()).get("cells")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(cells, dict):
+        return None
+    return {str(cell): int(batches) for cell, batches in cells.items() if isinstance(batches, int)}
 
 
 def load_store(run_dir: Path) -> Store:

@@ -6,13 +6,14 @@
     summary = run_experiment("experiments/adv2_cifar.yaml", "runs/adv2", quick=True)
 
 Running the same call again resumes: finished units are skipped, unfinished ones run again.
+``cells=[...]`` runs only the selected cells of the grid (:mod:`~idls.experiments.selection`) into the same store.
 """
 
 from __future__ import annotations
 
 import time
 import warnings as _warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from idls.experiments.backends import BACKENDS, run_units
 from idls.experiments.cells import Cell, Unit, expand_cells, expand_units
 from idls.experiments.config import Experiment, load_experiment
 from idls.experiments.execute import UnitOutput, Workspace
+from idls.experiments.selection import select_cells
 from idls.experiments.store import ExperimentStore
 
 
@@ -50,6 +52,8 @@ class RunSummary:
     seconds: float
     recovered_records_dropped: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: cells of the grid this call was asked to run (``cells`` selectors), or ``None`` for all of them
+    cells_selected: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "out": str(self.out)}
@@ -99,6 +103,7 @@ def run_experiment(
     overrides: Mapping[str, Any] | None = None,
     progress: bool = True,
     ray_address: str | None = None,
+    cells: Sequence[str] | None = None,
 ) -> RunSummary:
     """Run (or resume) an experiment into the store ``out``.
 
@@ -110,6 +115,10 @@ def run_experiment(
         overrides: dotted keys -> values (``--set``), only with a file.
         progress: show a progress bar over units.
         ray_address: Ray cluster address (default: the connected one, ``RAY_ADDRESS``, or a new local one).
+        cells: run only the cells matching one of these selectors (``KEY=PATTERN,...``, see
+            :mod:`~idls.experiments.selection`); the store keeps the whole grid's configuration, so a later
+            call without them runs the rest. ``cells``, ``units`` and ``units_skipped`` of the summary
+            count the whole grid; the selected cells' units that were not run are not "skipped".
     """
     started = time.perf_counter()
     if backend not in BACKENDS:
@@ -127,8 +136,13 @@ def run_experiment(
     workspace.artifact_dir = Path(out)
     plan = plan_experiment(experiment, workspace)
     _report_notes(plan.warnings, progress)
+    selected = select_cells(plan.cells, cells or ())
     store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
     try:
+        store.write_plan({c.id: c.n_batches(experiment.data.batch_size) for c in plan.cells})
+        whole = plan
+        if cells:
+            plan = Plan(selected, expand_units(selected, experiment.data.batch_size), plan.images_by_model, plan.warnings)
         plan = fit_attacks(plan, workspace, experiment, Path(out))
         if any(m.training is not None for m in experiment.models):  # trained during planning: workers load the files
             experiment = replace(experiment, models=workspace.resolved_models())
@@ -140,7 +154,8 @@ def run_experiment(
             workspace.experiment = experiment
         pending = [u for u in plan.units if not store.is_done(*u.key)]
         written = 0
-        with _progress_bar(progress, len(plan.units), len(plan.units) - len(pending), experiment.name) as advance:
+        title = experiment.name + (f" ({len(selected)} of {len(whole.cells)} cells)" if cells else "")
+        with _progress_bar(progress, len(plan.units), len(plan.units) - len(pending), title) as advance:
             def commit(unit: Unit, output: UnitOutput) -> None:
                 nonlocal written
                 store.commit(unit.cell.id, unit.batch, output.records, output.tensors)
@@ -152,11 +167,12 @@ def run_experiment(
         recovered = store.recovery.dropped_records
     finally:
         store.close()
+    whole_done = sum(1 for u in whole.units if store.is_done(*u.key))
     return RunSummary(
-        out=Path(out), experiment=experiment.name, cells=len(plan.cells), units=len(plan.units),
-        units_run=len(pending), units_skipped=len(plan.units) - len(pending), records_written=written,
+        out=Path(out), experiment=experiment.name, cells=len(whole.cells), units=len(whole.units),
+        units_run=len(pending), units_skipped=whole_done - len(pending), records_written=written,
         records_total=total, seconds=time.perf_counter() - started, recovered_records_dropped=recovered,
-        warnings=plan.warnings,
+        warnings=plan.warnings, cells_selected=len(selected) if cells else None,
     )
 
 

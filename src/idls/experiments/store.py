@@ -4,6 +4,9 @@ Layout of the output folder::
 
     experiment.yaml      resolved configuration
     environment.json     library versions, git revision, platform, start time, command
+    plan.json            {"cells": {cell id: number of batches}}: the whole grid, rewritten by every run
+                         (a run of some cells, ``--cells``, still lists them all), so readers can tell
+                         complete cells and a complete store from partial ones
     records.jsonl        one JSON record per line (kind: attack | model_transfer)
     done.jsonl           {"cell", "batch", "n_records"} per finished unit
     tensors/<cell>/batch_<k>.safetensors
@@ -43,6 +46,7 @@ CONFIG_FILE = "experiment.yaml"
 ENVIRONMENT_FILE = "environment.json"
 RECORDS_FILE = "records.jsonl"
 DONE_FILE = "done.jsonl"
+PLAN_FILE = "plan.json"
 TENSORS_DIR = "tensors"
 LOCK_FILE = ".lock"
 #: configuration keys that may change between a run and its resumption
@@ -355,6 +359,11 @@ class ExperimentStore:
         return recovery
 
     # -- writing ----------------------------------------------------------------------
+    def write_plan(self, batches_by_cell: Mapping[str, int]) -> None:
+        """Record the whole grid (cell id -> number of batches) in :data:`PLAN_FILE`."""
+        with _disk_errors(self.root):
+            _replace(self.root / PLAN_FILE, json.dumps({"cells": dict(batches_by_cell)}, indent=1).encode())
+
     def is_done(self, cell_id: str, batch: int) -> bool:
         return (cell_id, batch) in self._done
 
@@ -399,6 +408,7 @@ __all__ = [
     "DONE_FILE",
     "ENVIRONMENT_FILE",
     "ExperimentStore",
+    "PLAN_FILE",
     "RECORDS_FILE",
     "Recovery",
     "TENSORS_DIR",

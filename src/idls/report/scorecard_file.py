@@ -18,6 +18,13 @@ def verdict(passed: bool | None) -> str:
     return NOT_RUN.upper() if passed is None else ("PASS" if passed else "FAIL")
 
 
+def row_verdict(row: dict) -> str:
+    """A scorecard row's verdict, with ``' (partial run)'`` when the row says it is not settled (a partial
+    reproduction whose missing cells could still change it)."""
+    word = verdict(row.get("pass"))
+    return word + (" (partial run)" if row.get("pass") is not None and row.get("settled") is False else "")
+
+
 def read_scorecard(path: Path) -> list[dict] | None:
     """The scorecard at ``path``, or ``None`` when there is none."""
     path = Path(path)
@@ -26,4 +33,4 @@ def read_scorecard(path: Path) -> list[dict] | None:
     return json.loads(path.read_text())
 
 
-__all__ = ["NOT_RUN", "SCORECARD_FILE", "read_scorecard", "verdict"]
+__all__ = ["NOT_RUN", "SCORECARD_FILE", "read_scorecard", "row_verdict", "verdict"]

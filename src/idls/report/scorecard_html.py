@@ -12,13 +12,14 @@ import html
 from collections.abc import Mapping, Sequence
 
 from idls.report.html import table_html
-from idls.report.scorecard_file import verdict
+from idls.report.scorecard_file import row_verdict
 
 COLOURS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "NOT RUN": "#9a6700"}
 
 
 def _badge(word: str) -> str:
-    return f'<strong style="color:{COLOURS.get(word, "inherit")}">{word}</strong>'
+    colour = COLOURS.get(word.split(" (")[0], "inherit")  # 'PASS (partial run)' is still a PASS
+    return f'<strong style="color:{colour}">{word}</strong>'
 
 
 def summary_rows(rows: Sequence[Mapping]) -> list[dict]:
@@ -27,7 +28,7 @@ def summary_rows(rows: Sequence[Mapping]) -> list[dict]:
     for row in rows:
         details = row.get("details") or []
         passing = sum(1 for d in details if d.get("pass"))
-        out.append({"claim": row["claim"], "result": verdict(row["pass"]),
+        out.append({"claim": row["claim"], "result": row_verdict(row),
                     "groups passing": f"{passing} / {len(details)}" if details else "–",
                     "setting": row.get("setting", "") if row["pass"] is False else ""})
     return out
@@ -48,7 +49,7 @@ def claim_table(row: Mapping) -> str:
 
 def claim_block(row: Mapping) -> str:
     """A ``<details>`` block: verdict and title as the summary line, rule, paper numbers and the table inside."""
-    word = verdict(row["pass"])
+    word = row_verdict(row)
     parts = [f"<p><b>Pass mark:</b> {html.escape(str(row.get('rule', '')))}</p>",
              f"<p><b>Paper:</b> {html.escape(str(row.get('paper_value', '')))}</p>"]
     if row.get("setting"):

@@ -91,6 +91,19 @@ def merged_run_file(earlier: Mapping | None, now: dict) -> dict:
             "seconds_per_experiment": timings, "invocations": int(earlier.get("invocations") or 1) + 1}
 
 
+def stores_progress(out: Path) -> dict[str, dict[str, int]]:
+    """Per experiment store in ``out``: ``{"cells": planned, "complete_cells": done}`` (stores with a plan only),
+    so a reader of ``reproduce.json`` can tell which experiments a partial reproduction has completed."""
+    from idls.analysis.store_reader import store_progress
+
+    progress = {}
+    for folder in sorted(p for p in Path(out).iterdir() if p.is_dir()):
+        counts = store_progress(folder)
+        if counts is not None:
+            progress[folder.name] = counts
+    return progress
+
+
 def bundled_experiments_dir() -> Path:
     """The repository's ``experiments/`` folder (the checkout this package is installed from)."""
     import idls
@@ -249,6 +262,7 @@ def reproduce(
     progress: bool = True,
     model: str = DEFAULT_MODEL,
     fit_data: str | None = None,
+    cells: Sequence[str] | None = None,
 ) -> ReproduceSummary:
     """Run (or resume) the bundled experiments into ``out/<name>/``; write the scorecard and the report.
 
@@ -267,6 +281,9 @@ def reproduce(
         model: the CIFAR-10 model to reproduce on (default cifar_resnet20).
         fit_data: training images for the experiments that fit perturbations (those whose file sets
             ``data.fit_source``); refused when it is the evaluation folder.
+        cells: run only the cells matching these selectors (``KEY=PATTERN,...``, see
+            :mod:`~idls.experiments.selection`) of the ``only`` experiments, e.g. the groups a claim fails on
+            first; the stores stay those of the whole experiments, so a later call without it runs the rest.
     """
     from rich.console import Console
 
@@ -279,6 +296,7 @@ def reproduce(
     directory = experiments_dir if experiments_dir is not None else bundled_experiments_dir()
     system, files, overrides = plan_reproduction(Path(directory), weights=weights, shared=shared, rts=rts,
                                                data=data, model=model, fit_data=fit_data)
+    every_store = [*(f.stem for f in files), *(CIFAR_STUDIES if system != EMBEDDED_SYSTEM else EMBEDDED_STUDIES)]
     if only:
         studies = CIFAR_STUDIES if system != EMBEDDED_SYSTEM else EMBEDDED_STUDIES
         unknown = sorted(set(only) - {f.stem for f in files} - set(studies))
@@ -286,6 +304,9 @@ def reproduce(
             raise UserError(f"--only {', '.join(unknown)}: not among this system's experiments and studies "
                             f"({', '.join([*(f.stem for f in files), *studies])})")
         files = [f for f in files if f.stem in only]
+    if cells and (not only or not files or len(files) < len(only)):
+        raise UserError("--cells needs --only: it selects cells of the experiments --only names (not of studies); "
+                        "add --only EXPERIMENT, e.g. --only advedge_cifar --cells framework=cw,interpreter=cam")
     out = Path(out)
     console.rule(f"idls reproduce on {system}" + (" (quick)" if quick else ""))
     studies_run = [name for name in (CIFAR_STUDIES if system != EMBEDDED_SYSTEM else ()) if not only or name in only]
@@ -303,7 +324,8 @@ def reproduce(
         file_overrides = dict(overrides)
         if fit_data is not None and declares_fit_source(path):
             file_overrides["data.fit_source"] = str(Path(fit_data).expanduser().resolve())
-        run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=file_overrides, progress=progress)
+        run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=file_overrides, progress=progress,
+                       cells=cells)
         timings[path.stem] = time.perf_counter() - experiment_started
     for name, context in study_contexts(system, out, quick=quick, weights=weights, shared=shared, data=data,
                                         fit_data=fit_data, experiments_dir=Path(directory), progress=progress,
@@ -316,7 +338,7 @@ def reproduce(
         started_study = time.perf_counter()
         run_study(study(name), context)
         timings[name] = time.perf_counter() - started_study
-    scorecard = scorecard_for_run(out, console=console)
+    scorecard = scorecard_for_run(out, console=console, expected=every_store)
     report = write_experiment_report(out)
     summary = ReproduceSummary(system=system, experiments=[f.stem for f in files], scorecard=scorecard,
                                seconds=time.perf_counter() - started, report=report,
@@ -326,6 +348,7 @@ def reproduce(
         "fit_data": None if fit_data is None else str(Path(fit_data).resolve()),
         "seconds": summary.seconds, "seconds_per_experiment": timings,
         "passed": summary.passed, "failed": summary.failed, "claims": len(scorecard),
+        "stores": stores_progress(out),
     })
     (out / RUN_FILE).write_text(json.dumps(run_file, indent=2))
     console.print(f"{summary.passed} PASS, {summary.failed} FAIL, "

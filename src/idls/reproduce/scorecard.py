@@ -1,8 +1,13 @@
 """The reproduction scorecard: one line per claim with measured numbers, the paper's numbers, PASS / FAIL.
 
 ``scorecard.json`` is a list of objects with keys ``id``, ``claim``, ``paper``, ``measured``,
-``paper_value``, ``rule``, ``pass`` (true / false / null = not run), ``n`` (records used) and
-``details`` (one entry per compared group).
+``paper_value``, ``rule``, ``pass`` (true / false / null = not run), ``n`` (records used),
+``details`` (one entry per compared group) and ``settled`` (see :func:`is_settled`).
+
+A reproduction may be partial: some experiments not run, or only some cells of one (``--cells``). A
+verdict is *settled* when running the rest cannot change it: every store of the reproduction is complete,
+or the claim already fails on cells that are complete (a claim passes only when every compared group
+passes, and a complete cell's records are the whole run's records for it, so more groups cannot turn it).
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from idls.analysis.groups import label
-from idls.analysis.store_reader import load_store
-from idls.report.scorecard_file import NOT_RUN, SCORECARD_FILE, read_scorecard, verdict  # noqa: F401 (re-exported)
+from idls.analysis.store_reader import Store, load_store
+from idls.report.scorecard_file import NOT_RUN, SCORECARD_FILE, read_scorecard, row_verdict, verdict  # noqa: F401 (re-exported)
 from idls.reproduce.catalog import CLAIMS
 from idls.reproduce.claims import Check, Claim
 
@@ -95,19 +100,67 @@ def print_scorecard(rows: Sequence[Mapping], console=None) -> None:
         table.add_column(column, style=style, overflow="fold")
     colours = {"PASS": "green", "FAIL": "red"}
     for row in rows:
-        word = verdict(row["pass"])
+        word = row_verdict(row)
         table.add_row(escape(row["claim"]), escape(row["measured"]), escape(row["paper_value"]),
-                      f"[{colours.get(word, 'yellow')}]{word}[/]")
+                      f"[{colours.get(word.split(' (')[0], 'yellow')}]{word}[/]")
     console = console or Console(width=max(Console().width, 140))
     console.print(table)
 
 
-def scorecard_for_run(run_dir: Path, *, show: bool = True, console=None) -> list[dict]:
+def incomplete_stores(store: Store, expected: Sequence[str] = ()) -> list[str]:
+    """What keeps ``store`` from being a whole run: ``'NAME (k of n cells)'`` per incomplete store, ``'NAME
+    (not run)'`` per ``expected`` store folder that is missing, ``'NAME (completeness unknown)'`` per store
+    without a plan (written before stores kept one)."""
+    present = {part.path.name: part for part in store.parts}
+    missing = []
+    for name, part in present.items():
+        if part.complete is None:
+            missing.append(f"{name} (completeness unknown)")
+        elif not part.complete:
+            missing.append(f"{name} ({len(part.complete_cells)} of {len(part.plan or {})} cells)")
+    return missing + [f"{name} (not run)" for name in expected if name not in present]
+
+
+def records_of_complete_cells(store: Store) -> list[dict]:
+    """The attack records whose cell is complete in its store (stores without a plan contribute none)."""
+    records = []
+    for part in store.parts:
+        complete = part.complete_cells
+        records += [r for r in part.records if r.get("cell") in complete]
+    return records
+
+
+def is_settled(claim: Claim, row: Mapping, complete_records: Sequence[Mapping], whole: bool) -> bool:
+    """Whether running the rest of a partial reproduction cannot change ``row``'s verdict.
+
+    ``whole``: every store is complete (and every expected one present). A study claim reads a study's single
+    record, written when the study has finished. Otherwise only a FAIL can be settled: when a group fails on
+    complete cells alone."""
+    if row["pass"] is None:
+        return False
+    if whole or claim.source == "studies":
+        return True
+    return row["pass"] is False and any(not check.passed for check in claim.measure(complete_records))
+
+
+def scorecard_for_run(run_dir: Path, *, show: bool = True, console=None, expected: Sequence[str] = ()) -> list[dict]:
     """Evaluate the claims on the store in ``run_dir`` (or its experiment sub-folders), write
-    ``run_dir/scorecard.json`` and print the table; returns the scorecard rows."""
+    ``run_dir/scorecard.json`` and print the table; returns the scorecard rows.
+
+    ``expected``: the store folders a whole run has (``idls reproduce``: the system's experiments and
+    studies); a missing one leaves passing verdicts unsettled."""
     store = load_store(Path(run_dir))
     rows = evaluate_claims(store.records, studies=store.studies)
+    incomplete = incomplete_stores(store, expected)
+    complete_records = records_of_complete_cells(store) if incomplete else store.records
+    for claim, row in zip(CLAIMS, rows):
+        row["settled"] = is_settled(claim, row, complete_records, whole=not incomplete)
     write_scorecard(rows, Path(run_dir) / SCORECARD_FILE)
     if show:
         print_scorecard(rows, console)
+        if incomplete:
+            from rich.console import Console
+
+            (console or Console()).print("partial run, so verdicts marked '(partial run)' may still change: "
+                                         + ", ".join(incomplete), highlight=False)
     return rows
