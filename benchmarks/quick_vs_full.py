@@ -1,11 +1,20 @@
 """Does ``idls reproduce --quick`` reach the full run's verdict on every claim? Side by side, with wall times.
 
-Reads two finished (or partly finished) reproductions, each an ``idls reproduce --out DIR`` folder with its
-``scorecard.json`` and ``reproduce.json``, and writes ``results/quick_vs_full.json``: per claim both verdicts
-(PASS / FAIL / not run), the images behind them and the rows that fail; per experiment both wall times.
+Reads ``idls reproduce --out DIR`` folders (``scorecard.json``, ``reproduce.json``) and writes
+``results/quick_vs_full.json``: per claim both verdicts (PASS / FAIL / not run), whether each is *settled*,
+the images behind them, the groups compared and those that fail; per experiment both wall times.
 ``benchmarks/write_docs.py`` renders it in docs/benchmarks.md ("Quick vs full reproduction").
 
     python benchmarks/quick_vs_full.py --quick runs/reproduce-quick --full runs/reproduce-full
+    python benchmarks/quick_vs_full.py --full runs/more-of-the-full-run --update
+
+A side's verdict is settled when finishing its run cannot change it: the scorecard says so (a FAIL on
+complete cells, or a whole reproduction), or every experiment the claim's groups name is complete in that
+run (``reproduce.json``'s ``stores``). Verdicts are compared only where both sides are settled.
+
+The full reproduction takes days of one CPU core, more than one working session on a machine that does not
+keep its files between sessions; ``--update`` therefore adds a run's settled verdicts to the file already
+written and keeps each earlier side that the new run does not settle, with the date it was measured.
 
 Standard library only; nothing is recomputed: the verdicts are the scorecards' own.
 """
@@ -15,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 VERDICTS = {True: "PASS", False: "FAIL", None: "not run"}
+SIDES = ("quick", "full")
 
 
 def read_reproduction(folder: Path) -> tuple[list[dict], dict]:
@@ -31,26 +42,77 @@ def read_reproduction(folder: Path) -> tuple[list[dict], dict]:
     return rows, (json.loads(run.read_text()) if run.is_file() else {})
 
 
-def side(row: Mapping | None) -> dict:
-    """One run's view of a claim: verdict, images, and the rows (groups) that fail."""
-    if row is None:
-        return {"verdict": VERDICTS[None], "n": 0, "failing": []}
+def experiments_named(groups: Iterable[str], names: Iterable[str]) -> set[str]:
+    """The experiment names among the ``' · '``-separated parts of group labels."""
+    known = set(names)
+    return {part for group in groups for part in group.split(" · ") if part in known}
+
+
+def side(row: Mapping | None, run: Mapping, experiments: Iterable[str] = (), measured: str = "") -> dict:
+    """One run's view of a claim: verdict, images, groups compared and failing, and whether it is settled.
+
+    ``experiments``: the experiments the claim reads (from either run's groups); when ``run`` records every
+    one of them as complete (``stores``), the verdict is settled even where the scorecard could not tell."""
+    if row is None or row.get("pass") is None:
+        return {"verdict": VERDICTS[None], "n": 0, "failing": [], "groups": [], "settled": False, "measured": measured}
     details = row.get("details") or []
+    stores = run.get("stores") or {}
+    named = list(experiments)
+    whole = bool(named) and all(name in stores and stores[name]["complete_cells"] == stores[name]["cells"]
+                                for name in named)
     return {"verdict": VERDICTS[row.get("pass")], "n": int(row.get("n") or 0),
-            "failing": [detail.get("group", "?") for detail in details if detail.get("pass") is False]}
+            "failing": [detail.get("group", "?") for detail in details if detail.get("pass") is False],
+            "groups": [detail.get("group", "?") for detail in details],
+            "settled": bool(row.get("settled") or whole), "measured": measured}
 
 
-def compare(quick: Sequence[Mapping], full: Sequence[Mapping]) -> list[dict]:
-    """A row per claim (the quick scorecard's order, then claims only the full one has)."""
-    quick_by_id, by_id = {row["id"]: row for row in quick}, {row["id"]: row for row in full}
-    order = [*quick_by_id, *(claim for claim in by_id if claim not in quick_by_id)]
+def agreement(quick: Mapping, full: Mapping) -> bool | None:
+    """Same verdict, where both sides are settled; ``None`` otherwise."""
+    if not (quick.get("settled") and full.get("settled")):
+        return None
+    return quick["verdict"] == full["verdict"]
+
+
+def compare(runs: Mapping[str, tuple[Sequence[Mapping], Mapping]], measured: str,
+            experiment_names: Iterable[str], known_groups: Mapping[str, Iterable[str]] | None = None) -> list[dict]:
+    """A row per claim (the first run's scorecard order, then claims only the other has): ``runs`` maps a side
+    (quick / full) to its (scorecard rows, run file); sides without a run are 'not run'. ``known_groups``:
+    claim -> groups an earlier comparison saw, so the experiments a claim reads include those of runs not
+    given now."""
+    by_side = {name: {row["id"]: row for row in rows} for name, (rows, _) in runs.items()}
+    order = list(dict.fromkeys(claim for rows in by_side.values() for claim in rows))
+    names = list(experiment_names)
     rows = []
     for claim in order:
-        a, b = side(quick_by_id.get(claim)), side(by_id.get(claim))
-        measured_both = "not run" not in (a["verdict"], b["verdict"])
-        title = (quick_by_id.get(claim) or by_id.get(claim) or {}).get("claim", "")
-        rows.append({"id": claim, "claim": title, "quick": a, "full": b,
-                     "agree": (a["verdict"] == b["verdict"]) if measured_both else None})
+        details = [d.get("group", "") for side_rows in by_side.values() for d in (side_rows.get(claim) or {}).get("details") or []]
+        details += list((known_groups or {}).get(claim, ()))
+        reads = experiments_named(details, names)
+        title = next((side_rows[claim].get("claim", "") for side_rows in by_side.values() if claim in side_rows), "")
+        sides = {name: side(by_side[name].get(claim), runs[name][1], reads, measured) if name in runs else side(None, {})
+                 for name in SIDES}
+        rows.append({"id": claim, "claim": title, **sides, "agree": agreement(sides["quick"], sides["full"])})
+    return rows
+
+
+def better(new: Mapping, old: Mapping) -> Mapping:
+    """The side to keep: the new one when it is settled or the old one is not, else the old one."""
+    if new["verdict"] == VERDICTS[None]:
+        return old
+    return new if new.get("settled") or not old.get("settled") else old
+
+
+def update(earlier: Sequence[Mapping], now: Sequence[Mapping], given: Iterable[str]) -> list[dict]:
+    """``earlier``'s claims with each side of ``now`` (for the ``given`` sides) that :func:`better` prefers."""
+    now_by_id = {row["id"]: row for row in now}
+    rows = []
+    for row in [*earlier, *(row for row in now if row["id"] not in {r["id"] for r in earlier})]:
+        merged = dict(row)
+        for name in given:
+            fresh = now_by_id.get(row["id"], {}).get(name)
+            if fresh is not None:
+                merged[name] = better(fresh, row.get(name) or side(None, {}))
+        merged["agree"] = agreement(merged["quick"], merged["full"])
+        rows.append(merged)
     return rows
 
 
@@ -76,33 +138,63 @@ def attack_seconds(folder: Path) -> dict[str, float]:
 def timing(run: Mapping, folder: Path) -> dict:
     return {"seconds": run.get("seconds"), "invocations": run.get("invocations", 1 if run else None),
             "seconds_per_experiment": dict(run.get("seconds_per_experiment") or {}),
-            "attack_seconds_per_experiment": attack_seconds(folder)}
+            "attack_seconds_per_experiment": attack_seconds(folder), "stores": dict(run.get("stores") or {})}
+
+
+def merged_timing(old: Mapping, new: Mapping) -> dict:
+    """Per experiment, the newer run's times where it has them, else the earlier ones; totals add up."""
+    merged = {"invocations": (old.get("invocations") or 0) + (new.get("invocations") or 0)}
+    for key in ("seconds_per_experiment", "attack_seconds_per_experiment", "stores"):
+        merged[key] = {**(old.get(key) or {}), **(new.get(key) or {})}
+    merged["seconds"] = (old.get("seconds") or 0.0) + (new.get("seconds") or 0.0)
+    return merged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", type=Path, required=True, help="output folder of `idls reproduce --quick`")
-    parser.add_argument("--full", type=Path, required=True, help="output folder of `idls reproduce`")
+    parser.add_argument("--quick", type=Path, help="output folder of `idls reproduce --quick`")
+    parser.add_argument("--full", type=Path, help="output folder of `idls reproduce` (whole or partial)")
     parser.add_argument("--out", type=Path, default=RESULTS / "quick_vs_full.json")
+    parser.add_argument("--update", action="store_true",
+                        help="add to --out: keep its earlier sides where the given runs do not settle a verdict")
     parser.add_argument("--note", action="append", default=[],
                         help="a remark on the runs kept with the result (repeat), e.g. which full experiments are partial")
     args = parser.parse_args(argv)
-    quick_rows, quick_run = read_reproduction(args.quick)
-    full_rows, full_run = read_reproduction(args.full)
-    if quick_run.get("quick") is False or full_run.get("quick") is True:
+    given = {name: folder for name, folder in (("quick", args.quick), ("full", args.full)) if folder is not None}
+    if not given or (not args.update and len(given) < 2):
+        raise SystemExit("give --quick and --full, or --update with one or both of them")
+    runs = {name: read_reproduction(folder) for name, folder in given.items()}
+    if runs.get("quick", ([], {}))[1].get("quick") is False or runs.get("full", ([], {}))[1].get("quick") is True:
         raise SystemExit("--quick must be a quick reproduction and --full a full one (see their reproduce.json)")
-    claims = compare(quick_rows, full_rows)
+    today = time.strftime("%Y-%m-%d")
+    earlier = {}
+    if args.update:
+        if not args.out.is_file():
+            raise SystemExit(f"--update adds to {args.out}, which does not exist; run once with --quick and --full")
+        earlier = json.loads(args.out.read_text())
+    known_groups = {row["id"]: [group for name in SIDES for key in ("groups", "failing")
+                                for group in (row.get(name) or {}).get(key) or []] for row in earlier.get("claims", [])}
+    claims = compare(runs, today, (path.stem for path in EXPERIMENTS.glob("*.yaml")), known_groups)
+    times = {name: timing(runs[name][1], folder) for name, folder in given.items()}
+    system = next((run.get("system") for _, run in runs.values() if run.get("system")), None)
+    notes = list(args.note)
+    if args.update:
+        claims = update(earlier.get("claims", []), claims, given)
+        times = {name: merged_timing(earlier.get(name) or {}, times[name]) if name in times else earlier.get(name, {})
+                 for name in SIDES}
+        notes = [*earlier.get("notes", []), *(f"{today}: {note}" for note in notes)]
+        system = earlier.get("system") or system
     for row in claims:
         agree = {True: "same", False: "DIFFERENT", None: "-"}[row["agree"]]
-        print(f"{row['id']:20s} quick {row['quick']['verdict']:8s} full {row['full']['verdict']:8s} {agree}")
-    measured = [row for row in claims if row["agree"] is not None]
-    print(f"{sum(row['agree'] for row in measured)} of {len(measured)} claims measured by both agree; "
-          f"{len(claims) - len(measured)} not run by one of them")
+        marks = {name: row[name]["verdict"] + ("?" if row[name]["verdict"] != VERDICTS[None] and not row[name].get("settled")
+                                              else "") for name in SIDES}
+        print(f"{row['id']:20s} quick {marks['quick']:9s} full {marks['full']:9s} {agree}")
+    settled = [row for row in claims if row["agree"] is not None]
+    print(f"{sum(row['agree'] for row in settled)} of {len(settled)} claims settled in both runs agree; "
+          f"{len(claims) - len(settled)} not settled in one of them ('?': could still change)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "written": time.strftime("%Y-%m-%d"), "system": full_run.get("system") or quick_run.get("system"),
-        "quick": timing(quick_run, args.quick), "full": timing(full_run, args.full), "notes": args.note,
-        "claims": claims}, indent=2))
+    args.out.write_text(json.dumps({"written": today, "system": system, **times, "notes": notes, "claims": claims},
+                                   indent=2, ensure_ascii=False))
     print(f"wrote {args.out}")
     return 0
 

@@ -810,6 +810,13 @@ def failing_text(side: Mapping) -> str:
     return "; ".join(side.get("failing") or []) or "-"
 
 
+def side_text(side: Mapping) -> str:
+    """``FAIL (75)``, with ``, not settled`` where the rest of a partial run could still change it."""
+    if side.get("verdict") == "not run":
+        return "not run"
+    return f"{side['verdict']} ({side['n']}{'' if side.get('settled', True) else ', not settled'})"
+
+
 def quick_vs_full_section(results_dir: Path) -> list[str]:
     lines = ["## Quick vs full reproduction", "",
              "`idls reproduce --quick` against `idls reproduce`: the same model and image folders; quick takes fewer "
@@ -819,16 +826,17 @@ def quick_vs_full_section(results_dir: Path) -> list[str]:
     if run is None:
         return lines
     claims = run.get("claims", [])
-    measured = [row for row in claims if row.get("agree") is not None]
-    lines += [f"The verdicts of both scorecards on {run.get('system', '?')}: {sum(bool(r['agree']) for r in measured)} "
-              f"of the {len(measured)} claims both runs measured agree; claims only one of them measured: "
-              f"{len(claims) - len(measured)} (a full run that has not reached their experiment yet resumes where it "
-              "stopped). In brackets: the images behind the verdict (each row counts its own).", ""]
+    settled = [row for row in claims if row.get("agree") is not None]
+    lines += [f"The verdicts of both scorecards on {run.get('system', '?')}: {sum(bool(r['agree']) for r in settled)} "
+              f"of the {len(settled)} claims settled in both runs agree; {len(claims) - len(settled)} are not settled "
+              "in at least one. A verdict is settled when finishing its run cannot change it: its experiments are "
+              "complete, or it fails on cells that are complete (a claim passes only if every group passes). "
+              "*Not settled* marks a verdict that the rest of a partial run could still change. In brackets: the "
+              "images behind the verdict (each row counts its own).", ""]
     if run.get("notes"):
         lines += [f"- {note}" for note in run["notes"]] + [""]
     lines += table(["claim", "quick", "full", "same verdict", "quick fails on", "full fails on"],
-                   [[row["id"], f"{row['quick']['verdict']} ({row['quick']['n']})",
-                     f"{row['full']['verdict']} ({row['full']['n']})",
+                   [[row["id"], side_text(row["quick"]), side_text(row["full"]),
                      {True: "yes", False: "**no**", None: "-"}[row.get("agree")],
                      failing_text(row["quick"]), failing_text(row["full"])] for row in claims])
     quick, full = run.get("quick", {}), run.get("full", {})

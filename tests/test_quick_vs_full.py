@@ -20,19 +20,23 @@ def _module(name: str):
     return module
 
 
-def _reproduction(folder: Path, quick: bool, verdicts: dict, seconds: dict) -> Path:
+def _reproduction(folder: Path, quick: bool, verdicts: dict, seconds: dict, *, settled: bool = True,
+                  stores: dict | None = None) -> Path:
     folder.mkdir(parents=True)
     (folder / "adv2_cifar").mkdir()
     records = [{"cell": "c1", "batch": 0, "image_id": image, "interpreter": interpreter, "seconds": 2.0}
                for image in ("a", "b") for interpreter in ("cam", "grad")]  # one attack per image, two maps
     (folder / "adv2_cifar" / "records.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n{torn")
     rows = [{"id": claim, "claim": f"claim {claim}", "pass": verdict, "n": 0 if verdict is None else 8,
-             "details": [] if verdict is None else [{"group": "grad", "pass": verdict}, {"group": "cam", "pass": True}]}
+             "settled": settled and verdict is not None,
+             "details": [] if verdict is None else [{"group": "adv2_cifar · grad", "pass": verdict},
+                                                    {"group": "adv2_cifar · cam", "pass": True}]}
             for claim, verdict in verdicts.items()]
     (folder / "scorecard.json").write_text(json.dumps(rows))
     (folder / "reproduce.json").write_text(json.dumps({"system": "cifar_resnet20", "quick": quick,
                                                        "seconds": sum(seconds.values()) + 2,
-                                                       "seconds_per_experiment": seconds, "invocations": 2}))
+                                                       "seconds_per_experiment": seconds, "invocations": 2,
+                                                       "stores": stores or {}}))
     return folder
 
 
@@ -49,10 +53,11 @@ def test_verdicts_side_by_side_and_rendered(tmp_path):
     agree = {row["id"]: row["agree"] for row in result["claims"]}
     assert agree == {"a": True, "b": True, "c": False, "d": None}  # 'd': the full run has not measured it
     c = next(row for row in result["claims"] if row["id"] == "c")
-    assert c["quick"]["failing"] == [] and c["full"]["failing"] == ["grad"]
+    assert c["quick"]["failing"] == [] and c["full"]["failing"] == ["adv2_cifar · grad"]
     page = "\n".join(write_docs.quick_vs_full_section(out.parent))
-    assert "2 of the 3 claims both runs measured agree; claims only one of them measured: 1 " in page
-    assert "| c | PASS (8) | FAIL (8) | **no** | - | grad |" in page and "- full targets_cifar: 25 of 100 images" in page
+    assert "2 of the 3 claims settled in both runs agree; 1 are not settled in at least one." in page
+    assert "| c | PASS (8) | FAIL (8) | **no** | - | adv2_cifar · grad |" in page
+    assert "- full targets_cifar: 25 of 100 images" in page
     assert result["full"]["attack_seconds_per_experiment"] == {"adv2_cifar": 4.0}
     assert "| jap_cifar | - | 700 | - | - |" in page and "| adv2_cifar | 100 | 5000 | 4.00 | 4.00 |" in page
     assert "| total (with scorecard and report) | 102 | 5702 |  |  |" in page
@@ -66,3 +71,30 @@ def test_refuses_swapped_or_missing_runs(tmp_path):
         quick_vs_full.main(["--quick", str(full), "--full", str(quick), "--out", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="no scorecard.json"):
         quick_vs_full.main(["--quick", str(tmp_path), "--full", str(full), "--out", str(tmp_path / "x.json")])
+
+
+def test_only_settled_verdicts_are_compared_and_update_keeps_what_a_new_run_does_not_settle(tmp_path):
+    quick_vs_full = _module("quick_vs_full")
+    quick = _reproduction(tmp_path / "quick", True, {"a": True, "b": False, "c": True}, {"adv2_cifar": 10.0})
+    partial = _reproduction(tmp_path / "partial", False, {"a": True, "b": False, "c": False}, {"adv2_cifar": 50.0},
+                            settled=False)
+    out = tmp_path / "result.json"
+    quick_vs_full.main(["--quick", str(quick), "--full", str(partial), "--out", str(out)])
+    first = {row["id"]: row for row in json.loads(out.read_text())["claims"]}
+    assert {claim: row["agree"] for claim, row in first.items()} == {"a": None, "b": None, "c": None}
+    assert first["a"]["full"]["settled"] is False and first["a"]["full"]["groups"] == ["adv2_cifar · grad", "adv2_cifar · cam"]
+    # a later run that completes adv2_cifar (reproduce.json: every cell done) settles what reads only it
+    done = _reproduction(tmp_path / "done", False, {"a": True, "b": None, "c": False}, {"adv2_cifar": 70.0},
+                         settled=False, stores={"adv2_cifar": {"cells": 4, "complete_cells": 4}})
+    quick_vs_full.main(["--full", str(done), "--out", str(out), "--update", "--note", "adv2_cifar finished"])
+    result = json.loads(out.read_text())
+    rows = {row["id"]: row for row in result["claims"]}
+    assert rows["a"]["agree"] is True and rows["c"]["agree"] is False
+    assert rows["b"]["full"]["verdict"] == "FAIL" and rows["b"]["agree"] is None  # the earlier side is kept
+    assert rows["a"]["quick"] == first["a"]["quick"]  # no quick run given: its sides stay
+    assert result["full"]["seconds_per_experiment"] == {"adv2_cifar": 70.0} and result["full"]["invocations"] == 4
+    assert result["notes"][-1].endswith(": adv2_cifar finished")
+    with pytest.raises(SystemExit, match="does not exist"):
+        quick_vs_full.main(["--full", str(done), "--out", str(tmp_path / "none.json"), "--update"])
+    with pytest.raises(SystemExit, match="give --quick and --full"):
+        quick_vs_full.main(["--full", str(done), "--out", str(out)])
