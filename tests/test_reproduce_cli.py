@@ -146,6 +146,18 @@ def test_reproduce_writes_scorecard_and_report(tmp_path, monkeypatch):
     assert "scorecard" in html.lower()
     run = json.loads((out / "reproduce.json").read_text())
     assert run["system"] == "embedded_cnn" and run["claims"] == len(scorecard) and run["invocations"] == 1
+    assert set(run["stores"]) == {"embedded", "embedded_targets", "juap_embedded", "detection_embedded", "robust_embedded"}
+    assert all(store["complete_cells"] == store["cells"] > 0 for store in run["stores"].values())
+    assert all(row["settled"] is (row["pass"] is not None) for row in scorecard)  # a whole run settles what it measured
+    # some cells of one experiment: the others are left, and no verdict is settled unless it fails on complete cells
+    partial = tmp_path / "partial"
+    assert run_cli(["reproduce", "--quick", "--experiments", str(experiments), "--out", str(partial),
+                    "--only", "embedded", "--cells", "attack=pgd"]) == 0
+    stores = json.loads((partial / "reproduce.json").read_text())["stores"]
+    assert stores["embedded"]["complete_cells"] == 1 < stores["embedded"]["cells"]
+    assert {r["attack"] for r in records_of(partial / "embedded")} == {"pgd"}
+    rows = json.loads((partial / "scorecard.json").read_text())
+    assert not any(row["settled"] for row in rows if row["pass"] is not False)
 
 
 def test_reproduction_runs_on_any_registered_cifar_model(tmp_path):
