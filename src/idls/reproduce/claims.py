@@ -57,6 +57,10 @@ class Claim:
     measure: Callable[[Sequence[Mapping]], list[Check]]
     #: what ``measure`` reads: ``'records'`` (attack records of experiments) or ``'studies'`` (study records)
     source: str = "records"
+    #: whether a group that fails on complete cells also fails once every cell is in: true when each check
+    #: compares fixed cells, or a best / worst over baselines that more cells can only make stricter; false when
+    #: a check chooses among the cells present (the epsilon nearest 8/255, the best detector triple)
+    settles_on_failure: bool = True
 
     @property
     def setting(self) -> str:

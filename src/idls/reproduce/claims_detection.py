@@ -228,6 +228,7 @@ DETECTION_CLAIMS: tuple[Claim, ...] = (
         f"every pair / triple >= {DETECTOR_CHANCE_MARGIN}; Grad+CAM >= {DETECTOR_GRAD_CAM}; best triple >= "
         f"{DETECTOR_BEST_TRIPLE}",
         measure_detector,
+        settles_on_failure=False,  # the best triple is chosen among the detectors present
     ),
     Claim(
         "ensemble-adaptive", "000", "000 §VIII: an attacker who knows the interpreter ensemble adapts to it",

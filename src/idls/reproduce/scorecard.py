@@ -7,7 +7,8 @@
 A reproduction may be partial: some experiments not run, or only some cells of one (``--cells``). A
 verdict is *settled* when running the rest cannot change it: every store of the reproduction is complete,
 or the claim already fails on cells that are complete (a claim passes only when every compared group
-passes, and a complete cell's records are the whole run's records for it, so more groups cannot turn it).
+passes, and a complete cell's records are the whole run's records for it, so more groups cannot turn it;
+claims whose checks choose among the cells present, such as the epsilon nearest 8/255, wait for the whole run).
 """
 
 from __future__ import annotations
@@ -135,12 +136,14 @@ def is_settled(claim: Claim, row: Mapping, complete_records: Sequence[Mapping], 
 
     ``whole``: every store is complete (and every expected one present). A study claim reads a study's single
     record, written when the study has finished. Otherwise only a FAIL can be settled: when a group fails on
-    complete cells alone."""
+    complete cells alone, for claims whose failing groups stay failing as cells arrive
+    (:attr:`~idls.reproduce.claims.Claim.settles_on_failure`)."""
     if row["pass"] is None:
         return False
     if whole or claim.source == "studies":
         return True
-    return row["pass"] is False and any(not check.passed for check in claim.measure(complete_records))
+    return row["pass"] is False and claim.settles_on_failure and \
+        any(not check.passed for check in claim.measure(complete_records))
 
 
 def scorecard_for_run(run_dir: Path, *, show: bool = True, console=None, expected: Sequence[str] = ()) -> list[dict]:
