@@ -19,7 +19,7 @@ from tests.browser_helpers import PHONE, chromium_executable, launch_browser, op
 from tests.conftest import run_cli  # noqa: E402
 from tests.test_reproduce_cli import write_stand_in_experiments  # noqa: E402
 from idls.report.html import Section, render_report, table_html  # noqa: E402
-from idls.report.scorecard_file import verdict  # noqa: E402
+from idls.report.scorecard_file import row_verdict  # noqa: E402
 
 SCORECARD_HEAD = ["claim", "result", "groups passing", "setting"]
 
@@ -98,7 +98,7 @@ def _assert_scorecard_shown(page, scorecard: list[dict]) -> None:
     assert summary["head"] == SCORECARD_HEAD and summary["rows"] == len(scorecard) and not summary["inDetails"]
     assert len(section["details"]) == len(scorecard)
     for block, row in zip(section["details"], scorecard):
-        assert block["summary"] == f"{verdict(row['pass'])} {row['claim']}" and not block["open"]
+        assert block["summary"] == f"{row_verdict(row)} {row['claim']}" and not block["open"]
         assert block["tables"] == (1 if row.get("details") else 0), row["claim"]
 
 
