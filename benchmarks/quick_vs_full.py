@@ -104,8 +104,9 @@ def better(new: Mapping, old: Mapping) -> Mapping:
 def update(earlier: Sequence[Mapping], now: Sequence[Mapping], given: Iterable[str]) -> list[dict]:
     """``earlier``'s claims with each side of ``now`` (for the ``given`` sides) that :func:`better` prefers."""
     now_by_id = {row["id"]: row for row in now}
+    earlier_ids = {row["id"] for row in earlier}
     rows = []
-    for row in [*earlier, *(row for row in now if row["id"] not in {r["id"] for r in earlier})]:
+    for row in [*earlier, *(row for row in now if row["id"] not in earlier_ids)]:
         merged = dict(row)
         for name in given:
             fresh = now_by_id.get(row["id"], {}).get(name)

@@ -16,6 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -53,7 +54,7 @@ class StorePart:
     #: the (cell, batch) units with a done marker
     done_units: frozenset[tuple[str, int]] = frozenset()
 
-    @property
+    @cached_property
     def complete_cells(self) -> set[str]:
         """Cells of the plan whose every batch is done (none when the store has no plan)."""
         return complete_cells(self.plan or {}, self.done_units)

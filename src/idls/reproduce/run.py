@@ -296,9 +296,9 @@ def reproduce(
     directory = experiments_dir if experiments_dir is not None else bundled_experiments_dir()
     system, files, overrides = plan_reproduction(Path(directory), weights=weights, shared=shared, rts=rts,
                                                data=data, model=model, fit_data=fit_data)
-    every_store = [*(f.stem for f in files), *(CIFAR_STUDIES if system != EMBEDDED_SYSTEM else EMBEDDED_STUDIES)]
+    studies = CIFAR_STUDIES if system != EMBEDDED_SYSTEM else EMBEDDED_STUDIES
+    every_store = [*(f.stem for f in files), *studies]
     if only:
-        studies = CIFAR_STUDIES if system != EMBEDDED_SYSTEM else EMBEDDED_STUDIES
         unknown = sorted(set(only) - {f.stem for f in files} - set(studies))
         if unknown:
             raise UserError(f"--only {', '.join(unknown)}: not among this system's experiments and studies "
