@@ -257,3 +257,57 @@ def test_claims_that_choose_among_cells_wait_for_the_whole_run():
     robust = next(claim for claim in CLAIMS if claim.id == "000-robust")
     assert is_settled(robust, {"pass": False}, [], whole=False) is False
     assert is_settled(robust, {"pass": False}, [], whole=True) is True
+
+
+def edge_transfer_records(edge_l1: list[float], adv2_l1: float = 0.2) -> list[dict]:
+    """ADV² and AdvEdge against cam and grad, each evaluated by cam, gradcam and grad.
+
+    ADV²'s L1 is ``adv2_l1`` on every photo and interpreter; AdvEdge's off-diagonal L1 of photo ``i``
+    is ``edge_l1[i]`` (its own interpreter's L1 is ADV²'s).
+    """
+    images = [f"img{i}" for i in range(len(edge_l1))]
+    records = []
+    for attacked in ("cam", "grad"):
+        for evaluated in ("cam", "gradcam", "grad"):
+            for i, image in enumerate(images):
+                edge = adv2_l1 if evaluated == attacked else edge_l1[i]
+                records.append(rec(attack="adv2", attacked=attacked, interpreter=evaluated, image_id=image, map_l1=adv2_l1))
+                records.append(rec(attack="advedge", attacked=attacked, interpreter=evaluated, image_id=image, map_l1=edge))
+    return records
+
+
+def test_edge_transfer_passes_when_advedge_transfers_like_adv2():
+    row = by_id(evaluate_claims(edge_transfer_records([0.2, 0.19, 0.21, 0.2])))["000-transfer"]
+    assert row["pass"] is True
+    assert len(row["details"]) == 2  # AdvEdge against cam and against grad
+    assert all("sampling error" not in d["text"] for d in row["details"])
+
+
+def test_edge_transfer_fails_on_a_gap_every_photo_shows():
+    row = by_id(evaluate_claims(edge_transfer_records([0.25] * 6)))["000-transfer"]
+    assert row["pass"] is False
+    detail = row["details"][0]
+    assert detail["values"]["paired_difference"] == pytest.approx(0.05)
+    assert detail["values"]["paired_lower_bound"] == pytest.approx(0.05)
+    assert "beyond sampling error" in detail["text"]
+
+
+def test_edge_transfer_gap_within_sampling_error_passes_and_says_so():
+    # mean gap +0.02 > 0.01, but single photos range from -0.1 to +0.14: four photos cannot tell
+    row = by_id(evaluate_claims(edge_transfer_records([0.1, 0.34, 0.3, 0.14])))["000-transfer"]
+    assert row["pass"] is True
+    detail = row["details"][0]
+    assert detail["values"]["paired_difference"] == pytest.approx(0.02)
+    assert detail["values"]["paired_images"] == 4
+    assert detail["values"]["paired_lower_bound"] < 0.01
+    assert "within sampling error" in detail["text"] and "4 photos" in detail["text"]
+
+
+def test_edge_transfer_needs_the_same_photos_under_both_attacks():
+    records = edge_transfer_records([0.25] * 6)
+    for r in records:
+        if r["attack"] == "advedge":
+            r["image_id"] = "other-" + r["image_id"]
+    row = by_id(evaluate_claims(records))["000-transfer"]
+    assert row["pass"] is False  # a gap every row shows, and no pairs to allow for noise
+    assert "too few for a bound" in row["details"][0]["text"]

@@ -137,6 +137,29 @@ def row_transfer(matrix: Matrix, row: str, *, other_families_only: bool = True) 
     return RowTransfer(row, matrix.get(row, row), off, tuple(columns))
 
 
+def scope_records(records: Iterable[Mapping], scope: Mapping) -> list[Mapping]:
+    """The joint-attack records of ``scope`` (a :class:`ScopedMatrix` scope: every key equal)."""
+    return [r for r in records if str(r.get("attacked_interpreter", NONE)) != NONE
+            and all(r.get(k) == v for k, v in scope.items())]
+
+
+def row_by_image(records: Iterable[Mapping], row: str, columns: Sequence[str], metric: str) -> dict[tuple, float]:
+    """Per image, the mean ``metric`` of attacked interpreter ``row`` over ``columns`` (the row's off-diagonal).
+
+    Keys are ``(image_id, seed)``; only images that every column evaluated (with a value) count, so
+    that each image's mean covers the same interpreters as :func:`row_transfer`'s.
+    """
+    values: dict[tuple, dict[str, float]] = {}
+    for r in records:
+        value = r.get(metric)
+        if (str(r.get("attacked_interpreter")) != row or r.get("interpreter") not in columns
+                or not isinstance(value, (int, float)) or math.isnan(float(value))):
+            continue
+        values.setdefault((r.get("image_id"), r.get("seed")), {})[str(r["interpreter"])] = float(value)
+    return {key: sum(by_column.values()) / len(by_column) for key, by_column in values.items()
+            if len(by_column) == len(columns)}
+
+
 def model_transfer_matrix(attack_records: Sequence[Mapping], transfer_records: Sequence[Mapping]) -> Matrix | None:
     """Success rate of each cell's adversarial images on every model (rows: source model and attack).
 
@@ -171,5 +194,7 @@ __all__ = [
     "interpreter_transfer_matrix",
     "mean_matrix",
     "model_transfer_matrix",
+    "row_by_image",
     "row_transfer",
+    "scope_records",
 ]

@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from idls.analysis.groups import NONE, group_records, matches, own_records, summary
-from idls.analysis.transfer import SCOPE_KEYS, ScopedMatrix, interpreter_transfer_matrices, row_transfer
+from idls.analysis.paired import paired_difference
+from idls.analysis.transfer import (
+    SCOPE_KEYS,
+    ScopedMatrix,
+    interpreter_transfer_matrices,
+    row_by_image,
+    row_transfer,
+    scope_records,
+)
 
 PAIR_KEYS: tuple[str, ...] = ("experiment", "data", "model", "epsilon", "mode", "framework", "interpreter")
 LABEL_KEYS: tuple[str, ...] = ("experiment", "model", "framework", "interpreter")
@@ -292,18 +300,36 @@ def measure_edge_time(records) -> list[Check]:
 
 
 def measure_edge_transfer(records) -> list[Check]:
-    adv2 = {(_scope_without_attack(s), t.row): t for s, t in _transfer_rows(records, "adv2", "map_l1")}
+    """AdvEdge/AdvEdge⁺ against ADV², per attacked interpreter: the mean L1 on other-family interpreters.
+
+    The gap is judged image by image (the same photos under both attacks): a row fails only when
+    AdvEdge's L1 exceeds ADV²'s by more than the tolerance beyond sampling error, i.e. the one-sided
+    95% lower bound of the paired difference is above it. The effect the paper reports is about the
+    tolerance's size, and a stochastic column (MASK) spreads single images' L1 far wider.
+    """
+    adv2 = {(_scope_without_attack(s), t.row): (s, t) for s, t in _transfer_rows(records, "adv2", "map_l1")}
     checks = []
     for attack in EDGE_ATTACKS:
         for scoped, t in _transfer_rows(records, attack, "map_l1"):
-            base = adv2.get((_scope_without_attack(scoped), t.row))
+            base_scoped, base = adv2.get((_scope_without_attack(scoped), t.row), (None, None))
             if base is None or math.isnan(t.off_diagonal) or math.isnan(base.off_diagonal):
                 continue
-            passed = t.off_diagonal <= base.off_diagonal + EDGE_TRANSFER_L1_TOLERANCE
+            paired = paired_difference(
+                row_by_image(scope_records(records, scoped.scope), t.row, t.columns, "map_l1"),
+                row_by_image(scope_records(records, base_scoped.scope), t.row, t.columns, "map_l1"))
+            gap = t.off_diagonal - base.off_diagonal
+            bound = paired.lower_bound()
+            passed = gap <= EDGE_TRANSFER_L1_TOLERANCE or (not math.isnan(bound) and bound <= EDGE_TRANSFER_L1_TOLERANCE)
             text = f"transfer L1 {_f(t.off_diagonal)} vs ADV² {_f(base.off_diagonal)} (to {', '.join(t.columns)})"
-            checks.append(Check(_transfer_label(scoped, t.row, _name(attack)),
-                                {"off_diagonal_l1": t.off_diagonal, "baseline_off_diagonal_l1": base.off_diagonal},
-                                text, bool(passed), _row_count(scoped, t.row)))
+            if gap > EDGE_TRANSFER_L1_TOLERANCE:
+                verdict = "within" if passed else "beyond"
+                text += (f"; gap {gap:+.3f} {verdict} sampling error (95% bound {bound:+.3f}, {paired.n} photos)"
+                         if not math.isnan(bound) else f"; gap {gap:+.3f} ({paired.n} paired photos, too few for a bound)")
+            values = {"off_diagonal_l1": t.off_diagonal, "baseline_off_diagonal_l1": base.off_diagonal,
+                      "paired_difference": paired.mean, "paired_standard_error": paired.standard_error,
+                      "paired_lower_bound": bound, "paired_images": paired.n}
+            checks.append(Check(_transfer_label(scoped, t.row, _name(attack)), values, text, bool(passed),
+                                _row_count(scoped, t.row)))
     return checks
 
 
@@ -373,7 +399,8 @@ JOINT_CLAIMS: tuple[Claim, ...] = (
     Claim(
         "000-transfer", "000", "000: AdvEdge/AdvEdge⁺ transfer across interpreters at least as well as ADV²",
         "lower cross-interpreter L1 than ADV² in most cells (Table IV)",
-        f"for every attacked interpreter: mean L1 on other-family interpreters <= ADV²'s + {EDGE_TRANSFER_L1_TOLERANCE}",
+        f"for every attacked interpreter: mean L1 on other-family interpreters <= ADV²'s + {EDGE_TRANSFER_L1_TOLERANCE}, "
+        "or a larger gap within sampling error (one-sided 95% bound of the paired per-photo gap <= that)",
         measure_edge_transfer,
     ),
 )
