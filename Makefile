@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow docs install install-test install-docs chromium bench clean
+.PHONY: demo test test-slow lint docs install install-test install-docs chromium bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: install-test chromium
 
 test-slow: install-test chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m slow
+
+# pyflakes, bugbear and import order over the whole tree (the rule set: [tool.ruff] in pyproject.toml).
+lint: install-test
+	$(BIN)/ruff check .
 
 # The site of mkdocs.yml into site/, warnings as errors (broken links and anchors, docstring problems).
 docs: install-docs

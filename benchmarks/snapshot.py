@@ -36,10 +36,10 @@ def configs():
     return out
 
 def save(path):
-    from idls.models import create_model
     from idls.attacks import create_attack
-    from idls.interpreters import create_interpreter
     from idls.data import load_images
+    from idls.interpreters import create_interpreter
+    from idls.models import create_model
     f = create_model("cifar_resnet20", weights=str(SHARED / "cifar10" / "models" / "resnet20-12fca82f.th"))
     data = load_images(str(SHARED / "cifar10" / "lossless"), input_size=32, num_classes=10)
     x, y = data.images[:4], data.labels[:4]
@@ -67,10 +67,13 @@ def compare(a, b):
     bad = 0
     for k in A:
         if k not in B:
-            print("missing", k); bad += 1; continue
+            print("missing", k)
+            bad += 1
+            continue
         d = (A[k] - B[k]).abs().max().item()
         status = "same" if d == 0 else ("close" if d < 1e-5 else "DIFF")
-        if status != "same": bad += status == "DIFF"
+        if status != "same":
+            bad += status == "DIFF"
         print(f"{status:5s} {d:.2e} {k[:90]}")
     print("DIFFS:", bad)
 

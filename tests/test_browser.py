@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[test]'")
 
+from idls.report.html import Section, render_report, table_html  # noqa: E402
+from idls.report.scorecard_file import row_verdict  # noqa: E402
 from tests.browser_helpers import PHONE, chromium_executable, launch_browser, open_report  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.test_reproduce_cli import write_stand_in_experiments  # noqa: E402
-from idls.report.html import Section, render_report, table_html  # noqa: E402
-from idls.report.scorecard_file import row_verdict  # noqa: E402
 
 SCORECARD_HEAD = ["claim", "result", "groups passing", "setting"]
 

@@ -85,8 +85,8 @@ def test_aid_tables_show_both_maskers_and_the_noise_levels():
 
 def test_a_study_runs_once_and_its_claim_is_scored(tmp_path):
     from idls.analysis.store_reader import load_store
-    from idls.reproduce.scorecard import evaluate_claims
     from idls.reproduce.claims_training import TRAINING_CLAIMS
+    from idls.reproduce.scorecard import evaluate_claims
     from idls.reproduce.studies import Study, StudyContext, run_study
 
     calls = []

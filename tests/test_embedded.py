@@ -10,7 +10,14 @@ import torch
 
 import idls.embedded as embedded
 from idls.data.synthetic import CLASS_NAMES, TEST_SEED, make_synthetic
-from idls.embedded import TrainConfig, augment, cache_paths, embedded_metrics, train_embedded, trained_embedded_state_dict
+from idls.embedded import (
+    TrainConfig,
+    augment,
+    cache_paths,
+    embedded_metrics,
+    train_embedded,
+    trained_embedded_state_dict,
+)
 from idls.models import create_model
 from idls.system import upsample_maps
 

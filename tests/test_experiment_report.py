@@ -10,6 +10,8 @@ import pytest
 import torch
 from rich.console import Console
 from safetensors.torch import load_file
+from store_factory import attack_record as rec
+from store_factory import model_transfer_record, write_store
 
 from idls.analysis import interpreter_transfer_matrices, load_store, model_transfer_matrix
 from idls.analysis.store_reader import TensorReader
@@ -17,8 +19,6 @@ from idls.errors import UserError
 from idls.report.experiment_report import write_experiment_report
 from idls.report.tables import paper_tables, pivot_table, print_summary_table, read_csv, to_latex, write_csv
 from idls.reproduce import scorecard_for_run
-from store_factory import attack_record as rec
-from store_factory import model_transfer_record, write_store
 
 IMAGES = ["a", "b", "c", "d"]
 

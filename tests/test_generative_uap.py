@@ -101,7 +101,7 @@ def test_a_grouped_generator_is_independent_generators(kind):
         for g in range(3):
             single = build_generator(kind, (3, 32, 32), width=4)
             state = {}
-            for (name, value), reference in zip(grouped.state_dict().items(), single.state_dict().values()):
+            for (name, value), _reference in zip(grouped.state_dict().items(), single.state_dict().values()):
                 per_group = value.shape[0] // 3 if value.dim() else None
                 state[name] = value[g * per_group:(g + 1) * per_group] if per_group else value
             single.load_state_dict(state)

@@ -16,8 +16,8 @@ from idls import metrics
 from idls.attacks import Iterate, create_attack
 from idls.attacks.defaults import GRAD_PHASES, JointDefaults, joint_defaults
 from idls.attacks.joint import ADV2
-from idls.attacks.joint_objective import JointObjective, LambdaSchedule, combine_first_success, smoothed_cross_entropy
 from idls.attacks.joint_mask import bisect_step_sizes, region_contrast
+from idls.attacks.joint_objective import JointObjective, LambdaSchedule, combine_first_success, smoothed_cross_entropy
 from idls.errors import UserError
 from idls.interpreters import create_interpreter, interpreter_class, list_interpreters
 from idls.interpreters.grad import gradient_map

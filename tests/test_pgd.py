@@ -19,8 +19,8 @@ from idls.attacks import (
     projected_gradient_descent,
     random_targets,
 )
-from idls.optim.denormal import _flushing_denormals
 from idls.errors import UserError
+from idls.optim.denormal import _flushing_denormals
 
 STEP = 0.01
 

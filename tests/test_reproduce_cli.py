@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
 from idls.errors import UserError
 from idls.reproduce.run import CIFAR_EXPERIMENTS, EMBEDDED_EXPERIMENTS, bundled_experiments_dir, plan_reproduction
+from tests.conftest import run_cli
 
 #: PGD and ADV² (benign and patch targets) against CAM on a random-weight embedded CNN, two batches
 TINY = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ import torch
 import yaml
 from PIL import Image
 
-import idls.reproduce.run as reproduce_run
 import idls.reproduce.rts_masker as rts_masker
+import idls.reproduce.run as reproduce_run
 from idls.reproduce.rts_masker import MaskerSchedule
 from tests.conftest import run_cli
 from tests.model_helpers import seeded_random_resnet20

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from idls.errors import UserError
-from idls.interpreters import create_interpreter
-from idls.interpreters import rts_training
+from idls.interpreters import create_interpreter, rts_training
 from idls.interpreters.rts import RTSInterpreter, RTSMasker
 from idls.interpreters.rts_training import (
     RTSObjective,

@@ -7,12 +7,12 @@ import math
 
 import pytest
 from rich.console import Console
+from store_factory import attack_record as rec
+from store_factory import write_store
 
 from idls.analysis.store_reader import load_store
 from idls.reproduce import CLAIMS, evaluate_claims, scorecard_for_run
 from idls.reproduce.claims import OBS2_L1_RATIO
-from store_factory import attack_record as rec
-from store_factory import write_store
 
 INTERPRETERS = ("grad", "cam", "rts")
 IMAGES = [f"img{i}" for i in range(4)]

@@ -264,8 +264,9 @@ def options_command(
 
     from idls.attacks import ATTACKS, list_attacks
     from idls.attacks.reference import option_rows
+    from idls.defenses.aid import DEFENSE_NAME as AID_NAME
+    from idls.defenses.aid import AIDOptions
     from idls.defenses.detectors import DETECTORS
-    from idls.defenses.aid import DEFENSE_NAME as AID_NAME, AIDOptions
     from idls.defenses.training import OBJECTIVES, TrainingOptions
 
     names = [attack] if attack else list_attacks()

@@ -155,8 +155,8 @@ def _progress_bar(total: int, *, enabled: bool):
 def cache_key(config: TrainConfig | None = None) -> str:
     """Short hash of recipe + architecture (parameter names and shapes) + data generator version."""
     config = config or DEFAULT_CONFIG
-    from idls.models.embedded import EmbeddedCNN
     from idls.data.synthetic import CLASS_NAMES
+    from idls.models.embedded import EmbeddedCNN
 
     shapes = sorted((k, tuple(v.shape)) for k, v in EmbeddedCNN(len(CLASS_NAMES)).state_dict().items())
     blob = json.dumps([asdict(config), shapes, GENERATOR_VERSION, TRAIN_SEED, TEST_SEED], sort_keys=True)

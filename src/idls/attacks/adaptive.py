@@ -58,11 +58,11 @@ from idls.attacks.joint import ADV2, ADV2Options
 from idls.attacks.joint_objective import EVALUATION_CHUNK, ExtraTerm, LambdaSchedule
 from idls.attacks.juap_objective import optimised_map_reason
 from idls.attacks.options import option
-from idls.transforms import InputTransform, defense_from_spec
 from idls.errors import UserError
 from idls.interpreters import Interpreter, interpreter_for
 from idls.interpreters.registry import interpreter_class
 from idls.system import Classifier
+from idls.transforms import InputTransform, defense_from_spec
 
 DEFAULT_SQUEEZER = "bit-depth:bits=3"
 DEFAULT_SQUEEZE_STEPS = 10

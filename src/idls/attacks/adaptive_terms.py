@@ -24,10 +24,10 @@ from torch import Tensor
 from idls import metrics
 from idls.attacks.joint_objective import EVALUATION_CHUNK, LambdaSchedule, map_mse
 from idls.attacks.pgd import Evaluation, Iterate
-from idls.transforms import InputTransform
 from idls.interpreters import Interpreter
 from idls.optim import BestIterate, Perturbation, StepOutcome, flush_denormal
 from idls.system import Classifier
+from idls.transforms import InputTransform
 
 
 # ---------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls import metrics
-from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
 from idls.attacks.options import AttackOptions
-from idls.optim import Perturbation, flush_denormal
+from idls.attacks.targets import TargetMode, least_likely_targets, random_targets
 from idls.attacks.threats import Threat
 from idls.errors import UserError, check_images
+from idls.optim import Perturbation, flush_denormal
 from idls.registry import Registry
 from idls.system import Classifier
 

@@ -47,11 +47,11 @@ import torch
 from torch import Tensor
 
 from idls.attacks.base import ATTACKS, Attack
-from idls.optim import BestIterate, LoopResult, PerSampleAdam, Perturbation, StepOutcome, adam_descent, flush_denormal
 from idls.attacks.options import AttackOptions, check_non_negative, check_positive, option
 from idls.attacks.pgd import Evaluation, Iterate
 from idls.attacks.threats import LpBall, Threat
 from idls.errors import UserError
+from idls.optim import BestIterate, LoopResult, PerSampleAdam, Perturbation, StepOutcome, adam_descent, flush_denormal
 from idls.progress import progress_bar
 from idls.system import Classifier
 

@@ -53,9 +53,8 @@ from torch import Tensor
 
 from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, Perturbation, create_attack, list_frameworks
-from idls.attacks.options import AttackOptions, option
-from idls.attacks.cw import classifier_evaluation
 from idls.attacks.budgets import DEFAULT_BUDGET, budget_level
+from idls.attacks.cw import classifier_evaluation
 from idls.attacks.defaults import DEFAULT_CHECK_EVERY, JointDefaults, joint_defaults
 from idls.attacks.joint_mask import joint_mask_attack
 from idls.attacks.joint_objective import (
@@ -69,6 +68,7 @@ from idls.attacks.joint_objective import (
     map_mse,
     warm_start_pgd,
 )
+from idls.attacks.options import AttackOptions, option
 from idls.attacks.target_maps import TARGET_MAP_KINDS, resolve_target_maps
 from idls.attacks.targets import TargetMode
 from idls.attacks.threats import Threat

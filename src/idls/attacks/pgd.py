@@ -36,10 +36,10 @@ from torch import Tensor
 
 from idls import metrics
 from idls.attacks.base import ATTACKS, Attack, prediction_loss
-from idls.optim import BestIterate, Perturbation, StepOutcome, flush_denormal
 from idls.attacks.options import AttackOptions, check_non_negative, option
 from idls.attacks.threats import LpBall
 from idls.errors import UserError
+from idls.optim import BestIterate, Perturbation, StepOutcome, flush_denormal
 from idls.progress import progress_bar
 from idls.system import Classifier
 

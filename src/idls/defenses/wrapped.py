@@ -21,9 +21,9 @@ import dataclasses
 
 from torch import nn
 
-from idls.transforms import InputTransform
 from idls.errors import UserError
 from idls.system import Classifier
+from idls.transforms import InputTransform
 
 
 def _describe(transform: nn.Module) -> str:

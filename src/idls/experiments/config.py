@@ -463,8 +463,7 @@ def substitute_variables(value: Any, variables: Mapping[str, Any], overrides: Ma
 # Validation
 # ---------------------------------------------------------------------------------
 def _build(config: dict[str, Any], base_dir: Path, default_name: str, source_file: str | None) -> Experiment:
-    from idls.attacks import ATTACKS
-    from idls.attacks import list_frameworks
+    from idls.attacks import ATTACKS, list_frameworks
     from idls.attacks.targets import TargetMode
 
     _check_keys(config, TOP_LEVEL_KEYS, "")

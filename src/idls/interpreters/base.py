@@ -11,7 +11,6 @@ Maps are ``B x h x w`` at the interpreter's native resolution with values in
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from dataclasses import dataclass
 from typing import Any, ClassVar
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.base import Interpreter, JointOutput, minmax_normalize
 from idls.interpreters.grad import class_indices
+from idls.interpreters.registry import INTERPRETERS
 from idls.system import Classifier
 
 
@@ -65,7 +65,7 @@ class CAMInterpreter(Interpreter):
 
     def __init__(self, classifier: Classifier) -> None:
         super().__init__(classifier)
-        classifier.linear  # fail at construction, not at first use, for models without GAP + linear
+        _ = classifier.linear  # fail at construction, not at first use, for models without GAP + linear
 
     def _attribute(self, x: Tensor, target: Tensor, *, create_graph: bool) -> Tensor:
         with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):

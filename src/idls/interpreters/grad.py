@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idls.errors import UserError
-from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.base import Interpreter, JointOutput, minmax_normalize
+from idls.interpreters.registry import INTERPRETERS
 from idls.system import Classifier, smooth_surrogate
 
 GradLoss = Literal["cross_entropy", "logit"]

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.base import Interpreter, JointOutput
 from idls.interpreters.cam import weighted_feature_sum
 from idls.interpreters.grad import class_indices, class_score, normalize_magnitudes
+from idls.interpreters.registry import INTERPRETERS
 from idls.system import Classifier
 
 

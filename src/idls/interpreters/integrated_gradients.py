@@ -35,7 +35,6 @@ from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 from idls.errors import UserError
-from idls.interpreters.registry import INTERPRETERS
 from idls.interpreters.grad import (
     GradientInterpreter,
     channel_max_pool,
@@ -44,6 +43,7 @@ from idls.interpreters.grad import (
     differentiable_input,
     normalize_magnitudes,
 )
+from idls.interpreters.registry import INTERPRETERS
 from idls.system import Classifier
 
 IGMethod = Literal["riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid"]

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from idls.errors import UserError
-from idls.models.registry import CIFAR10_CLASSES, MODELS, ModelEntry, weights_cache_dir
 from idls.models.cifar_resnet import CifarResNet
 from idls.models.embedded import EmbeddedCNN
+from idls.models.registry import CIFAR10_CLASSES, MODELS, ModelEntry, weights_cache_dir
 from idls.models.weights import download_verified, load_into, read_state_dict
 from idls.system import Classifier, ModelInfo
 

@@ -31,14 +31,14 @@ from idls.analysis.groups import (
 )
 from idls.analysis.store_reader import Store, TensorReader, load_store
 from idls.errors import UserError
-from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
 from idls.report.detection_tables import detection_tables
+from idls.report.figures import bar_chart_png, heatmap_png, map_grid_png
+from idls.report.html import Section, render_report, table_html
 from idls.report.robustness_tables import robustness_tables
+from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
 from idls.report.scorecard_html import scorecard_html
 from idls.report.study_tables import aid_tables
-from idls.report.html import Section, render_report, table_html
 from idls.report.tables import Table, paper_tables, write_tables
-from idls.report.scorecard_file import SCORECARD_FILE, read_scorecard, verdict
 
 REPORT_FILE = "report.html"
 TABLES_DIR = "tables"

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from idls.analysis.groups import group_records
-from idls.reproduce.claims import Check, Claim, _f, parts
 from idls.report.robustness_tables import NORMAL, epsilon_label, interpretation_tau_rows, robust_accuracy_rows
+from idls.reproduce.claims import Check, Claim, _f, parts
 
 ROBUST_OBJECTIVE = "interpretation-robust"
 #: 000-robust pass marks (the paper: tau 0.706 vs -0.083, accuracy 0.280 vs 0.085, clean 0.785 -> 0.685)
@@ -38,7 +38,7 @@ def _nearest(epsilons, target: float = EPSILON) -> float | None:
 
 def measure_robust(records: Sequence[Mapping]) -> list[Check]:
     checks = []
-    for (experiment, data), rows in group_records(records, ("experiment", "data")).items():
+    for (experiment, _data), rows in group_records(records, ("experiment", "data")).items():
         accuracy = robust_accuracy_rows(rows)
         taus = interpretation_tau_rows(rows)
         normal_acc = accuracy.get(NORMAL)

@@ -26,9 +26,9 @@ from idls.defenses.detectors.base import (
     DetectorOptions,
 )
 from idls.defenses.detectors.maps import (
+    build_interpreters,
     check_interpreter_names,
     check_side,
-    build_interpreters,
     in_graph_maps,
     resize_maps,
 )

@@ -32,9 +32,9 @@ from idls.defenses.detectors.extractors import (
     extractor_from_spec,
 )
 from idls.defenses.detectors.maps import (
+    build_interpreters,
     check_interpreter_names,
     check_side,
-    build_interpreters,
     resize_maps,
 )
 from idls.errors import UserError

@@ -36,11 +36,10 @@ import torch
 from torch import Tensor
 
 from idls.core.options import option
-from idls.transforms import defense_from_spec
 from idls.defenses.detectors.base import DETECTORS, Detector, DetectorOptions
-from idls.transforms import InputTransform
 from idls.errors import UserError, check_images
 from idls.system import Classifier
+from idls.transforms import InputTransform, defense_from_spec
 
 #: the largest input side that gets Xu et al.'s CIFAR-10 configuration by default
 SMALL_INPUT_MAX = 64

@@ -32,8 +32,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from idls.core.checkpoints import FitCheckpoint, load_optimizer_tensors, optimizer_tensors
 from idls.core import load_artifact, save_artifact
+from idls.core.checkpoints import FitCheckpoint, load_optimizer_tensors, optimizer_tensors
 from idls.core.digests import dataset_digest, json_digest
 from idls.core.options import Options, check_non_negative, check_positive, option
 from idls.defenses.training.objectives import TrainingObjective
