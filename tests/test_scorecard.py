@@ -287,8 +287,8 @@ def test_edge_transfer_fails_on_a_gap_every_photo_shows():
     row = by_id(evaluate_claims(edge_transfer_records([0.25] * 6)))["000-transfer"]
     assert row["pass"] is False
     detail = row["details"][0]
-    assert detail["values"]["paired_difference"] == pytest.approx(0.05)
-    assert detail["values"]["paired_lower_bound"] == pytest.approx(0.05)
+    assert detail["values"]["gap"] == pytest.approx(0.05)
+    assert detail["values"]["gap_lower_95"] == pytest.approx(0.05)
     assert "beyond sampling error" in detail["text"]
 
 
@@ -297,9 +297,9 @@ def test_edge_transfer_gap_within_sampling_error_passes_and_says_so():
     row = by_id(evaluate_claims(edge_transfer_records([0.1, 0.34, 0.3, 0.14])))["000-transfer"]
     assert row["pass"] is True
     detail = row["details"][0]
-    assert detail["values"]["paired_difference"] == pytest.approx(0.02)
-    assert detail["values"]["paired_images"] == 4
-    assert detail["values"]["paired_lower_bound"] < 0.01
+    assert detail["values"]["gap"] == pytest.approx(0.02)
+    assert detail["values"]["photos"] == 4
+    assert detail["values"]["gap_lower_95"] < 0.01
     assert "within sampling error" in detail["text"] and "4 photos" in detail["text"]
 
 

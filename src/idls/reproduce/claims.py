@@ -326,8 +326,7 @@ def measure_edge_transfer(records) -> list[Check]:
                 text += (f"; gap {gap:+.3f} {verdict} sampling error (95% bound {bound:+.3f}, {paired.n} photos)"
                          if not math.isnan(bound) else f"; gap {gap:+.3f} ({paired.n} paired photos, too few for a bound)")
             values = {"off_diagonal_l1": t.off_diagonal, "baseline_off_diagonal_l1": base.off_diagonal,
-                      "paired_difference": paired.mean, "paired_standard_error": paired.standard_error,
-                      "paired_lower_bound": bound, "paired_images": paired.n}
+                      "gap": gap, "gap_lower_95": bound, "photos": paired.n}
             checks.append(Check(_transfer_label(scoped, t.row, _name(attack)), values, text, bool(passed),
                                 _row_count(scoped, t.row)))
     return checks
