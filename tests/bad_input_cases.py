@@ -252,6 +252,9 @@ CASES: list[Case] = [
          cli=True),
     Case("command", "`--cells` that matches no cell",
          lambda t: ["run", _experiment_file(t), "--out", t / "out", "--cells", "attack=cw"], cli=True),
+    Case("command", "`--redo` without `--cells`", lambda t: ["run", _experiment_file(t), "--out", t / "out", "--redo"],
+         cli=True),
+    Case("command", "`idls reproduce --redo` without `--cells`", lambda t: ["reproduce", "--redo"], cli=True),
     # -- experiment files ------------------------------------------------------------------------------------------
     Case("experiment file", "a misspelt key", lambda t: _load(_experiment(atacks=["pgd"]))),
     Case("experiment file", "no `data:` section",

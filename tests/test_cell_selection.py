@@ -61,3 +61,71 @@ def test_the_cli_names_a_selector_that_matches_nothing(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "--cells 'attack=cw' matches no cell" in error and "attack=adv2|pgd" in error and "\n" not in error
     assert not (tmp_path / "out" / "records.jsonl").exists()  # refused before the store was touched
+
+
+def test_redo_discards_the_selected_cells_and_runs_them_again_to_the_same_records(tmp_path):
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "out"
+    whole = run_experiment(config, out, progress=False)
+    reference = canonical(read_records(out))
+    again = run_experiment(config, out, progress=False, cells=["target=patch"], redo=True)
+    assert (again.units_discarded, again.units_run, again.units_skipped) == (4, 4, whole.units - 4)
+    records = read_records(out)
+    assert len(records) == whole.records_total  # nothing duplicated
+    assert canonical(records) == reference  # the same seeded draws give the same records
+    assert store_progress(out) == {"cells": 5, "complete_cells": 5}
+
+
+def test_a_redo_killed_between_its_writes_leaves_a_store_that_resumes(tmp_path, monkeypatch):
+    import idls.experiments.store as store_module
+
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "out"
+    run_experiment(config, out, progress=False)
+    reference = canonical(read_records(out))
+    patch_records = sum(1 for r in read_records(out) if ".patch." in r["cell"])
+    replace = store_module._replace
+
+    def killed_at_the_records(path, payload):
+        if path.name == store_module.RECORDS_FILE:
+            raise KeyboardInterrupt  # the done lines are rewritten, the records not yet
+        replace(path, payload)
+
+    monkeypatch.setattr(store_module, "_replace", killed_at_the_records)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, out, progress=False, cells=["target=patch"], redo=True)
+    monkeypatch.setattr(store_module, "_replace", replace)
+    assert store_progress(out) == {"cells": 5, "complete_cells": 3}  # the patch cells are no longer done
+    resumed = run_experiment(config, out, progress=False)
+    assert patch_records and resumed.recovered_records_dropped == patch_records  # dropped on opening, as after a kill
+    assert resumed.units_run == 4
+    assert canonical(read_records(out)) == reference
+
+
+def test_redo_fits_the_selected_universal_attack_afresh_and_keeps_the_others(tmp_path):
+    config = write_yaml(tmp_path / "fit.yaml", {
+        **TINY, "interpreters": ["cam"], "targets": ["benign"], "mode": "untargeted",
+        "data": {**TINY["data"], "fit_source": "embedded-train", "fit_n": 16},
+        "attacks": [{"name": "pgd", "options": {"steps": 4}}, {"name": "random-sign"}],
+    })
+    out = tmp_path / "out"
+    run_experiment(config, out, progress=False)
+    fitted = sorted((out / "fitted").iterdir())
+    assert fitted and all("random-sign" in p.name for p in fitted)
+    first = {p.name: p.stat().st_mtime_ns for p in fitted}
+    reference = canonical(read_records(out))
+    again = run_experiment(config, out, progress=False, cells=["attack=random-sign"], redo=True)
+    assert again.units_discarded == again.units_run == 2
+    refitted = {p.name: p.stat().st_mtime_ns for p in (out / "fitted").iterdir()}
+    assert refitted.keys() == first.keys() and all(refitted[k] != first[k] for k in first)  # written anew
+    assert canonical(read_records(out)) == reference
+
+
+def test_redo_without_cells_is_refused_before_the_store_is_touched(tmp_path, capsys):
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    with pytest.raises(UserError, match="--redo re-runs the cells --cells selects"):
+        run_experiment(config, tmp_path / "api", progress=False, redo=True)
+    assert run_cli(["run", str(config), "--out", str(tmp_path / "out"), "--redo"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "add --cells KEY=PATTERN" in error and "\n" not in error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "api").exists()

@@ -706,6 +706,11 @@ CellsOpt = Annotated[
                                  "--cells framework=cw,interpreter=cam; the store stays the whole grid's, so the "
                                  "command without --cells runs the rest"),
 ]
+RedoOpt = Annotated[
+    bool,
+    typer.Option("--redo", help="discard the finished units (and fitted perturbations) of the cells --cells selects "
+                                "and run them again, e.g. after an upgrade changed a default; other cells are kept"),
+]
 
 
 @app.command("run")
@@ -722,6 +727,7 @@ def run_command(
     ] = None,
     report_: Annotated[bool, typer.Option("--report/--no-report", help="write report.html and tables/ at the end")] = True,
     cells: CellsOpt = None,
+    redo: RedoOpt = False,
 ) -> None:
     """Run (or resume) an experiment grid into an append-only store; then the report and a summary table."""
     from idls.analysis.store_reader import load_store
@@ -732,7 +738,9 @@ def run_command(
     if not experiment.is_file():
         raise UserError(f"experiment file {experiment} does not exist; see experiments/ for examples")
     summary = run_experiment(experiment, out, backend=backend, quick=quick, overrides=parse_overrides(set_ or []),
-                             ray_address=ray_address, cells=cells)
+                             ray_address=ray_address, cells=cells, redo=redo)
+    if summary.units_discarded:
+        typer.echo(f"--redo discarded {summary.units_discarded} finished unit(s) of the selected cells and ran them again")
     print_summary_table(load_store(out).records)
     if report_:
         typer.echo(f"report: {write_experiment_report(out)}")
@@ -762,12 +770,14 @@ def reproduce(
     fit_data: Annotated[Optional[str], typer.Option(help="training images for fitted attacks and defences "
                                                          "(never the --data images)")] = None,
     cells: CellsOpt = None,
+    redo: RedoOpt = False,
 ) -> None:
     """Reproduce the papers' observations: bundled experiments, scorecard.json, report.html."""
     from idls.reproduce.run import reproduce as run_reproduction
 
     run_reproduction(out, quick=quick, weights=weights, shared=shared, rts=rts, data=data, backend=backend,
-                     experiments_dir=experiments, only=only, model=model, fit_data=fit_data, cells=cells)
+                     experiments_dir=experiments, only=only, model=model, fit_data=fit_data, cells=cells,
+                     redo=redo)
 
 
 @app.command()

@@ -9,6 +9,7 @@ runs give the same records as an uninterrupted local one.
 
 from __future__ import annotations
 
+import glob
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -177,6 +178,13 @@ class Workspace:
                        checkpoint=path.with_name(f"{cell.id}.checkpoint.safetensors"))  # a killed fit resumes
             attack.save_fitted(path)
         return replace(cell, options={**cell.options, "perturbation": str(path.resolve())})
+
+    @staticmethod
+    def forget_fit(cell: Cell, artifact_dir: Path) -> None:
+        """Delete ``cell``'s fitted artifact, its metadata and a fit's checkpoint, so :meth:`fit_cell` fits afresh."""
+        folder = Path(artifact_dir) / FITTED_DIR
+        for path in folder.glob(f"{glob.escape(cell.id)}.*") if folder.is_dir() else ():
+            path.unlink(missing_ok=True)
 
     # -- interpreters -----------------------------------------------------------------
     def usable_interpreters(self, model_index: int) -> tuple[list[str], list[str]]:

@@ -54,6 +54,8 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     #: cells of the grid this call was asked to run (``cells`` selectors), or ``None`` for all of them
     cells_selected: int | None = None
+    #: finished units of the selected cells discarded before running them again (``redo``)
+    units_discarded: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "out": str(self.out)}
@@ -104,6 +106,7 @@ def run_experiment(
     progress: bool = True,
     ray_address: str | None = None,
     cells: Sequence[str] | None = None,
+    redo: bool = False,
 ) -> RunSummary:
     """Run (or resume) an experiment into the store ``out``.
 
@@ -119,10 +122,16 @@ def run_experiment(
             :mod:`~idls.experiments.selection`); the store keeps the whole grid's configuration, so a later
             call without them runs the rest. ``cells``, ``units`` and ``units_skipped`` of the summary
             count the whole grid; the selected cells' units that were not run are not "skipped".
+        redo: first discard the selected cells' finished units and fitted artifacts, so they run again
+            (e.g. after an upgrade changed a default); needs ``cells``. Other cells, fitted detectors and
+            trained models are kept.
     """
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if redo and not cells:
+        raise UserError("--redo re-runs the cells --cells selects; add --cells KEY=PATTERN "
+                        "(to re-run every cell, choose a new --out)")
     if isinstance(experiment, Experiment):
         if overrides or (quick and not experiment.quick):
             raise UserError("quick and overrides apply when loading: use load_experiment(path, overrides, quick=True)")
@@ -140,6 +149,9 @@ def run_experiment(
     store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
     try:
         store.write_plan({c.id: c.n_batches(experiment.data.batch_size) for c in plan.cells})
+        discarded = store.forget({c.id for c in selected}) if redo else 0
+        for cell in selected if redo else ():
+            workspace.forget_fit(cell, Path(out))
         whole = plan
         if cells:
             plan = Plan(selected, expand_units(selected, experiment.data.batch_size), plan.images_by_model, plan.warnings)
@@ -172,7 +184,7 @@ def run_experiment(
         out=Path(out), experiment=experiment.name, cells=len(whole.cells), units=len(whole.units),
         units_run=len(pending), units_skipped=whole_done - len(pending), records_written=written,
         records_total=total, seconds=time.perf_counter() - started, recovered_records_dropped=recovered,
-        warnings=plan.warnings, cells_selected=len(selected) if cells else None,
+        warnings=plan.warnings, cells_selected=len(selected) if cells else None, units_discarded=discarded,
     )
 
 

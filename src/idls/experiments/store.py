@@ -20,7 +20,8 @@ torn last lines (a kill mid-write) are cut off, records of units without a done 
 One process writes a store at a time (an exclusive ``flock`` on ``.lock``, which holds the writer's pid).
 A write that fails because the disk takes no more data (full, over quota, read-only) is a one-line
 :class:`~idls.errors.UserError` that names the folder; the failed append is cut back first, so the
-files hold whole lines only, and the same command resumes once there is space.
+files hold whole lines only, and the same command resumes once there is space. :meth:`ExperimentStore.forget` discards some cells'
+finished units (``--redo``), done lines first, so that they run again.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,12 @@ def _parse(lines: Sequence[bytes]) -> list[dict]:
         if isinstance(value, dict):
             parsed.append(value)
     return parsed
+
+
+def _cell_of(line: bytes) -> str | None:
+    """The ``cell`` of one record line (``None`` when it does not parse)."""
+    parsed = _parse([line])
+    return str(parsed[0].get("cell")) if parsed else None
 
 
 def _write_all(fd: int, payload: bytes) -> None:
@@ -387,6 +395,28 @@ class ExperimentStore:
                 _append(self.root / RECORDS_FILE, records)
             _append(self.root / DONE_FILE, [{"cell": cell_id, "batch": batch, "n_records": len(records)}])
         self._done[(cell_id, batch)] = len(records)
+
+    def forget(self, cell_ids: Collection[str]) -> int:
+        """Discard every finished unit of ``cell_ids`` (records, done lines, tensor files); returns how many.
+
+        The done lines go first, so a run killed in between leaves records of units that are not done,
+        which opening the store drops as after any kill: the cells simply run again.
+        """
+        forget = set(cell_ids)
+        units = {key for key in self._done if key[0] in forget}
+        if not units:
+            return 0
+        with _disk_errors(self.root):
+            entries = [{"cell": c, "batch": b, "n_records": n} for (c, b), n in self._done.items() if (c, b) not in units]
+            _replace(self.root / DONE_FILE, "".join(json.dumps(e) + "\n" for e in entries).encode())
+            for key in units:
+                del self._done[key]
+            lines = read_complete_lines(self.root / RECORDS_FILE, repair=False)
+            kept = [line for line in lines if _cell_of(line) not in forget]
+            _replace(self.root / RECORDS_FILE, b"".join(line + b"\n" for line in kept))
+            for cell in forget:
+                shutil.rmtree(self.root / TENSORS_DIR / cell, ignore_errors=True)
+        return len(units)
 
     # -- reading ----------------------------------------------------------------------
     def records(self) -> list[dict]:

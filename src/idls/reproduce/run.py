@@ -263,6 +263,7 @@ def reproduce(
     model: str = DEFAULT_MODEL,
     fit_data: str | None = None,
     cells: Sequence[str] | None = None,
+    redo: bool = False,
 ) -> ReproduceSummary:
     """Run (or resume) the bundled experiments into ``out/<name>/``; write the scorecard and the report.
 
@@ -284,6 +285,7 @@ def reproduce(
         cells: run only the cells matching these selectors (``KEY=PATTERN,...``, see
             :mod:`~idls.experiments.selection`) of the ``only`` experiments, e.g. the groups a claim fails on
             first; the stores stay those of the whole experiments, so a later call without it runs the rest.
+        redo: discard the ``cells``' finished units first and run them again (needs ``cells``).
     """
     from rich.console import Console
 
@@ -307,6 +309,9 @@ def reproduce(
     if cells and (not only or not files or len(files) < len(only)):
         raise UserError("--cells needs --only: it selects cells of the experiments --only names (not of studies); "
                         "add --only EXPERIMENT, e.g. --only advedge_cifar --cells framework=cw,interpreter=cam")
+    if redo and not cells:
+        raise UserError("--redo re-runs the cells --cells selects; add --only EXPERIMENT --cells KEY=PATTERN "
+                        "(to re-run every cell, choose a new --out)")
     out = Path(out)
     console.rule(f"idls reproduce on {system}" + (" (quick)" if quick else ""))
     studies_run = [name for name in (CIFAR_STUDIES if system != EMBEDDED_SYSTEM else ()) if not only or name in only]
@@ -325,7 +330,7 @@ def reproduce(
         if fit_data is not None and declares_fit_source(path):
             file_overrides["data.fit_source"] = str(Path(fit_data).expanduser().resolve())
         run_experiment(path, out / path.stem, backend=backend, quick=quick, overrides=file_overrides, progress=progress,
-                       cells=cells)
+                       cells=cells, redo=redo)
         timings[path.stem] = time.perf_counter() - experiment_started
     for name, context in study_contexts(system, out, quick=quick, weights=weights, shared=shared, data=data,
                                         fit_data=fit_data, experiments_dir=Path(directory), progress=progress,
