@@ -95,10 +95,16 @@ def compare(runs: Mapping[str, tuple[Sequence[Mapping], Mapping]], measured: str
 
 
 def better(new: Mapping, old: Mapping) -> Mapping:
-    """The side to keep: the new one when it is settled or the old one is not, else the old one."""
+    """The side to keep: the new one when it is settled or the old one is not, else the old one; of two settled
+    sides with the same verdict, the one that measured more (a run of one experiment does not replace a whole
+    run's groups with its own few)."""
     if new["verdict"] == VERDICTS[None]:
         return old
-    return new if new.get("settled") or not old.get("settled") else old
+    if not old.get("settled"):
+        return new
+    if not new.get("settled"):
+        return old
+    return old if new["verdict"] == old["verdict"] and new.get("n", 0) < old.get("n", 0) else new
 
 
 def update(earlier: Sequence[Mapping], now: Sequence[Mapping], given: Iterable[str]) -> list[dict]:
@@ -158,12 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "quick_vs_full.json")
     parser.add_argument("--update", action="store_true",
                         help="add to --out: keep its earlier sides where the given runs do not settle a verdict")
+    parser.add_argument("--verdicts-only", action="store_true",
+                        help="with --update: take the given runs' verdicts but keep the earlier times (a run of part "
+                             "of a schedule, made to re-score some claims, is not the schedule's cost)")
     parser.add_argument("--note", action="append", default=[],
                         help="a remark on the runs kept with the result (repeat), e.g. which full experiments are partial")
     args = parser.parse_args(argv)
     given = {name: folder for name, folder in (("quick", args.quick), ("full", args.full)) if folder is not None}
     if not given or (not args.update and len(given) < 2):
         raise SystemExit("give --quick and --full, or --update with one or both of them")
+    if args.verdicts_only and not args.update:
+        raise SystemExit("--verdicts-only keeps the times of an earlier result: add --update")
     runs = {name: read_reproduction(folder) for name, folder in given.items()}
     if runs.get("quick", ([], {}))[1].get("quick") is False or runs.get("full", ([], {}))[1].get("quick") is True:
         raise SystemExit("--quick must be a quick reproduction and --full a full one (see their reproduce.json)")
@@ -181,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = list(args.note)
     if args.update:
         claims = update(earlier.get("claims", []), claims, given)
-        times = {name: merged_timing(earlier.get(name) or {}, times[name]) if name in times else earlier.get(name, {})
-                 for name in SIDES}
+        times = {name: merged_timing(earlier.get(name) or {}, times[name])
+                 if name in times and not args.verdicts_only else earlier.get(name, {}) for name in SIDES}
         notes = [*earlier.get("notes", []), *(f"{today}: {note}" for note in notes)]
         system = earlier.get("system") or system
     for row in claims:

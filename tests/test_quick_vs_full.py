@@ -94,7 +94,26 @@ def test_only_settled_verdicts_are_compared_and_update_keeps_what_a_new_run_does
     assert rows["a"]["quick"] == first["a"]["quick"]  # no quick run given: its sides stay
     assert result["full"]["seconds_per_experiment"] == {"adv2_cifar": 70.0} and result["full"]["invocations"] == 4
     assert result["notes"][-1].endswith(": adv2_cifar finished")
+    rerun = _reproduction(tmp_path / "rerun", True, {"a": True}, {"adv2_cifar": 3.0},
+                          stores={"adv2_cifar": {"cells": 4, "complete_cells": 4}})
+    quick_vs_full.main(["--quick", str(rerun), "--out", str(out), "--update", "--verdicts-only"])
+    kept = json.loads(out.read_text())
+    assert kept["quick"] == result["quick"]  # the re-scoring run's time is not the quick schedule's
+    with pytest.raises(SystemExit, match="add --update"):
+        quick_vs_full.main(["--quick", str(rerun), "--full", str(done), "--out", str(out), "--verdicts-only"])
     with pytest.raises(SystemExit, match="does not exist"):
         quick_vs_full.main(["--full", str(done), "--out", str(tmp_path / "none.json"), "--update"])
     with pytest.raises(SystemExit, match="give --quick and --full"):
         quick_vs_full.main(["--full", str(done), "--out", str(out)])
+
+
+def test_update_keeps_the_larger_of_two_settled_sides_that_agree_and_a_new_verdict_otherwise():
+    better = _module("quick_vs_full").better
+    whole = {"verdict": "FAIL", "n": 400, "settled": True, "groups": ["advedge_cifar · cam", "transfer_cifar · cam"]}
+    one_experiment = {"verdict": "FAIL", "n": 60, "settled": True, "groups": ["transfer_cifar · cam"]}
+    assert better(one_experiment, whole) is whole
+    turned = {**one_experiment, "verdict": "PASS"}
+    assert better(turned, whole) is turned  # a settled new verdict (new code, new rule) replaces the old one
+    assert better({**turned, "settled": False}, whole) is whole
+    assert better({**one_experiment, "settled": False}, {**whole, "settled": False})["n"] == 60
+    assert better({"verdict": "not run", "n": 0}, whole) is whole
