@@ -22,6 +22,7 @@ Standard library only; nothing is recomputed: the verdicts are the scorecards' o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -142,18 +143,29 @@ def attack_seconds(folder: Path) -> dict[str, float]:
     return totals
 
 
+def run_key(run: Mapping, folder: Path) -> str:
+    """Which reproduction a run file belongs to: its ``run_id``, else a digest of the folder's path (older files)."""
+    return str(run.get("run_id") or "folder-" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12])
+
+
 def timing(run: Mapping, folder: Path) -> dict:
-    return {"seconds": run.get("seconds"), "invocations": run.get("invocations", 1 if run else None),
+    seconds, invocations = run.get("seconds"), run.get("invocations", 1 if run else None)
+    return {"seconds": seconds, "invocations": invocations,
             "seconds_per_experiment": dict(run.get("seconds_per_experiment") or {}),
-            "attack_seconds_per_experiment": attack_seconds(folder), "stores": dict(run.get("stores") or {})}
+            "attack_seconds_per_experiment": attack_seconds(folder), "stores": dict(run.get("stores") or {}),
+            "runs": {run_key(run, folder): {"seconds": seconds or 0.0, "invocations": invocations or 0}}}
 
 
 def merged_timing(old: Mapping, new: Mapping) -> dict:
-    """Per experiment, the newer run's times where it has them, else the earlier ones; totals add up."""
-    merged = {"invocations": (old.get("invocations") or 0) + (new.get("invocations") or 0)}
-    for key in ("seconds_per_experiment", "attack_seconds_per_experiment", "stores"):
+    """Per experiment, the newer run's times where it has them, else the earlier ones. Totals add up over
+    reproductions; a reproduction given again (its run file is cumulative) replaces its earlier numbers."""
+    merged = {}
+    for key in ("seconds_per_experiment", "attack_seconds_per_experiment", "stores", "runs"):
         merged[key] = {**(old.get(key) or {}), **(new.get(key) or {})}
-    merged["seconds"] = (old.get("seconds") or 0.0) + (new.get("seconds") or 0.0)
+    for total in ("seconds", "invocations"):
+        known = sum(entry[total] for entry in (old.get("runs") or {}).values())
+        untracked = (old.get(total) or 0) - known  # results written before runs were tracked
+        merged[total] = untracked + sum(entry[total] for entry in merged["runs"].values())
     return merged
 
 

@@ -117,3 +117,17 @@ def test_update_keeps_the_larger_of_two_settled_sides_that_agree_and_a_new_verdi
     assert better({**turned, "settled": False}, whole) is whole
     assert better({**one_experiment, "settled": False}, {**whole, "settled": False})["n"] == 60
     assert better({"verdict": "not run", "n": 0}, whole) is whole
+
+
+def test_a_reproduction_given_twice_counts_its_cumulative_time_once():
+    merged_timing = _module("quick_vs_full").merged_timing
+    legacy = {"seconds": 1000.0, "invocations": 4}  # written before runs were tracked
+    first = {"seconds": 300.0, "invocations": 2, "runs": {"r1": {"seconds": 300.0, "invocations": 2}}}
+    once = merged_timing(legacy, first)
+    assert (once["seconds"], once["invocations"]) == (1300.0, 6)
+    resumed = {"seconds": 500.0, "invocations": 3, "runs": {"r1": {"seconds": 500.0, "invocations": 3}}}
+    again = merged_timing(once, resumed)
+    assert (again["seconds"], again["invocations"]) == (1500.0, 7)  # r1's 500 replaces its 300
+    other = {"seconds": 50.0, "invocations": 1, "runs": {"r2": {"seconds": 50.0, "invocations": 1}}}
+    both = merged_timing(again, other)
+    assert (both["seconds"], both["invocations"]) == (1550.0, 8)

@@ -206,5 +206,7 @@ def test_run_file_keeps_the_time_of_earlier_invocations():
     assert second["seconds_per_experiment"] == {"adv2_cifar": 150.0, "jap_cifar": 20.0}
     assert second["experiments"] == ["adv2_cifar", "jap_cifar"]
     assert second["seconds"] == 101.0 + 71.0 and second["invocations"] == 2
+    assert len(first["run_id"]) == 12 and second["run_id"] == first["run_id"]  # one reproduction
     quick = merged_run_file(second, invocation({"jap_cifar": 5.0}, quick=True))
     assert quick["seconds_per_experiment"] == {"jap_cifar": 5.0} and quick["invocations"] == 1
+    assert quick["run_id"] != first["run_id"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,17 +79,19 @@ def merged_run_file(earlier: Mapping | None, now: dict) -> dict:
     file, so the wall time of the experiments it did not run was lost. Here ``seconds`` and
     ``seconds_per_experiment`` add up over every invocation of the same schedule (quick or full),
     ``experiments`` is every experiment any of them ran, and ``invocations`` counts them. An earlier file of
-    the other schedule is replaced.
+    the other schedule is replaced. ``run_id`` names the folder's reproduction (kept across its invocations),
+    so a reader that collects several reproductions counts each one's cumulative times once.
     """
     if not earlier or earlier.get("quick") != now["quick"] or earlier.get("system") != now["system"]:
-        return {**now, "invocations": 1}
+        return {**now, "invocations": 1, "run_id": uuid.uuid4().hex[:12]}
     timings = {name: float(seconds) for name, seconds in (earlier.get("seconds_per_experiment") or {}).items()}
     for name, seconds in now["seconds_per_experiment"].items():
         timings[name] = timings.get(name, 0.0) + seconds
     experiments = [*(earlier.get("experiments") or [])]
     experiments += [name for name in now["experiments"] if name not in experiments]
     return {**now, "experiments": experiments, "seconds": float(earlier.get("seconds") or 0.0) + now["seconds"],
-            "seconds_per_experiment": timings, "invocations": int(earlier.get("invocations") or 1) + 1}
+            "seconds_per_experiment": timings, "invocations": int(earlier.get("invocations") or 1) + 1,
+            "run_id": earlier.get("run_id") or uuid.uuid4().hex[:12]}
 
 
 def stores_progress(out: Path) -> dict[str, dict[str, int]]:
