@@ -137,12 +137,6 @@ def row_transfer(matrix: Matrix, row: str, *, other_families_only: bool = True) 
     return RowTransfer(row, matrix.get(row, row), off, tuple(columns))
 
 
-def scope_records(records: Iterable[Mapping], scope: Mapping) -> list[Mapping]:
-    """The joint-attack records of ``scope`` (a :class:`ScopedMatrix` scope: every key equal)."""
-    return [r for r in records if str(r.get("attacked_interpreter", NONE)) != NONE
-            and all(r.get(k) == v for k, v in scope.items())]
-
-
 def row_by_image(records: Iterable[Mapping], row: str, columns: Sequence[str], metric: str) -> dict[tuple, float]:
     """Per image, the mean ``metric`` of attacked interpreter ``row`` over ``columns`` (the row's off-diagonal).
 
@@ -196,5 +190,4 @@ __all__ = [
     "model_transfer_matrix",
     "row_by_image",
     "row_transfer",
-    "scope_records",
 ]

@@ -149,9 +149,11 @@ def run_experiment(
     store = ExperimentStore.open(out, experiment.to_dict(), {"backend": backend})
     try:
         store.write_plan({c.id: c.n_batches(experiment.data.batch_size) for c in plan.cells})
-        discarded = store.forget({c.id for c in selected}) if redo else 0
-        for cell in selected if redo else ():
-            workspace.forget_fit(cell, Path(out))
+        discarded = 0
+        if redo:
+            discarded = store.forget({c.id for c in selected})
+            for cell in selected:
+                workspace.forget_fit(cell, Path(out))
         whole = plan
         if cells:
             plan = Plan(selected, expand_units(selected, experiment.data.batch_size), plan.images_by_model, plan.warnings)

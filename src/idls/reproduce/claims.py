@@ -24,7 +24,6 @@ from idls.analysis.transfer import (
     interpreter_transfer_matrices,
     row_by_image,
     row_transfer,
-    scope_records,
 )
 
 PAIR_KEYS: tuple[str, ...] = ("experiment", "data", "model", "epsilon", "mode", "framework", "interpreter")
@@ -308,18 +307,19 @@ def measure_edge_transfer(records) -> list[Check]:
     tolerance's size, and a stochastic column (MASK) spreads single images' L1 far wider.
     """
     adv2 = {(_scope_without_attack(s), t.row): (s, t) for s, t in _transfer_rows(records, "adv2", "map_l1")}
+    by_scope = group_records(records, SCOPE_KEYS)  # the scopes of the transfer matrices, each read once
     checks = []
     for attack in EDGE_ATTACKS:
         for scoped, t in _transfer_rows(records, attack, "map_l1"):
             base_scoped, base = adv2.get((_scope_without_attack(scoped), t.row), (None, None))
             if base is None or math.isnan(t.off_diagonal) or math.isnan(base.off_diagonal):
                 continue
-            paired = paired_difference(
-                row_by_image(scope_records(records, scoped.scope), t.row, t.columns, "map_l1"),
-                row_by_image(scope_records(records, base_scoped.scope), t.row, t.columns, "map_l1"))
+            paired = paired_difference(*(
+                row_by_image(by_scope[tuple(scope[k] for k in SCOPE_KEYS)], t.row, t.columns, "map_l1")
+                for scope in (scoped.scope, base_scoped.scope)))
             gap = t.off_diagonal - base.off_diagonal
             bound = paired.lower_bound()
-            passed = gap <= EDGE_TRANSFER_L1_TOLERANCE or (not math.isnan(bound) and bound <= EDGE_TRANSFER_L1_TOLERANCE)
+            passed = gap <= EDGE_TRANSFER_L1_TOLERANCE or bound <= EDGE_TRANSFER_L1_TOLERANCE  # NaN bound: gap only
             text = f"transfer L1 {_f(t.off_diagonal)} vs ADV² {_f(base.off_diagonal)} (to {', '.join(t.columns)})"
             if gap > EDGE_TRANSFER_L1_TOLERANCE:
                 verdict = "within" if passed else "beyond"
