@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint docs install install-test install-docs chromium bench clean
+.PHONY: demo test test-slow lint docs install install-test install-docs chromium pretrained bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: install-test
 # The site of mkdocs.yml into site/, warnings as errors (broken links and anchors, docstring problems).
 docs: install-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d site
+
+# Retrain the weights shipped in src/idls/pretrained from scratch (after a change of the embedded recipes).
+pretrained: install
+	$(BIN)/python -m idls.pretrained.rebuild
 
 bench: install
 	$(BIN)/python benchmarks/interpreters.py

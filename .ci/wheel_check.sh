@@ -40,7 +40,8 @@ step "built $(basename "$WHEEL")"
 quietly "$WORK/venv/bin/python" -m pip install -c "$ROOT/constraints.txt" "$WHEEL"
 step "installed into a fresh virtual environment"
 
-# 3. run it from an empty folder with an empty cache (the embedded model is trained from the wheel's code)
+# 3. run it from an empty folder with an empty cache (the embedded model and its RTS masker come from the
+#    weights the wheel ships: a demo that trains them means the wheel lacks its package data)
 mkdir "$WORK/run"
 cd "$WORK/run"
 unset PYTHONPATH
@@ -56,7 +57,11 @@ if [ "$reported" != "idls $VERSION" ]; then
     exit 1
 fi
 step "$reported"
-"$WORK/venv/bin/idls" demo --quick --out "$WORK/run/demo"
+"$WORK/venv/bin/idls" demo --quick --out "$WORK/run/demo" 2>&1 | tee "$WORK/demo.log"
+if grep -q "idls: training the embedded" "$WORK/demo.log"; then
+    echo "wheel check: the demo trained the embedded models: the wheel does not ship idls/pretrained" >&2
+    exit 1
+fi
 for file in report.html summary.json results.jsonl; do
     if [ ! -s "$WORK/run/demo/$file" ]; then
         echo "wheel check: the demo wrote no $file" >&2

@@ -2,8 +2,8 @@
 
 It runs on the embedded fallback with tiny settings, inserted as a cell after the notebook's
 ``parameters`` cell (as papermill would), in a fresh Jupyter kernel of this Python. The kernel inherits
-the test session's environment (its ``IDLS_CACHE_DIR``), so the embedded CNN is trained at most once per
-session: the first test that needs it pays about a minute.
+the test session's environment (its ``IDLS_CACHE_DIR``); the embedded CNN's weights ship with idls, so
+nothing is trained.
 """
 
 from __future__ import annotations

@@ -259,9 +259,8 @@ def test_embedded_masker_is_trained_once_cached_and_retrained_for_other_weights(
         rts_training.embedded_rts_masker(create_model("cifar_resnet20"))
 
 
-@pytest.mark.slow
 def test_trained_embedded_rts_localises_objects():
-    """The cached embedded masker (trained for real) localises the objects of the test split."""
+    """The shipped embedded masker (trained for real, idls.pretrained) localises the objects of the test split."""
     from idls.data.synthetic import TEST_SEED, make_synthetic
     from idls.metrics import localization_iou, pointing_game
 
@@ -283,4 +282,4 @@ def test_trained_embedded_rts_localises_objects():
     assert wrong_area < 0.5 * out.mask.mean()  # the class selector closes the gate for a wrong class
     reloaded = rts_training.embedded_rts_masker(classifier)
     with torch.no_grad():
-        assert torch.equal(reloaded(test.images[:8]).mask, out.mask[:8])
+        assert torch.equal(reloaded(test.images[:8]).mask, masker(test.images[:8]).mask)

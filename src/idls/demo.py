@@ -1,6 +1,6 @@
 """``idls demo``: the whole pipeline on the embedded default, no download needed.
 
-1. the embedded CNN (trained on first use, then cached) and its RTS;
+1. the embedded CNN and its RTS masker (shipped with idls: :mod:`idls.pretrained`);
 2. the interpreter validity table: does each map localise the object?
 3. each demo attack against every interpreter, as one experiment (:func:`demo_experiment`) run by the
    engine behind every attack run of idls, into ``OUT/store`` (a second demo resumes it), then
@@ -150,7 +150,7 @@ def _run_demo(out: Path, *, quick: bool, n: int | None, device: torch.device | s
     started = time.perf_counter()
     settings = demo_settings(quick, n)
     console.rule("idls demo" + (" (quick)" if quick else ""))
-    console.print("[1/4] embedded classifier and RTS (trained once, then cached)")
+    console.print("[1/4] embedded classifier and its RTS masker (shipped with idls)")
     classifier = create_model("embedded_cnn", weights="pretrained", device=device)
     accuracy = float(embedded_metrics()["test_accuracy"])
     console.print(f"      embedded test accuracy: {accuracy:.3f}")

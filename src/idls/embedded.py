@@ -1,12 +1,12 @@
-"""The embedded classifier: ``embedded_cnn`` trained once on the synthetic set, then cached.
+"""The embedded classifier: ``embedded_cnn`` trained on the synthetic set (shipped with idls, else trained once and cached).
 
 ``create_model("embedded_cnn", weights="pretrained")`` calls
-:func:`trained_embedded_state_dict`, which loads the weights from
-``cache_dir()/embedded/`` or, the first time, trains them (about a minute on two
-CPU cores) and writes them there atomically (temporary file + rename, so a killed
-run never leaves a corrupt cache). The cache file name carries a hash of the
-training recipe, the architecture and the data generator's version, so a change
-in any of them retrains instead of loading stale weights.
+:func:`trained_embedded_state_dict`, which loads the weights shipped with idls
+(:mod:`idls.pretrained`), else those in ``cache_dir()/embedded/``, else trains them
+(about a minute on one core) and writes them there atomically (temporary file +
+rename, so a killed run never leaves a corrupt cache). The file name carries a hash
+of the training recipe, the architecture and the data generator's version, so a
+change in any of them retrains instead of loading stale weights.
 
 Training: a fixed training split of the synthetic set (seed
 :data:`~idls.data.synthetic.TRAIN_SEED`), label-preserving batched augmentation
@@ -137,6 +137,7 @@ def _train_embedded(config: TrainConfig, *, progress: bool) -> tuple[dict[str, T
         "config": asdict(config),
         "generator_version": GENERATOR_VERSION,
         "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
     state = {k: v.detach().clone().contiguous() for k, v in classifier.net.state_dict().items()}
     return state, metrics
@@ -166,8 +167,26 @@ def cache_key(config: TrainConfig | None = None) -> str:
 def cache_paths(config: TrainConfig | None = None) -> tuple[Path, Path]:
     """(weights ``.safetensors``, metrics ``.json``) for ``config`` in ``cache_dir()/embedded``."""
     folder = cache_dir() / "embedded"
-    stem = f"embedded_cnn-{cache_key(config)}"
+    stem = weights_stem(config)
     return folder / f"{stem}.safetensors", folder / f"{stem}.json"
+
+
+def packaged_paths(config: TrainConfig | None = None) -> tuple[Path, Path]:
+    """(weights, metrics) shipped in :mod:`idls.pretrained` for ``config`` (present for the default recipe)."""
+    from idls.pretrained import packaged_path
+
+    stem = weights_stem(config)
+    return packaged_path(f"{stem}.safetensors"), packaged_path(f"{stem}.json")
+
+
+def weights_stem(config: TrainConfig | None = None) -> str:
+    """The file name, without suffix, of ``config``'s weights: ``embedded_cnn-<cache key>``."""
+    return f"embedded_cnn-{cache_key(config)}"
+
+
+def _locations(config: TrainConfig | None, *, packaged: bool) -> list[tuple[Path, Path]]:
+    """Where trained weights for ``config`` are looked for, in order: shipped (if ``packaged``), cached."""
+    return ([packaged_paths(config)] if packaged else []) + [cache_paths(config)]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -192,23 +211,27 @@ def _load_cached(weights_path: Path) -> tuple[dict[str, Tensor], dict] | None:
             metrics = json.loads((handle.metadata() or {}).get("metrics", "{}"))
             state = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception:  # noqa: BLE001 - a damaged cache entry is simply retrained
-        print(f"idls: ignoring unreadable cache file {weights_path}; retraining", file=sys.stderr)
+        print(f"idls: ignoring unreadable weights file {weights_path}", file=sys.stderr)
         return None
     return state, metrics
 
 
-def trained_embedded_state_dict(config: TrainConfig | None = None, *, progress: bool = True) -> dict[str, Tensor]:
-    """The trained ``embedded_cnn`` weights: from the cache, else trained now and cached.
+def trained_embedded_state_dict(
+    config: TrainConfig | None = None, *, progress: bool = True, packaged: bool = True
+) -> dict[str, Tensor]:
+    """The trained ``embedded_cnn`` weights: shipped, else cached, else trained now and cached.
 
-    ``config`` defaults to :data:`DEFAULT_CONFIG` (what ``create_model(..., "pretrained")`` uses).
+    ``config`` defaults to :data:`DEFAULT_CONFIG` (what ``create_model(..., "pretrained")`` uses);
+    ``packaged=False`` skips the shipped weights (``python -m idls.pretrained.rebuild`` trains afresh).
     """
     config = config or DEFAULT_CONFIG
-    weights_path, json_path = cache_paths(config)
-    cached = _load_cached(weights_path)
-    if cached is not None:
-        return cached[0]
+    for weights_path, _ in _locations(config, packaged=packaged):
+        found = _load_cached(weights_path)
+        if found is not None:
+            return found[0]
     from safetensors.torch import save_file
 
+    weights_path, json_path = cache_paths(config)
     print("idls: training the embedded classifier on the synthetic set (about a minute, once)", file=sys.stderr)
     state, metrics = train_embedded(config, progress=progress)
     metrics["file"] = weights_path.name
@@ -217,20 +240,21 @@ def trained_embedded_state_dict(config: TrainConfig | None = None, *, progress: 
     return state
 
 
-def embedded_metrics(config: TrainConfig | None = None) -> dict:
-    """Metrics of the cached embedded classifier (training it first if needed).
+def embedded_metrics(config: TrainConfig | None = None, *, packaged: bool = True) -> dict:
+    """Metrics of the trained embedded classifier that ``trained_embedded_state_dict`` returns (training it if needed).
 
     Keys: ``test_accuracy``, ``train_accuracy``, ``epochs``, ``seconds``, ``seed``, ``config``, ...
     """
-    weights_path, json_path = cache_paths(config)
-    if json_path.is_file():
+    for weights_path, json_path in _locations(config, packaged=packaged):
+        if not weights_path.is_file():
+            continue
         try:
             return json.loads(json_path.read_text())
         except (OSError, json.JSONDecodeError):
-            pass
-    cached = _load_cached(weights_path)
-    if cached is None:
-        trained_embedded_state_dict(config)
-        cached = _load_cached(weights_path)
-    assert cached is not None
-    return cached[1]
+            found = _load_cached(weights_path)
+            if found is not None:
+                return found[1]
+    trained_embedded_state_dict(config, packaged=packaged)
+    found = _load_cached(cache_paths(config)[0])
+    assert found is not None
+    return found[1]

@@ -37,7 +37,7 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()
     gap_linear_head: bool = True
     weights: str | None = None
-    #: trained on the embedded synthetic data set (an RTS masker can then be trained on that data on first use)
+    #: trained on the embedded synthetic data set (its RTS masker ships with idls, or is trained on that data on first use)
     embedded: bool = False
     extra: dict = field(default_factory=dict)
 

@@ -31,8 +31,9 @@ Checkpoints: ``save_rts`` writes the head's tensors as safetensors plus a JSON
 sidecar (format, model name, a fingerprint of the classifier's weights, the head
 configuration, a SHA-256 of the tensor file and the training history);
 ``load_rts`` checks all of it and raises a one-line :class:`UserError` on a
-mismatch. :func:`embedded_rts_masker` trains the embedded CNN's masker once and
-caches it in ``cache_dir()/embedded/rts.safetensors``.
+mismatch. :func:`embedded_rts_masker` loads the embedded CNN's masker shipped with
+idls (:mod:`idls.pretrained`), or trains it once and caches it in
+``cache_dir()/embedded/rts.safetensors``.
 """
 
 from __future__ import annotations
@@ -612,28 +613,45 @@ def _embedded_recipe(settings: EmbeddedRTSSettings) -> dict:
     }
 
 
-def embedded_rts_masker(classifier: Classifier, *, progress: bool = False) -> RTSMasker:
-    """The trained RTS masker of the embedded CNN: loaded from the cache, else trained once and cached.
+def packaged_embedded_rts_path() -> Path:
+    """Where the embedded CNN's masker shipped with idls lies (:mod:`idls.pretrained`)."""
+    from idls.pretrained import EMBEDDED_RTS_FILE, packaged_path
 
-    A cache entry made for other classifier weights or another training recipe is retrained.
+    return packaged_path(EMBEDDED_RTS_FILE)
+
+
+def embedded_rts_masker(classifier: Classifier, *, progress: bool = False, packaged: bool = True) -> RTSMasker:
+    """The trained RTS masker of the embedded CNN: shipped, else cached, else trained once and cached.
+
+    A masker made for other classifier weights or another training recipe is not loaded but retrained;
+    ``packaged=False`` skips the shipped one (``python -m idls.pretrained.rebuild`` trains afresh).
     """
     if not classifier.info.embedded:
         raise UserError(f"the cached RTS masker is for the embedded model, not {classifier.info.name!r}; "
                         "use idls train-rts")
-    path = embedded_rts_path()
     recipe = _embedded_recipe(EMBEDDED_RTS)
-    if path.is_file() and sidecar_path(path).is_file():
-        try:
-            meta = read_rts_metadata(path)
-            if meta.get("classifier_fingerprint") == classifier_fingerprint(classifier) and meta.get("extra") == recipe:
+    for path in ([packaged_embedded_rts_path()] if packaged else []) + [embedded_rts_path()]:
+        if _made_for(path, classifier, recipe):
+            try:
                 return load_rts(classifier, path)
-        except UserError:
-            pass  # an unreadable cache entry is simply rebuilt
+            except UserError:
+                pass  # a damaged entry (its tensors no longer match the sidecar) is simply rebuilt
     if progress:
         print("idls: training the embedded RTS masker (once, then cached)", file=sys.stderr)
     masker = train_embedded_rts(classifier, progress=progress)
-    save_rts(masker, path, extra=recipe)
+    save_rts(masker, embedded_rts_path(), extra=recipe)
     return masker
+
+
+def _made_for(path: Path, classifier: Classifier, recipe: dict) -> bool:
+    """Whether ``path`` holds a readable masker trained for ``classifier``'s weights with ``recipe``."""
+    if not (path.is_file() and sidecar_path(path).is_file()):
+        return False
+    try:
+        meta = read_rts_metadata(path)
+    except UserError:
+        return False  # an unreadable entry is simply rebuilt
+    return meta.get("classifier_fingerprint") == classifier_fingerprint(classifier) and meta.get("extra") == recipe
 
 
 def train_embedded_rts(

@@ -219,7 +219,7 @@ def _build_embedded(weights: str | None) -> Classifier:
             from idls.embedded import trained_embedded_state_dict
 
             state = trained_embedded_state_dict()
-            source = "embedded (cached training)"
+            source = "embedded (shipped or cached training)"
         else:
             state = read_state_dict(weights)
             source = weights
