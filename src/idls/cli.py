@@ -685,7 +685,7 @@ def train_command(
 
 @app.command()
 def demo(
-    quick: Annotated[bool, typer.Option(help="fewer images and steps (about a minute once cached)")] = False,
+    quick: Annotated[bool, typer.Option(help="fewer images and steps (under a minute on 2 cores)")] = False,
     n: Annotated[Optional[int], typer.Option("--n", help="images to attack")] = None,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
