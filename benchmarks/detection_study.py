@@ -56,7 +56,7 @@ def store_summary(path: Path) -> dict[str, Any]:
     keys = ("attack", "attacked_interpreter", "variant")
     for key, rows in group_records(own_records(records), keys).items():
         s = summary(rows)
-        attacks[column_label(dict(zip(keys, key)))] = {
+        attacks[column_label(dict(zip(keys, key, strict=True)))] = {
             "n": len({r["image_id"] for r in rows}),  # images (a plain attack has one record per interpreter)
             **{field: s.get(field) for field in ("success", "confidence", "map_l1", "map_iou", "seconds")}}
     basic = {label.split(" · ")[1]: row["seconds"] for label, row in attacks.items()

@@ -129,7 +129,7 @@ def run_cell(classifier: Classifier, data: LabeledImages, attack_name: str, inte
         joint = result.extras["joint_evaluations"].tolist()
         warm_evals += warm
         joint_evals += joint
-        passes += [w + ratio * j for w, j in zip(warm, joint)]
+        passes += [w + ratio * j for w, j in zip(warm, joint, strict=True)]
     n = len(records)
     summary = evaluate.summarize(records)
     return {

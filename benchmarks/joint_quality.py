@@ -225,7 +225,7 @@ class CellRecords:
 
 def map_records(base: Sequence[dict], pair: evaluate.MapPair) -> list[dict]:
     """``base`` records extended by the map fields of ``pair`` (benign vs adversarial, or target vs map)."""
-    return [{**record, **fields} for record, fields in zip(base, evaluate.map_fields(pair))]
+    return [{**record, **fields} for record, fields in zip(base, evaluate.map_fields(pair), strict=True)]
 
 
 def group_experiment(cells: Sequence[Cell], setup: Setup, n: int) -> dict:

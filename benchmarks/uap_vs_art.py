@@ -76,7 +76,7 @@ class ArtClipRule(DeepFoolUAP):
             if bool(open_.any()):
                 found = deepfool(classifier, z[open_], candidates=self.candidates, steps=self.deepfool_steps,
                                  overshoot=self.overshoot)
-                for x_i, r_i in zip(x[open_][found.flipped].split(1), found.r[found.flipped].split(1)):
+                for x_i, r_i in zip(x[open_][found.flipped].split(1), found.r[found.flipped].split(1), strict=True):
                     delta = project_delta((x_i + delta + r_i).clamp(0.0, 1.0) - x_i, self.epsilon, self.norm)
         return delta
 

@@ -65,7 +65,7 @@ def head_tensors(masker: RTSMasker) -> dict[str, torch.Tensor]:
 
 
 def assert_same_heads(a: RTSMasker, b: RTSMasker) -> None:
-    for (key, x), y in zip(a.head.state_dict().items(), b.head.state_dict().values()):
+    for (key, x), y in zip(a.head.state_dict().items(), b.head.state_dict().values(), strict=True):
         assert torch.equal(x, y), key
 
 
@@ -162,7 +162,7 @@ def test_one_aid_step_raises_the_map_distance_on_a_fixed_adversarial_batch(class
     params = list(masker.head.decoder.parameters())
     grads = torch.autograd.grad(before["loss"], params)
     with torch.no_grad():
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p -= 1e-2 * g / g.norm().clamp(min=1e-12)
     after = term.terms(masker, x, pred, result)
     assert float(after["l1"]) > float(before["l1"])

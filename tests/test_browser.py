@@ -97,7 +97,7 @@ def _assert_scorecard_shown(page, scorecard: list[dict]) -> None:
     summary = section["tables"][0]
     assert summary["head"] == SCORECARD_HEAD and summary["rows"] == len(scorecard) and not summary["inDetails"]
     assert len(section["details"]) == len(scorecard)
-    for block, row in zip(section["details"], scorecard):
+    for block, row in zip(section["details"], scorecard, strict=True):
         assert block["summary"] == f"{row_verdict(row)} {row['claim']}" and not block["open"]
         assert block["tables"] == (1 if row.get("details") else 0), row["claim"]
 

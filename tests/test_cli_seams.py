@@ -22,7 +22,7 @@ from tests.conftest import run_cli
 def _folder(path, images, labels):
     path.mkdir(parents=True)
     rows = ["file,label"]
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(array).save(path / f"img_{i:03d}.png")
         rows.append(f"img_{i:03d}.png,{int(label)}")

@@ -246,7 +246,7 @@ def test_warp_matches_grid_sample_values_and_gradients():
     weights = torch.randn(ours.shape, generator=g)
     grads_ours = torch.autograd.grad((ours * weights).sum(), (x, flow))
     grads_theirs = torch.autograd.grad((theirs * weights).sum(), (x, flow))
-    for a, b in zip(grads_ours, grads_theirs):
+    for a, b in zip(grads_ours, grads_theirs, strict=True):
         assert torch.allclose(a, b, atol=1e-4)
 
 

@@ -229,7 +229,7 @@ def test_imagenet_samples_resize_and_centre_crop_to_224(imagenet_samples_dir):
     preset = ResNet50_Weights.IMAGENET1K_V1.transforms()
     mean = torch.tensor(preset.mean).view(3, 1, 1)
     std = torch.tensor(preset.std).view(3, 1, 1)
-    for image, file in zip(data.images, data.ids):
+    for image, file in zip(data.images, data.ids, strict=True):
         expected = preset(Image.open(imagenet_samples_dir / file).convert("RGB")) * std + mean
         assert (image - expected).abs().mean() < 2 / 255, file
 
@@ -253,7 +253,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert data.class_names == ("apple", "zebra")
     assert data.ids == ["apple/0.png", "apple/1.png", "apple/nested/deep.png", "zebra/0.png", "zebra/1.png"]
     assert data.labels.tolist() == [0, 0, 0, 1, 1]
-    for image, rel in zip(data.images, data.ids):
+    for image, rel in zip(data.images, data.ids, strict=True):
         assert torch.equal(image, torch.from_numpy(pixels[rel]).permute(2, 0, 1).float() / 255)
 
 

@@ -41,7 +41,7 @@ def test_augment_applies_one_label_preserving_symmetry_per_sample():
     x = torch.rand(24, 3, 10, 10)
     out = augment(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
-    for original, augmented in zip(x, out):
+    for original, augmented in zip(x, out, strict=True):
         assert any(torch.equal(augmented, c) for c in _candidates(original))
     assert (out - x).abs().flatten(1).amax(1).gt(0).sum() >= 18  # most samples actually change
     assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))

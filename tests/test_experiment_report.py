@@ -161,7 +161,7 @@ def test_csv_round_trip_is_exact(tmp_path):
         back = read_csv(write_csv(table, tmp_path / f"{table.name}.csv"), key_columns=table.key_columns)
         assert back.columns == table.columns
         assert len(back.rows) == len(table.rows)
-        for original, read in zip(table.rows, back.rows):
+        for original, read in zip(table.rows, back.rows, strict=True):
             for column in table.columns:
                 a, b = original[column], read[column]
                 assert (isinstance(a, float) and math.isnan(a) and math.isnan(b)) or a == b, (table.name, column, a, b)

@@ -50,7 +50,7 @@ def held_out() -> LabeledImages:
 def test_eq6_scaling_keeps_every_perturbation_inside_its_budget(norm, epsilon, scale, seed):
     raw = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * scale
     scaled = scale_to_budget(raw, epsilon, norm)
-    for row, original in zip(scaled, raw):
+    for row, original in zip(scaled, raw, strict=True):
         size = perturbation_norm(row[None], norm)
         assert size <= epsilon * (1 + 1e-5)
         if perturbation_norm(original[None], norm) <= epsilon:  # min(1, .): small patterns are left alone
@@ -101,7 +101,8 @@ def test_a_grouped_generator_is_independent_generators(kind):
         for g in range(3):
             single = build_generator(kind, (3, 32, 32), width=4)
             state = {}
-            for (name, value), _reference in zip(grouped.state_dict().items(), single.state_dict().values()):
+            pairs = zip(grouped.state_dict().items(), single.state_dict().values(), strict=True)
+            for (name, value), _reference in pairs:
                 per_group = value.shape[0] // 3 if value.dim() else None
                 state[name] = value[g * per_group:(g + 1) * per_group] if per_group else value
             single.load_state_dict(state)

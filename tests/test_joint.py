@@ -67,7 +67,7 @@ def test_lambda_schedules():
     edges = np.cumsum([share for share, _ in GRAD_PHASES]) * 1000
     multipliers = [m for _, m in GRAD_PHASES]
     assert phases(0) == 2.0 * multipliers[0]
-    for edge, before, after in zip(edges[:-1], multipliers, multipliers[1:]):
+    for edge, before, after in zip(edges[:-1], multipliers[:-1], multipliers[1:], strict=True):
         assert phases(int(edge) - 1) == 2.0 * before and phases(int(math.ceil(edge)) + 1) == 2.0 * after
     assert phases(5000) == 2.0 * multipliers[-1]
     assert LambdaSchedule("constant", 3.0, 10)(7) == 3.0

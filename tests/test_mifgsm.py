@@ -53,7 +53,7 @@ def test_momentum_steps_match_the_papers_algorithm(model):
     attack.step_rule = lambda: recording_rule
     attack.run(model, x, torch.tensor([0, 0, 0]), targets)
     x_adv = x.clone()
-    for direction, reference in zip(seen, expected):
+    for direction, reference in zip(seen, expected, strict=True):
         x_adv = project(x_adv - epsilon / steps * direction, x, epsilon, "linf")
         assert torch.allclose(x_adv, reference, atol=1e-6)
     assert len(seen) == steps

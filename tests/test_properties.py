@@ -158,7 +158,7 @@ def test_topk_mask_keeps_exactly_the_largest_entries(pair, k):
     pixels = maps[0].numel()
     expected = min(max(round(k * pixels), 1), pixels)
     assert mask.flatten(1).sum(1).tolist() == [expected] * maps.shape[0]
-    for m, keep in zip(maps.flatten(1), mask.flatten(1)):
+    for m, keep in zip(maps.flatten(1), mask.flatten(1), strict=True):
         if not bool(keep.all()):
             assert float(m[keep].min()) >= float(m[~keep].max())
 
@@ -196,7 +196,8 @@ def test_kendall_tau_lies_in_range_and_is_one_on_identical_non_constant_maps(pai
             assert math.isnan(float(tau[i]))
         else:
             assert -1 - 1e-6 <= float(tau[i]) <= 1 + 1e-6
-    for i, (same, reversed_) in enumerate(zip(metrics.kendall_tau(a, a.clone()), metrics.kendall_tau(a, -a))):
+    pairs = zip(metrics.kendall_tau(a, a.clone()), metrics.kendall_tau(a, -a), strict=True)
+    for i, (same, reversed_) in enumerate(pairs):
         if not bool((a[i] == a[i].flatten()[0]).all()):
             assert float(same) == pytest.approx(1.0)
             assert float(reversed_) == pytest.approx(-1.0)  # every untied pair is discordant
@@ -233,5 +234,5 @@ def test_fooling_ratio_is_the_share_of_changed_predictions(clean, data):
     adv = data.draw(st.lists(st.integers(0, 9), min_size=len(clean), max_size=len(clean)))
     ratio = metrics.fooling_ratio(torch.tensor(clean), torch.tensor(adv))
     assert 0.0 <= ratio <= 1.0
-    assert ratio == pytest.approx(sum(c != a for c, a in zip(clean, adv)) / len(clean))
+    assert ratio == pytest.approx(sum(c != a for c, a in zip(clean, adv, strict=True)) / len(clean))
     assert metrics.fooling_ratio(torch.tensor(clean), torch.tensor(clean)) == 0.0

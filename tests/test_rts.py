@@ -171,7 +171,7 @@ def test_training_lowers_the_objective_on_a_tiny_batch(resnet20, lossless):
     decoder_losses = [h["total"] for h in trained.history if h["phase"] == "decoder"]
     assert decoder_losses[-1] < decoder_losses[0]
     assert [h["phase"] for h in trained.history] == ["selector"] + ["decoder"] * 8
-    for p, g in zip(resnet20.parameters(), grads_before):  # the frozen encoder's .grad is never touched
+    for p, g in zip(resnet20.parameters(), grads_before, strict=True):  # the frozen encoder's .grad is never touched
         assert (p.grad is None and g is None) or torch.equal(p.grad, g)
 
 

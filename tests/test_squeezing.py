@@ -86,7 +86,7 @@ def test_median_gradient_flows_to_the_selected_elements_only(k):
     jacobian = torch.autograd.functional.jacobian(median, x).reshape(x.numel(), x.numel())
     outputs = median(x).detach().flatten()
     values = x.detach().flatten()
-    for row, value in zip(jacobian, outputs):
+    for row, value in zip(jacobian, outputs, strict=True):
         selected = values == value  # the one input pixel whose value the output took
         assert int(selected.sum()) == 1
         assert float(row[selected]) == 1.0 and float(row[~selected].abs().sum()) == 0.0

@@ -128,7 +128,7 @@ def test_resume_after_a_kill_reaches_the_weights_of_an_uninterrupted_run(tmp_pat
     resumed = _tiny()  # a new process: fresh starting weights, the checkpoint on disk
     run = train_classifier(resumed, x, y, objective, options, checkpoint=checkpoint)
     assert run.resumed_from == 1 and len(run.history) == 3
-    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -79,7 +79,8 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     """Top-1 accuracy of ``model`` (called on [0, 1] images ``N x 3 x S x S``)."""
     was_training = model.training
     model.eval()
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(images.split(batch_size), labels.split(batch_size)))
+    batches = zip(images.split(batch_size), labels.split(batch_size), strict=True)
+    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in batches)
     model.train(was_training)
     return correct / max(1, labels.numel())
 

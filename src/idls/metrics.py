@@ -211,7 +211,7 @@ def kendall_tau(maps: Tensor, other: Tensor) -> Tensor:
     _check_map_pair(maps, other)
     a = maps.detach().flatten(1).double().cpu().numpy()
     b = other.detach().flatten(1).double().cpu().numpy()
-    taus = np.array([kendalltau(ai, bi).statistic for ai, bi in zip(a, b)], dtype=np.float64)
+    taus = np.array([kendalltau(ai, bi).statistic for ai, bi in zip(a, b, strict=True)], dtype=np.float64)
     return _nan_unless(_finite_samples(maps, other), torch.as_tensor(taus, dtype=torch.float32, device=maps.device))
 
 

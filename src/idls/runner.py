@@ -151,7 +151,7 @@ def evaluate_batch(
             second = benign_reruns(name) if benign_reruns is not None else interpreter.another_run().attribute(x)
             rerun = evaluate.rerun_fields(pair.benign, second.detach())
         for i, (record, fields, distances, agreement) in enumerate(zip(base, evaluate.map_fields(pair), to_target,
-                                                                      rerun)):
+                                                                      rerun, strict=True)):
             records.append({**common, "interpreter": name, **record, **fields, **distances, **agreement,
                             "adv_path": f"{tensor_file}#{x_key}:{i}"})
     if not interpreters:

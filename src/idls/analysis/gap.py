@@ -39,6 +39,6 @@ def gap_rows(records: Sequence[Mapping], targets: Sequence[str] | None = None) -
     ]
     rows = []
     for key, summary in summaries_by(chosen, GAP_KEYS).items():
-        fields = dict(zip(GAP_KEYS, key))
+        fields = dict(zip(GAP_KEYS, key, strict=True))
         rows.append({**fields, **{c: summary.get(c) for c in GAP_COLUMNS}})
     return rows

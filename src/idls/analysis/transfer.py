@@ -68,7 +68,8 @@ def mean_matrix(records: Iterable[Mapping], row_of, column_of, value_of, rows: S
             continue
         sums[rows.index(i)][columns.index(j)] += float(value)
         counts[rows.index(i)][columns.index(j)] += 1
-    values = [[s / c if c else math.nan for s, c in zip(srow, crow)] for srow, crow in zip(sums, counts)]
+    values = [[s / c if c else math.nan for s, c in zip(srow, crow, strict=True)]
+              for srow, crow in zip(sums, counts, strict=True)]
     return Matrix(list(rows), list(columns), values, counts)
 
 
@@ -99,7 +100,7 @@ def interpreter_transfer_matrices(records: Sequence[Mapping], metric: str = "map
     for key, group in group_records(joint, SCOPE_KEYS).items():
         if all(r["attacked_interpreter"] == r["interpreter"] for r in group):
             continue  # no transfer records in this scope
-        scope = dict(zip(SCOPE_KEYS, key))
+        scope = dict(zip(SCOPE_KEYS, key, strict=True))
         matrix = interpreter_transfer_matrix(group, metric)
         baseline = plain_by_scope.get(tuple(scope[k] for k in (*CONTEXT_KEYS, "model", "framework")), [])
         if baseline:

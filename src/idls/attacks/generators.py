@@ -120,7 +120,7 @@ class UNetGenerator(nn.Module):
         for layer in self.down:
             skips.append(h)
             h = layer(h)
-        for up, fuse, skip in zip(self.up, self.fuse, reversed(skips)):
+        for up, fuse, skip in zip(self.up, self.fuse, reversed(skips), strict=True):
             h = up(h)
             h = fuse(_interleave_groups(h, skip, self.groups))
         return self.out(h)

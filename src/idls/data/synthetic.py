@@ -305,7 +305,7 @@ def _texture(lattices: tuple[Tensor, ...], size: int) -> Tensor:
     """Zero-mean value-noise texture ``C x 1 x S x S`` (within [-0.5, 0.5] but for bicubic overshoot) from the
     per-octave lattices ``C x 1 x k x k`` of :data:`_TEXTURE_CELLS`."""
     field = sum(w * F.interpolate(z, size=(size, size), mode="bicubic", align_corners=False)
-                for w, z in zip(_TEXTURE_WEIGHTS, lattices))
+                for w, z in zip(_TEXTURE_WEIGHTS, lattices, strict=True))
     return field - field.mean(dim=(2, 3), keepdim=True)
 
 

@@ -304,7 +304,7 @@ def run_unit(workspace: Workspace, unit: Unit) -> UnitOutput:
                for record in batch.records]
     if workspace.experiment.detectors:
         fields = detector_fields(workspace, cell.model_index, (unit.start, unit.stop), x, result.x_adv, result.success)
-        by_id = {str(image_id): row for image_id, row in zip(ids, fields)}
+        by_id = {str(image_id): row for image_id, row in zip(ids, fields, strict=True)}
         for record in records:
             record.update(by_id[str(record["image_id"])])
     records += transfer_records(workspace, cell, keys, x, result.x_adv, labels, result.target, result.targeted, ids)

@@ -224,7 +224,7 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
                 return found
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
             found = first_difference(a, b, f"{prefix}{i}.")
             if found is not None:
                 return found
@@ -356,7 +356,7 @@ class ExperimentStore:
                 counts[key] = counts.get(key, 0) + 1
         complete = {key for key, n in done.items() if counts.get(key, 0) == n}
         recovery = Recovery(reopened_units=len(done) - len(complete))
-        kept = [line for line, key in zip(lines, keys) if key in complete]
+        kept = [line for line, key in zip(lines, keys, strict=True) if key in complete]
         recovery.dropped_records = len(lines) - len(kept)
         if recovery.dropped_records:
             _replace(records_path, b"".join(line + b"\n" for line in kept))

@@ -127,7 +127,7 @@ class Interpreter(nn.Module):
 
     def attribute_in_chunks(self, x: Tensor, target: Tensor, chunk: int = 256) -> Tensor:
         """Real (non-differentiable) maps ``B x h x w`` of ``target`` classes, ``chunk`` images at a time."""
-        parts = [self.attribute(xs, cs) for xs, cs in zip(x.detach().split(chunk), target.split(chunk))]
+        parts = [self.attribute(xs, cs) for xs, cs in zip(x.detach().split(chunk), target.split(chunk), strict=True)]
         return torch.cat(parts) if parts else x.new_zeros(0)
 
     def __init__(self, classifier: Classifier) -> None:

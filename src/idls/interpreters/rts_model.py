@@ -94,7 +94,7 @@ class MaskDecoder(nn.Module):
         # skips: fold levels finer than the output stride with PixelUnshuffle, merge at max(stride, out_stride)
         self.skips = nn.ModuleList()
         self.skip_merge_stride: list[int] = []
-        for c, s in zip(channels[:-1], strides[:-1]):
+        for c, s in zip(channels[:-1], strides[:-1], strict=True):
             fold = max(1, out_stride // s)
             unshuffle: nn.Module = nn.PixelUnshuffle(fold) if fold > 1 else nn.Identity()
             self.skips.append(nn.Sequential(unshuffle, _conv_relu(c * fold * fold, width, kernel=1)))
@@ -110,12 +110,12 @@ class MaskDecoder(nn.Module):
 
     def forward(self, gated_deep: Tensor, levels: Sequence[Tensor]) -> Tensor:
         """Gated deepest ``B x C_deep x h x w`` + pyramid levels -> ``B x 2 x H/out x W/out``."""
-        skip_maps = [skip(level) for skip, level in zip(self.skips, levels[:-1])]
+        skip_maps = [skip(level) for skip, level in zip(self.skips, levels[:-1], strict=True)]
         y = self.entry(gated_deep)
         for step, t in enumerate(self.path_strides):
             if step:
                 y = self.upsamplers[step - 1](y)
-            merged = [m for m, s in zip(skip_maps, self.skip_merge_stride) if s == t]
+            merged = [m for m, s in zip(skip_maps, self.skip_merge_stride, strict=True) if s == t]
             y = self.merges[str(t)](torch.cat([y, *merged], 1))
         return self.out(y)
 

@@ -203,7 +203,7 @@ def _fake_labels(labels: Tensor, num_classes: int, prob: float, generator: torch
 def _adam_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor]) -> None:
     """One Adam step on ``params`` only (``autograd.grad`` leaves the frozen classifier's ``.grad`` alone)."""
     grads = torch.autograd.grad(loss, params)
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g
     optimizer.step()
 
@@ -406,10 +406,10 @@ class _RunCheckpoint:
         from idls.core.checkpoints import load_optimizer_tensors
 
         assert self.state is not None
-        for i, (optimizer, schedule) in enumerate(zip(optimizers, schedules)):
+        for i, (optimizer, schedule) in enumerate(zip(optimizers, schedules, strict=True)):
             load_optimizer_tensors(optimizer, self.state.tensors, prefix=f"optim{i}.")
             schedule.load_state_dict(self.state.counters["schedules"][i])
-            for group, lr in zip(optimizer.param_groups, self.state.counters["lrs"][i]):
+            for group, lr in zip(optimizer.param_groups, self.state.counters["lrs"][i], strict=True):
                 group["lr"] = lr
 
     def save(self, epochs_done: int, optimizers: list[torch.optim.Optimizer], schedules: list) -> None:

@@ -62,7 +62,7 @@ def detection_tables(records: Sequence[Mapping]) -> list[Table]:
     context = varying_keys(images, ("experiment", "model", "data", "epsilon"))
     keys = (*context, *COLUMN_KEYS)
     groups = group_records(images, keys)
-    columns = {key: column_label(dict(zip(keys, key))) for key in groups}
+    columns = {key: column_label(dict(zip(keys, key, strict=True))) for key in groups}
     summaries = {key: detector_summary(group) for key, group in groups.items()}
     tables = []
     for name, field, caption in DETECTION_TABLES:

@@ -49,7 +49,7 @@ GRID_SCOPE_KEYS: tuple[str, ...] = (*CONTEXT_KEYS, "model", "attack", "framework
 def scope_title(keys: Sequence[str], values: Sequence, records: Sequence[Mapping]) -> str:
     """A figure title from a group key: context fields (experiment, data, epsilon, mode) only where they vary."""
     shown = set(varying_keys(records))
-    return label(_short(v) for k, v in zip(keys, values) if k not in CONTEXT_KEYS or k in shown)
+    return label(_short(v) for k, v in zip(keys, values, strict=True) if k not in CONTEXT_KEYS or k in shown)
 
 
 def _short(value) -> str:

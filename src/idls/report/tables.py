@@ -112,7 +112,7 @@ def pivot_table(
     columns = _ordered_columns(r.get(column_key) for r in own)
     rows = []
     for key, group in group_records(own, keys).items():
-        fields = dict(zip(keys, key))
+        fields = dict(zip(keys, key, strict=True))
         by_column = {str(c): summary(g).get(value, math.nan) for (c,), g in group_records(group, (column_key,)).items()}
         rows.append({**fields, **{c: by_column.get(c, math.nan) for c in columns}})
     rows.sort(key=lambda r: _row_sort_key({k: r[k] for k in keys}))
@@ -126,7 +126,8 @@ def summary_table(records: Sequence[Mapping], name: str = "summary") -> Table:
     rows = []
     for key, group in group_records(own, keys).items():
         s = summary(group)
-        rows.append({**dict(zip(keys, key)), **{c: s.get(c, math.nan) for c in (*SUMMARY_VALUE_COLUMNS, RERUN_COLUMN)}})
+        values = {c: s.get(c, math.nan) for c in (*SUMMARY_VALUE_COLUMNS, RERUN_COLUMN)}
+        rows.append({**dict(zip(keys, key, strict=True)), **values})
     rows.sort(key=lambda r: _row_sort_key({k: r[k] for k in keys}))
     caption = "All metrics per attack and interpreter (means over images; confidence over successes)."
     columns = list(SUMMARY_VALUE_COLUMNS)
@@ -153,7 +154,8 @@ def gap_table(records: Sequence[Mapping]) -> Table | None:
 
 def matrix_table(matrix: Matrix, *, name: str, caption: str, corner: str = "attacked \\ evaluated", title: str = "") -> Table:
     """A matrix as a table: first column the row labels, then one column per matrix column."""
-    rows = [{corner: r, **dict(zip(matrix.columns, values))} for r, values in zip(matrix.rows, matrix.values)]
+    rows = [{corner: r, **dict(zip(matrix.columns, values, strict=True))}
+            for r, values in zip(matrix.rows, matrix.values, strict=True)]
     return Table(name, caption, [corner, *matrix.columns], rows, key_columns=1, title=title)
 
 
@@ -167,7 +169,7 @@ def transfer_tables(records: Sequence[Mapping]) -> list[tuple[ScopedMatrix, Tabl
     iou = interpreter_transfer_matrices(records, "map_iou")
     l1 = interpreter_transfer_matrices(records, "map_l1")  # same scopes in the same order
     out, used = [], set()
-    for index, (scoped, scoped_l1) in enumerate(zip(iou, l1)):
+    for index, (scoped, scoped_l1) in enumerate(zip(iou, l1, strict=True)):
         base = slug(scoped.title)
         base = base if base not in used else f"{base}_{index}"
         used.add(base)
@@ -243,7 +245,8 @@ def read_csv(path: Path, key_columns: int = 0) -> Table:
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
         columns = next(reader)
-        rows = [{c: _parse_cell(v, i < key_columns) for i, (c, v) in enumerate(zip(columns, line))} for line in reader]
+        rows = [{c: _parse_cell(v, i < key_columns) for i, (c, v) in enumerate(zip(columns, line, strict=True))}
+                for line in reader]
     return Table(path.stem, "", columns, rows, key_columns=key_columns)
 
 

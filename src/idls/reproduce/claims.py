@@ -107,7 +107,8 @@ def paired_summaries(records: Sequence[Mapping], candidate: Mapping, baseline: M
     own = own_records(records)
     cand = group_records([r for r in own if matches(r, candidate)], PAIR_KEYS)
     base = group_records([r for r in own if matches(r, baseline)], PAIR_KEYS)
-    return [(dict(zip(PAIR_KEYS, key)), summary(cand[key]), summary(base[key])) for key in cand if key in base]
+    return [(dict(zip(PAIR_KEYS, key, strict=True)), summary(cand[key]), summary(base[key]))
+            for key in cand if key in base]
 
 
 ComparisonRule = Callable[[dict, dict], tuple[bool, str, dict]]
@@ -190,7 +191,7 @@ def _random_target_checks(records, target: str) -> list[Check]:
                 f"IoU to target {_f(s['map_iou_to_target'])} vs to benign {_f(s['map_iou'])}")
         values = {"success": s["success"], "confidence": s["confidence"], "l1_to_target": to_target, "l1_to_benign": to_benign,
                   "iou_to_target": s["map_iou_to_target"], "iou_to_benign": s["map_iou"]}
-        checks.append(Check(_group_label(dict(zip(PAIR_KEYS, key))), values, text, bool(passed), s["n"]))
+        checks.append(Check(_group_label(dict(zip(PAIR_KEYS, key, strict=True))), values, text, bool(passed), s["n"]))
     return checks
 
 

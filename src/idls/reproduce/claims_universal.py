@@ -78,7 +78,7 @@ def _juap_groups(records) -> tuple[dict, dict]:
 
 
 def _label(key: tuple, generator: str | None = None, loss: str | None = None) -> tuple[str, ...]:
-    fields = dict(zip(UNIVERSAL_KEYS, key))
+    fields = dict(zip(UNIVERSAL_KEYS, key, strict=True))
     name = None if generator is None else f"{generator[0].upper()}-JUAP" + (f"-{loss}" if loss else "")
     return parts([name, fields["experiment"], fields["model"], fields["norm"], fields["interpreter"]])
 

@@ -156,7 +156,7 @@ def scorecard_for_run(run_dir: Path, *, show: bool = True, console=None, expecte
     rows = evaluate_claims(store.records, studies=store.studies)
     incomplete = incomplete_stores(store, expected)
     complete_records = records_of_complete_cells(store) if incomplete else store.records
-    for claim, row in zip(CLAIMS, rows):
+    for claim, row in zip(CLAIMS, rows, strict=True):
         row["settled"] = is_settled(claim, row, complete_records, whole=not incomplete)
     write_scorecard(rows, Path(run_dir) / SCORECARD_FILE)
     if show:

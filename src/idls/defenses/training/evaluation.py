@@ -64,13 +64,14 @@ def robustness_table(
         else:
             pgd = create_attack("pgd", mode="untargeted", epsilon=epsilon, step_size=epsilon / 4, steps=pgd_steps,
                                 random_start=True, seed=seed)
-            survived = torch.cat([~pgd.run(classifier, xb, yb).success for xb, yb in
-                                  zip(x_ok.split(batch_size), y_ok.split(batch_size))]) if len(x_ok) else torch.zeros(0)
+            batches = zip(x_ok.split(batch_size), y_ok.split(batch_size), strict=True)
+            survived = (torch.cat([~pgd.run(classifier, xb, yb).success for xb, yb in batches]) if len(x_ok)
+                        else torch.zeros(0))
             accuracy = float(survived.float().sum()) / len(x_all)
             attack = create_attack("interpretation-pgd", interpreter=explainer, epsilon=epsilon,
                                    steps=interpretation_steps, seed=seed)
             taus = []
-            for xb, yb in zip(x_ok.split(batch_size), y_ok.split(batch_size)):
+            for xb, yb in zip(x_ok.split(batch_size), y_ok.split(batch_size), strict=True):
                 adversarial = attack.run(classifier, xb, yb).x_adv
                 taus.append(metrics.kendall_tau(explainer.attribute(xb, yb), explainer.attribute(adversarial, yb)))
             values = torch.cat(taus) if taus else torch.zeros(0)
