@@ -50,6 +50,17 @@ def test_juap_as_strong_and_with_closer_maps_passes():
     assert rows["004-generators"]["pass"] is None and rows["004-jap"]["pass"] is None  # not run
 
 
+def test_the_fooling_ratio_check_names_the_class_the_baseline_sends_the_images_to():
+    """SGD-UAP sends all ten images to class 2; the two that are class 2 cannot be fooled that way: ceiling 0.8."""
+    baseline = universal("sgd-uap", "linf", fooled=8, l1=0.2, iou=0.4)
+    for i, record in enumerate(baseline):
+        record.update(pred_label=2, true_label=1 if i < 8 else 2, success=i < 8)
+    check = by_id(baseline + juap(fooled=8))["004-fr"]["details"][0]
+    assert check["values"]["baseline_sink_share"] == 1.0 and check["values"]["baseline_ceiling"] == 0.8
+    assert "sgd-uap sends 100% of the images to class 2, whose own 20%" in check["text"]
+    assert "ceiling" not in by_id(plain() + juap())["004-fr"]["details"][0]["text"]  # none of its images is class 2
+
+
 @pytest.mark.parametrize(("fooled", "l1", "iou", "fr_pass", "maps_pass"), [
     (6, 0.1, 0.6, False, True),    # fools fewer images than SGD-UAP by more than the tolerance
     (9, 0.25, 0.6, True, False),   # maps further than the baselines' (L1)

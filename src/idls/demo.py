@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from idls.evaluate import group_summaries
-from idls.report.cells import format_cell, missing_notes
+from idls.report.cells import MISSING, format_cell, is_missing, missing_notes
 from idls.report.run_report import write_run_report
 from idls.runner import attack_needs_interpreter, build_interpreters, showcases_from_store, write_json, write_records
 from idls.validity import interpreter_validity
@@ -177,6 +179,7 @@ def _run_demo(out: Path, *, quick: bool, n: int | None, device: torch.device | s
     universal_records = run_experiment_in(out / UNIVERSAL_STORE_DIR,
                                           universal_experiment(settings, seed=seed, device=str(device)))
     universal = group_summaries(universal_records)
+    add_sink_classes(universal, universal_records, classifier.info.class_name)
     _print_universal(console, universal)
     seconds = time.perf_counter() - started
     summary = {
@@ -205,7 +208,7 @@ def _run_demo(out: Path, *, quick: bool, n: int | None, device: torch.device | s
         f"{settings['joint_images']['mask']} images; "
         f"IG is attacked by PGD only). Universal perturbations ({', '.join(UNIVERSAL_ATTACKS)}) are fitted once on "
         f"embedded training images and applied at {UNIVERSAL_EPSILON * 255:.0f}/255 to unseen images; their "
-        f"success is the fooling ratio. Total time {seconds:.0f} s.",
+        f"success is the fooling ratio. {_sink_sentence(universal)}Total time {seconds:.0f} s.",
     )
     _print_attacks(console, per_attack)
     console.print(f"done in {seconds:.0f} s; report: {out / 'report.html'}")
@@ -223,17 +226,54 @@ def _print_validity(console: Console, validity: dict) -> None:
     console.print(table)
 
 
+def add_sink_classes(universal: dict, records: list[dict], class_name: Callable[[int], str] = str) -> None:
+    """Add to each universal attack's summaries where its pattern sends the images (:mod:`idls.analysis.sink_class`).
+
+    Keys: ``sink_class`` (name), ``sink_share`` (of the adversarial images), ``fooling_ceiling``.
+    """
+    from idls.analysis.sink_class import sink_class
+
+    for attack, by_interpreter in universal.items():
+        sink = sink_class(r for r in records if r.get("attack") == attack)
+        if sink is None:
+            continue
+        for summary in by_interpreter.values():
+            summary.update(sink_class=class_name(sink.label), sink_share=sink.share,
+                           fooling_ceiling=sink.ceiling if sink.is_sink else math.nan)
+
+
+def _sink_sentence(universal: dict) -> str:
+    """One sentence on where the fitted patterns send the images, and the fooling ratio that leaves ("" if none)."""
+    parts = []
+    for attack, by_int in universal.items():
+        row = by_int.get("cam", next(iter(by_int.values())))
+        if not is_missing(row.get("fooling_ceiling")):
+            parts.append(f"{attack} sends {row['sink_share']:.0%} of the images to '{row['sink_class']}' "
+                         f"(fooling ratio {row['fooling_ratio']:.2f} of at most {row['fooling_ceiling']:.2f})")
+    if not parts:
+        return ""
+    return ("A universal pattern cannot fool the images of the class it sends the others to: " + "; ".join(parts)
+            + ". ")
+
+
 def _print_universal(console: Console, universal: dict) -> None:
-    """Fooling ratio and CAM map distances per universal attack."""
+    """Fooling ratio, where the pattern sends the images, and CAM map distances per universal attack."""
     table = Table(title="universal perturbations (one pattern for every image; CAM maps vs benign)")
-    keys = ("fooling_ratio", "map_l1", "map_iou", "noise_rate")
-    for col in ("attack", "fooling ratio", "map L1", "IoU@20%", "noise rate"):
+    keys = ("fooling_ratio", "fooling_ceiling", "map_l1", "map_iou", "noise_rate")
+    for col in ("attack", "fooling ratio", "ceiling", "sent to", "map L1", "IoU@20%", "noise rate"):
         table.add_column(col, justify="right")
     rows = []
     for attack, by_int in universal.items():
-        rows.append(by_int.get("cam", next(iter(by_int.values()))))
-        table.add_row(attack, *(format_cell(rows[-1].get(k)) for k in keys))
-    table.caption = "\n".join(missing_notes(rows, keys)) or None
+        row = by_int.get("cam", next(iter(by_int.values())))
+        rows.append(row)
+        sent = f"{row['sink_class']} {format_cell(row['sink_share'], 2)}" if "sink_class" in row else MISSING
+        table.add_row(attack, *(format_cell(row.get(k)) for k in keys[:2]), sent,
+                      *(format_cell(row.get(k)) for k in keys[2:]))
+    labels = {"fooling_ratio": "fooling ratio", "fooling_ceiling": "ceiling", "map_l1": "map L1", "map_iou": "IoU@20%"}
+    table.caption = "\n".join([*missing_notes(rows, keys, labels),
+                               "sent to: the class most perturbed images are predicted as, and their share; where it is "
+                               "most of them, the images of that class cannot be fooled by the pattern, so the "
+                               "fooling ratio cannot pass 'ceiling' (1 - their share)"])
     console.print(table)
 
 

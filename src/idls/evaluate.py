@@ -100,6 +100,7 @@ MISSING_REASONS: dict[str, str] = {
     "iterations_to_success": "no successful image",
     "benign_rerun_iou": "the interpreter is not seeded: two runs give the same map",
     "benign_rerun_l1": "the interpreter is not seeded: two runs give the same map",
+    "fooling_ceiling": "the pattern sends no class most of the images (no sink class, see idls.analysis.sink_class)",
 }
 
 MEAN_FIELDS = ("confidence", "linf", "l2", "noise_rate", "seconds", "map_l1", "map_l2", "map_iou", "kendall_tau")

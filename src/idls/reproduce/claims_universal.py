@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from idls.analysis.groups import NONE, group_records, own_records, summary
+from idls.analysis.sink_class import sink_class
 from idls.reproduce.claims import Check, Claim, _f, parts
 
 #: JUAP's fooling ratio may fall this far below the best plain universal perturbation's
@@ -94,9 +95,14 @@ def measure_fr(records) -> list[Check]:
         s = summary(rows)
         passed = _fr(s) >= _fr(base) - FR_TOLERANCE
         text = f"fooling ratio {_f(_fr(s))} vs best plain ({name}) {_f(_fr(base))}"
-        checks.append(Check(_label(tuple(key), generator, loss), {"fooling_ratio": _fr(s), "baseline": name,
-                                                                    "baseline_fooling_ratio": _fr(base)},
-                            text, bool(passed), s["n"] + base["n"]))
+        values = {"fooling_ratio": _fr(s), "baseline": name, "baseline_fooling_ratio": _fr(base)}
+        sink = sink_class(r for r in plain[tuple(key)] if r.get("attack") == name and r.get("target_class") is None)
+        if sink is not None and sink.is_sink and sink.ceiling < 1:
+            text += (f"; {name} sends {sink.share:.0%} of the images to class {sink.label}, whose own "
+                     f"{1 - sink.ceiling:.0%} a pattern sending every image there cannot fool "
+                     f"(ceiling {_f(sink.ceiling)})")
+            values.update(baseline_sink_share=sink.share, baseline_ceiling=sink.ceiling)
+        checks.append(Check(_label(tuple(key), generator, loss), values, text, bool(passed), s["n"] + base["n"]))
     return checks
 
 
