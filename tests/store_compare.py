@@ -16,7 +16,7 @@ from idls.experiments import read_records
 from idls.experiments.store import DONE_FILE, RECORDS_FILE, TENSORS_DIR
 
 #: record fields that measure time, so differ between two runs of the same unit
-TIMING_FIELDS = frozenset({"seconds"})
+TIMING_FIELDS = frozenset({"seconds", "cpu_seconds"})
 
 
 def without_timing(record: dict) -> dict:

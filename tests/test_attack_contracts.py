@@ -88,6 +88,7 @@ def _check_output(attack, x, result):
     assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
     assert bool(attack.threat().contains(x, result.x_adv).all())
     assert result.success.shape == result.pred.shape == result.confidence.shape == (x.shape[0],)
+    assert result.seconds > 0 and result.cpu_seconds is not None and result.cpu_seconds > 0  # both clocks ran
 
 
 @pytest.mark.parametrize("name", list_attacks())

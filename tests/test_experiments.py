@@ -50,7 +50,7 @@ ATTACK_FIELDS = {
     "kind", "experiment", "cell", "model", "weights", "data", "attack", "framework", "target", "mode", "epsilon",
     "seed", "attacked_interpreter", "variant", "interpreter", "batch", "image_id", "true_label", "target_label",
     "pred_label",
-    "success", "confidence", "linf", "l2", "noise_rate", "seconds", "iterations_to_success", "map_l1", "map_l2",
+    "success", "confidence", "linf", "l2", "noise_rate", "seconds", "cpu_seconds", "iterations_to_success", "map_l1", "map_l2",
     "map_iou", "map_iou@10", "map_iou@20", "map_iou@30", "map_iou@50", "kendall_tau", "adv_path",
     "map_l1_to_target", "map_iou_to_target",
 }

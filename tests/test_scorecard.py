@@ -155,6 +155,24 @@ def test_advedge_time_claim():
     assert by_id(evaluate_claims(edge_store(0.02, edge_seconds=0.2)))["000-time"]["pass"] is False
 
 
+def with_cpu_seconds(records: list[dict], adv2: float, edge: float) -> list[dict]:
+    return [dict(r, cpu_seconds=adv2 if r["attack"] == "adv2" else edge) for r in records]
+
+
+def test_the_time_claim_reads_cpu_seconds_where_every_record_has_them():
+    """Wall clock says x2 (a loaded machine), CPU time x1.1: CPU time decides, and the text names the clock."""
+    records = with_cpu_seconds(edge_store(0.02, edge_seconds=0.2), adv2=1.0, edge=1.1)
+    row = by_id(evaluate_claims(records))["000-time"]
+    assert row["pass"] is True and row["details"][0]["values"]["clock"] == "cpu"
+    assert "CPU s" in row["details"][0]["text"]
+    assert by_id(evaluate_claims(with_cpu_seconds(edge_store(0.02), adv2=1.0, edge=1.6)))["000-time"]["pass"] is False
+    mixed = with_cpu_seconds(edge_store(0.02, edge_seconds=0.2), adv2=1.0, edge=1.1)
+    del mixed[-1]["cpu_seconds"]  # one record from before the field existed: back to the wall clock
+    row = by_id(evaluate_claims(mixed))["000-time"]
+    wall = [d for d in row["details"] if d["values"]["clock"] == "wall"]
+    assert row["pass"] is False and len(wall) == 1 and not wall[0]["pass"]  # only that record's group
+
+
 def test_scorecard_json_has_the_contract_keys(tmp_path):
     records = pgd_records(map_l1=0.2, map_iou=0.3) + joint_records(map_l1=0.05, map_iou=0.8)
     records[0]["map_l1"] = None  # a null field must not break the summaries

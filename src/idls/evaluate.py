@@ -45,6 +45,7 @@ def image_records(
     confidence: Tensor,
     seconds_per_image: float,
     iterations_to_success: Tensor | None = None,
+    cpu_seconds_per_image: float | None = None,
 ) -> list[dict]:
     """Prediction-side fields of the records of one batch (no interpreter yet)."""
     linf = metrics.linf_norm(x_adv, x)
@@ -63,6 +64,7 @@ def image_records(
             "l2": float(l2[i]),
             "noise_rate": float(noise[i]),
             "seconds": float(seconds_per_image),
+            **({} if cpu_seconds_per_image is None else {"cpu_seconds": float(cpu_seconds_per_image)}),
             "iterations_to_success": int(its[i]),
         }
         for i in range(len(ids))
@@ -106,6 +108,8 @@ MISSING_REASONS: dict[str, str] = {
 MEAN_FIELDS = ("confidence", "linf", "l2", "noise_rate", "seconds", "map_l1", "map_l2", "map_iou", "kendall_tau")
 #: averaged only where records carry them (seeded interpreters: :func:`rerun_fields`)
 OPTIONAL_MEAN_FIELDS = ("benign_rerun_iou", "benign_rerun_l1")
+#: averaged only where every record carries them (records written before the field existed lack it)
+COMPLETE_MEAN_FIELDS = ("cpu_seconds",)
 
 
 def summarize(records: Sequence[Mapping]) -> dict:
@@ -126,6 +130,9 @@ def summarize(records: Sequence[Mapping]) -> dict:
         values = [float(r[key]) for r in records if key in r and r[key] == r[key]]
         if values:
             summary[key] = sum(values) / len(values)
+    for key in COMPLETE_MEAN_FIELDS:
+        if all(key in r and r[key] == r[key] for r in records):
+            summary[key] = sum(float(r[key]) for r in records) / n
     iou_keys = sorted({k for r in records for k in r if k.startswith("map_iou@")})
     for key in iou_keys:
         summary[key] = sum(float(r[key]) for r in records) / n

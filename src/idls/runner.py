@@ -128,6 +128,7 @@ def evaluate_batch(
         ids=ids, x=x, x_adv=x_adv, labels=labels, targets=result.target, preds=result.pred,
         success=result.success, confidence=result.confidence,
         seconds_per_image=result.seconds / max(x.shape[0], 1), iterations_to_success=result.iterations_to_success,
+        cpu_seconds_per_image=None if result.cpu_seconds is None else result.cpu_seconds / max(x.shape[0], 1),
     )
     x_key = f"{key_prefix}x_adv"
     target_map = result.extras.get("target_map") if attacked is not None else None

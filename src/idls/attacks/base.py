@@ -48,6 +48,8 @@ class AttackResult:
             attack first succeeded (0: the start point already did), -1 never.
         iterations_run: steps the loop ran (the maximum over the batch).
         seconds: wall-clock time of :meth:`Attack.run` for the batch.
+        cpu_seconds: CPU time of this process over the same span (all its threads): unlike ``seconds``
+            it does not grow when other work shares the machine's cores.
         targeted: whether ``target`` holds attack targets or true labels.
         extras: attack-specific per-sample tensors (e.g. ``'score'``).
     """
@@ -62,6 +64,7 @@ class AttackResult:
     seconds: float
     targeted: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float | None = None
 
     def __len__(self) -> int:
         return int(self.x_adv.shape[0])
@@ -140,7 +143,7 @@ class Attack:
         x = classifier.prepare(x)  # half precision, float64 or channels-last: as x.float().contiguous()
         labels = self._check_classes(labels, x, classifier.num_classes, "labels")
         classifier.check_logits_of(x)  # a model that outputs NaN fails here, not after an attack on its noise
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         targets = self.resolve_targets(classifier, x, labels, targets, indices)
         self.batch_indices = None if indices is None else torch.as_tensor(indices).long()
         outcome = self._perturb(classifier, x, labels, targets)
@@ -154,7 +157,7 @@ class Attack:
         else:
             ok = metrics.success(pred, label=labels)
             confidence = metrics.target_confidence(logits, pred)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         extras = dict(outcome.extras)
         if outcome.score is not None:
             extras.setdefault("score", outcome.score)
@@ -169,6 +172,7 @@ class Attack:
             seconds=seconds,
             targeted=targets is not None,
             extras=extras,
+            cpu_seconds=cpu_seconds,
         )
 
     def resolve_targets(
