@@ -179,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verdicts-only", action="store_true",
                         help="with --update: take the given runs' verdicts but keep the earlier times (a run of part "
                              "of a schedule, made to re-score some claims, is not the schedule's cost)")
+    parser.add_argument("--replace-times", action="store_true",
+                        help="with --update: the given runs' times replace the earlier ones of their side instead of "
+                             "adding to them (a new whole reproduction of that side, not more of the same one)")
     parser.add_argument("--note", action="append", default=[],
                         help="a remark on the runs kept with the result (repeat), e.g. which full experiments are partial")
     args = parser.parse_args(argv)
@@ -187,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("give --quick and --full, or --update with one or both of them")
     if args.verdicts_only and not args.update:
         raise SystemExit("--verdicts-only keeps the times of an earlier result: add --update")
+    if args.replace_times and (args.verdicts_only or not args.update):
+        raise SystemExit("--replace-times replaces the times of an earlier result: add --update, not --verdicts-only")
     runs = {name: read_reproduction(folder) for name, folder in given.items()}
     if runs.get("quick", ([], {}))[1].get("quick") is False or runs.get("full", ([], {}))[1].get("quick") is True:
         raise SystemExit("--quick must be a quick reproduction and --full a full one (see their reproduce.json)")
@@ -204,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = list(args.note)
     if args.update:
         claims = update(earlier.get("claims", []), claims, given)
-        times = {name: merged_timing(earlier.get(name) or {}, times[name])
+        times = {name: (times[name] if args.replace_times else merged_timing(earlier.get(name) or {}, times[name]))
                  if name in times and not args.verdicts_only else earlier.get(name, {}) for name in SIDES}
         notes = [*earlier.get("notes", []), *(f"{today}: {note}" for note in notes)]
         system = earlier.get("system") or system

@@ -99,6 +99,12 @@ def test_only_settled_verdicts_are_compared_and_update_keeps_what_a_new_run_does
     quick_vs_full.main(["--quick", str(rerun), "--out", str(out), "--update", "--verdicts-only"])
     kept = json.loads(out.read_text())
     assert kept["quick"] == result["quick"]  # the re-scoring run's time is not the quick schedule's
+    fresh = _reproduction(tmp_path / "fresh", True, {"a": True}, {"adv2_cifar": 8.0})
+    quick_vs_full.main(["--quick", str(fresh), "--out", str(out), "--update", "--replace-times"])
+    replaced = json.loads(out.read_text())["quick"]  # a new whole quick reproduction: its time alone
+    assert (replaced["seconds"], replaced["invocations"], replaced["seconds_per_experiment"]) == (10.0, 2, {"adv2_cifar": 8.0})
+    with pytest.raises(SystemExit, match="--replace-times replaces"):
+        quick_vs_full.main(["--quick", str(fresh), "--out", str(out), "--update", "--replace-times", "--verdicts-only"])
     with pytest.raises(SystemExit, match="add --update"):
         quick_vs_full.main(["--quick", str(rerun), "--full", str(done), "--out", str(out), "--verdicts-only"])
     with pytest.raises(SystemExit, match="does not exist"):
