@@ -145,7 +145,12 @@ def attack_seconds(folder: Path) -> dict[str, float]:
 
 def run_key(run: Mapping, folder: Path) -> str:
     """Which reproduction a run file belongs to: its ``run_id``, else a digest of the folder's path (older files)."""
-    return str(run.get("run_id") or "folder-" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12])
+    return str(run.get("run_id") or folder_key(folder))
+
+
+def folder_key(folder: Path) -> str:
+    """The key of a run file without ``run_id``: a digest of its folder's path."""
+    return "folder-" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
 
 
 def timing(run: Mapping, folder: Path) -> dict:
@@ -153,7 +158,8 @@ def timing(run: Mapping, folder: Path) -> dict:
     return {"seconds": seconds, "invocations": invocations,
             "seconds_per_experiment": dict(run.get("seconds_per_experiment") or {}),
             "attack_seconds_per_experiment": attack_seconds(folder), "stores": dict(run.get("stores") or {}),
-            "runs": {run_key(run, folder): {"seconds": seconds or 0.0, "invocations": invocations or 0}}}
+            "runs": {run_key(run, folder): {"seconds": seconds or 0.0, "invocations": invocations or 0}},
+            "folder_key": folder_key(folder)}
 
 
 def merged_timing(old: Mapping, new: Mapping) -> dict:
@@ -162,6 +168,9 @@ def merged_timing(old: Mapping, new: Mapping) -> dict:
     merged = {}
     for key in ("seconds_per_experiment", "attack_seconds_per_experiment", "stores", "runs"):
         merged[key] = {**(old.get(key) or {}), **(new.get(key) or {})}
+    if new.get("folder_key") not in (None, *(new.get("runs") or {})):
+        # the folder's run file has gained a run_id since it was counted by its folder: the same reproduction
+        merged["runs"].pop(new["folder_key"], None)
     for total in ("seconds", "invocations"):
         known = sum(entry[total] for entry in (old.get("runs") or {}).values())
         untracked = (old.get(total) or 0) - known  # results written before runs were tracked
@@ -222,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{sum(row['agree'] for row in settled)} of {len(settled)} claims settled in both runs agree; "
           f"{len(claims) - len(settled)} not settled in one of them ('?': could still change)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    times = {name: {k: v for k, v in side_times.items() if k != "folder_key"} for name, side_times in times.items()}
     args.out.write_text(json.dumps({"written": today, "system": system, **times, "notes": notes, "claims": claims},
                                    indent=2, ensure_ascii=False))
     print(f"wrote {args.out}")
