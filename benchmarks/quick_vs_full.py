@@ -158,19 +158,20 @@ def timing(run: Mapping, folder: Path) -> dict:
     return {"seconds": seconds, "invocations": invocations,
             "seconds_per_experiment": dict(run.get("seconds_per_experiment") or {}),
             "attack_seconds_per_experiment": attack_seconds(folder), "stores": dict(run.get("stores") or {}),
-            "runs": {run_key(run, folder): {"seconds": seconds or 0.0, "invocations": invocations or 0}},
-            "folder_key": folder_key(folder)}
+            "runs": {run_key(run, folder): {"seconds": seconds or 0.0, "invocations": invocations or 0}}}
 
 
-def merged_timing(old: Mapping, new: Mapping) -> dict:
+def merged_timing(old: Mapping, new: Mapping, folder: str | None = None) -> dict:
     """Per experiment, the newer run's times where it has them, else the earlier ones. Totals add up over
-    reproductions; a reproduction given again (its run file is cumulative) replaces its earlier numbers."""
+    reproductions; a reproduction given again (its run file is cumulative) replaces its earlier numbers.
+    ``folder``: :func:`folder_key` of the new run's folder, under which it was counted before its run file
+    had a ``run_id``."""
     merged = {}
     for key in ("seconds_per_experiment", "attack_seconds_per_experiment", "stores", "runs"):
         merged[key] = {**(old.get(key) or {}), **(new.get(key) or {})}
-    if new.get("folder_key") not in (None, *(new.get("runs") or {})):
+    if folder is not None and folder not in (new.get("runs") or {}):
         # the folder's run file has gained a run_id since it was counted by its folder: the same reproduction
-        merged["runs"].pop(new["folder_key"], None)
+        merged["runs"].pop(folder, None)
     for total in ("seconds", "invocations"):
         known = sum(entry[total] for entry in (old.get("runs") or {}).values())
         untracked = (old.get(total) or 0) - known  # results written before runs were tracked
@@ -218,8 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = list(args.note)
     if args.update:
         claims = update(earlier.get("claims", []), claims, given)
-        times = {name: (times[name] if args.replace_times else merged_timing(earlier.get(name) or {}, times[name]))
-                 if name in times and not args.verdicts_only else earlier.get(name, {}) for name in SIDES}
+        merged_times = {}
+        for name in SIDES:
+            if name not in times or args.verdicts_only:
+                merged_times[name] = earlier.get(name, {})
+            elif args.replace_times:
+                merged_times[name] = times[name]
+            else:
+                merged_times[name] = merged_timing(earlier.get(name) or {}, times[name], folder_key(given[name]))
+        times = merged_times
         notes = [*earlier.get("notes", []), *(f"{today}: {note}" for note in notes)]
         system = earlier.get("system") or system
     for row in claims:
@@ -231,7 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{sum(row['agree'] for row in settled)} of {len(settled)} claims settled in both runs agree; "
           f"{len(claims) - len(settled)} not settled in one of them ('?': could still change)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    times = {name: {k: v for k, v in side_times.items() if k != "folder_key"} for name, side_times in times.items()}
     args.out.write_text(json.dumps({"written": today, "system": system, **times, "notes": notes, "claims": claims},
                                    indent=2, ensure_ascii=False))
     print(f"wrote {args.out}")

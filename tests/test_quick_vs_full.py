@@ -134,9 +134,9 @@ def test_a_reproduction_given_twice_counts_its_cumulative_time_once():
     resumed = {"seconds": 500.0, "invocations": 3, "runs": {"r1": {"seconds": 500.0, "invocations": 3}}}
     again = merged_timing(once, resumed)
     assert (again["seconds"], again["invocations"]) == (1500.0, 7)  # r1's 500 replaces its 300
-    renamed = {"seconds": 600.0, "invocations": 4, "runs": {"r9": {"seconds": 600.0, "invocations": 4}},
-               "folder_key": "r1"}  # r1's folder, whose run file has gained a run_id since: the same reproduction
-    assert merged_timing(again, renamed)["seconds"] == 1600.0  # 1000 untracked + r9's 600
+    renamed = {"seconds": 600.0, "invocations": 4, "runs": {"r9": {"seconds": 600.0, "invocations": 4}}}
+    # r1's folder, whose run file has gained a run_id since: the same reproduction
+    assert merged_timing(again, renamed, folder="r1")["seconds"] == 1600.0  # 1000 untracked + r9's 600
     other = {"seconds": 50.0, "invocations": 1, "runs": {"r2": {"seconds": 50.0, "invocations": 1}}}
     both = merged_timing(again, other)
     assert (both["seconds"], both["invocations"]) == (1550.0, 8)

@@ -242,11 +242,16 @@ def add_sink_classes(universal: dict, records: list[dict], class_name: Callable[
                            fooling_ceiling=sink.ceiling if sink.is_sink else math.nan)
 
 
+def _universal_row(by_interpreter: dict) -> dict:
+    """The summary a universal attack is shown by: its CAM row (the section's interpreter), else its first."""
+    return by_interpreter.get("cam", next(iter(by_interpreter.values())))
+
+
 def _sink_sentence(universal: dict) -> str:
     """One sentence on where the fitted patterns send the images, and the fooling ratio that leaves ("" if none)."""
     parts = []
     for attack, by_int in universal.items():
-        row = by_int.get("cam", next(iter(by_int.values())))
+        row = _universal_row(by_int)
         if not is_missing(row.get("fooling_ceiling")):
             parts.append(f"{attack} sends {row['sink_share']:.0%} of the images to '{row['sink_class']}' "
                          f"(fooling ratio {row['fooling_ratio']:.2f} of at most {row['fooling_ceiling']:.2f})")
@@ -264,7 +269,7 @@ def _print_universal(console: Console, universal: dict) -> None:
         table.add_column(col, justify="right")
     rows = []
     for attack, by_int in universal.items():
-        row = by_int.get("cam", next(iter(by_int.values())))
+        row = _universal_row(by_int)
         rows.append(row)
         sent = f"{row['sink_class']} {format_cell(row['sink_share'], 2)}" if "sink_class" in row else MISSING
         table.add_row(attack, *(format_cell(row.get(k)) for k in keys[:2]), sent,

@@ -631,27 +631,16 @@ def embedded_rts_masker(classifier: Classifier, *, progress: bool = False, packa
                         "use idls train-rts")
     recipe = _embedded_recipe(EMBEDDED_RTS)
     for path in ([packaged_embedded_rts_path()] if packaged else []) + [embedded_rts_path()]:
-        if _made_for(path, classifier, recipe):
-            try:
-                return load_rts(classifier, path)
-            except UserError:
-                pass  # a damaged entry (its tensors no longer match the sidecar) is simply rebuilt
+        try:
+            if read_rts_metadata(path).get("extra") == recipe:
+                return load_rts(classifier, path)  # refuses a masker made for other weights
+        except UserError:
+            pass  # missing, unreadable, made for other weights or damaged: trained anew below
     if progress:
         print("idls: training the embedded RTS masker (once, then cached)", file=sys.stderr)
     masker = train_embedded_rts(classifier, progress=progress)
     save_rts(masker, embedded_rts_path(), extra=recipe)
     return masker
-
-
-def _made_for(path: Path, classifier: Classifier, recipe: dict) -> bool:
-    """Whether ``path`` holds a readable masker trained for ``classifier``'s weights with ``recipe``."""
-    if not (path.is_file() and sidecar_path(path).is_file()):
-        return False
-    try:
-        meta = read_rts_metadata(path)
-    except UserError:
-        return False  # an unreadable entry is simply rebuilt
-    return meta.get("classifier_fingerprint") == classifier_fingerprint(classifier) and meta.get("extra") == recipe
 
 
 def train_embedded_rts(
